@@ -1,0 +1,315 @@
+//! Bearer-token authentication: the pure verifier in `jwt`, plus the Worker-side key
+//! store (memory + KV cache of the JWKS, honouring Cache-Control) and WebCrypto RSA.
+
+pub mod b64;
+pub mod jwt;
+
+use std::cell::RefCell;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use worker::js_sys::{Array, Object, Reflect};
+use worker::wasm_bindgen::{JsCast, JsValue};
+use worker::wasm_bindgen_futures::JsFuture;
+use worker::{Fetch, KvStore};
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::store::kv;
+use crate::util::with_timeout;
+use jwt::{Identity, Jwk, Jwks, JwtError, KeyStore, Policy, RsaVerifier};
+
+const JWKS_FETCH_TIMEOUT_MS: u64 = 5_000;
+const JWKS_MAX_BYTES: usize = 64 * 1024;
+const JWKS_DEFAULT_TTL: i64 = 3_600;
+const JWKS_MIN_TTL: i64 = 60;
+const JWKS_MAX_TTL: i64 = 86_400;
+/// A token naming an unknown `kid` may force a JWKS refetch at most this often, so
+/// random `kid`s cannot turn every request into an outbound fetch.
+const FORCED_REFRESH_INTERVAL: i64 = 60;
+
+/// `Authorization: Bearer <token>` → the token. Scheme is case-insensitive.
+pub fn bearer_token(header: Option<&str>) -> Result<&str, ApiError> {
+    let h = header
+        .ok_or(ApiError::AuthRequired("missing bearer token"))?
+        .trim();
+    let (scheme, token) = h
+        .split_once(' ')
+        .ok_or(ApiError::AuthRequired("missing bearer token"))?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(ApiError::AuthRequired("missing bearer token"));
+    }
+    Ok(token.trim())
+}
+
+/// Cache lifetime from a `Cache-Control` header: `max-age` clamped to [60 s, 1 day];
+/// 1 hour when absent; the minimum for `no-store`/`no-cache`.
+pub fn cache_ttl(cache_control: Option<&str>) -> i64 {
+    let Some(cc) = cache_control else {
+        return JWKS_DEFAULT_TTL;
+    };
+    let mut ttl = JWKS_DEFAULT_TTL;
+    for directive in cc.split(',').map(|d| d.trim().to_ascii_lowercase()) {
+        if directive == "no-store" || directive == "no-cache" {
+            return JWKS_MIN_TTL;
+        }
+        if let Some(v) = directive.strip_prefix("max-age=") {
+            if let Ok(n) = v.trim_matches('"').parse::<i64>() {
+                ttl = n;
+            }
+        }
+    }
+    ttl.clamp(JWKS_MIN_TTL, JWKS_MAX_TTL)
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CachedJwks {
+    url: String,
+    expires_at: i64,
+    keys: Jwks,
+}
+
+thread_local! {
+    static MEMORY: RefCell<Option<CachedJwks>> = const { RefCell::new(None) };
+    static LAST_FORCED_REFRESH: RefCell<i64> = const { RefCell::new(0) };
+}
+
+struct JwksStore<'a> {
+    url: &'a str,
+    kv: Option<KvStore>,
+    now: i64,
+    request_id: &'a str,
+}
+
+impl JwksStore<'_> {
+    fn memory(&self) -> Option<CachedJwks> {
+        MEMORY
+            .with(|m| m.borrow().clone())
+            .filter(|c| c.url == self.url)
+    }
+
+    async fn read_kv(&self) -> Option<CachedJwks> {
+        let kv = self.kv.as_ref()?;
+        match kv
+            .get(&kv::jwks_cache_key(self.url))
+            .json::<CachedJwks>()
+            .await
+        {
+            Ok(v) => v.filter(|c| c.url == self.url),
+            Err(e) => {
+                crate::log::warn(
+                    self.request_id,
+                    "jwks.kv_read_failed",
+                    json!({"error": e.to_string()}),
+                );
+                None
+            }
+        }
+    }
+
+    async fn fetch(&self) -> Result<CachedJwks, String> {
+        let send = async {
+            let mut resp = Fetch::Url(
+                self.url
+                    .parse()
+                    .map_err(|_| "invalid AUTH_JWKS_URL".to_string())?,
+            )
+            .send()
+            .await
+            .map_err(|e| format!("fetch: {e}"))?;
+            if resp.status_code() != 200 {
+                return Err(format!("status {}", resp.status_code()));
+            }
+            let ttl = cache_ttl(
+                resp.headers()
+                    .get("cache-control")
+                    .ok()
+                    .flatten()
+                    .as_deref(),
+            );
+            let body = resp.bytes().await.map_err(|e| format!("body: {e}"))?;
+            if body.len() > JWKS_MAX_BYTES {
+                return Err("JWKS too large".into());
+            }
+            let keys: Jwks =
+                serde_json::from_slice(&body).map_err(|e| format!("JWKS JSON: {e}"))?;
+            Ok(CachedJwks {
+                url: self.url.to_string(),
+                expires_at: self.now + ttl,
+                keys,
+            })
+        };
+        let fresh = with_timeout(send, JWKS_FETCH_TIMEOUT_MS)
+            .await
+            .unwrap_or_else(|| Err("timeout".into()))?;
+        MEMORY.with(|m| *m.borrow_mut() = Some(fresh.clone()));
+        if let Some(kv) = &self.kv {
+            let ttl = (fresh.expires_at - self.now).max(JWKS_MIN_TTL) as u64;
+            let stored = match kv.put(&kv::jwks_cache_key(self.url), &fresh) {
+                Ok(put) => put
+                    .expiration_ttl(ttl)
+                    .execute()
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = stored {
+                crate::log::warn(self.request_id, "jwks.kv_write_failed", json!({"error": e}));
+            }
+        }
+        Ok(fresh)
+    }
+}
+
+impl KeyStore for JwksStore<'_> {
+    async fn keys(&self, refresh: bool) -> Result<Jwks, JwtError> {
+        let memory = self.memory();
+        if refresh {
+            let last = LAST_FORCED_REFRESH.with(|l| *l.borrow());
+            if self.now - last < FORCED_REFRESH_INTERVAL {
+                return memory.map(|c| c.keys).ok_or(JwtError::KeysUnavailable);
+            }
+            LAST_FORCED_REFRESH.with(|l| *l.borrow_mut() = self.now);
+        } else {
+            if let Some(c) = memory.as_ref().filter(|c| c.expires_at > self.now) {
+                return Ok(c.keys.clone());
+            }
+            if let Some(c) = self.read_kv().await.filter(|c| c.expires_at > self.now) {
+                MEMORY.with(|m| *m.borrow_mut() = Some(c.clone()));
+                return Ok(c.keys);
+            }
+        }
+        match self.fetch().await {
+            Ok(c) => Ok(c.keys),
+            Err(e) => {
+                crate::log::error(self.request_id, "jwks.fetch_failed", json!({"error": e}));
+                // Serve stale keys rather than lock everyone out while the IdP is down.
+                memory.map(|c| c.keys).ok_or(JwtError::KeysUnavailable)
+            }
+        }
+    }
+}
+
+struct WebCryptoRsa;
+
+fn set(obj: &Object, key: &str, value: impl Into<JsValue>) -> Result<(), JwtError> {
+    Reflect::set(obj, &JsValue::from_str(key), &value.into())
+        .map(|_| ())
+        .map_err(|_| JwtError::Malformed)
+}
+
+impl RsaVerifier for WebCryptoRsa {
+    async fn verify_rs256(
+        &self,
+        key: &Jwk,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<bool, JwtError> {
+        let crypto = Reflect::get(&worker::js_sys::global(), &JsValue::from_str("crypto"))
+            .map_err(|_| JwtError::KeysUnavailable)?;
+        let subtle = crypto.unchecked_into::<worker::web_sys::Crypto>().subtle();
+        let jwk = Object::new();
+        set(&jwk, "kty", "RSA")?;
+        set(&jwk, "n", key.n.as_deref().unwrap_or_default())?;
+        set(&jwk, "e", key.e.as_deref().unwrap_or_default())?;
+        set(&jwk, "alg", "RS256")?;
+        set(&jwk, "ext", true)?;
+        let algorithm = Object::new();
+        set(&algorithm, "name", "RSASSA-PKCS1-v1_5")?;
+        set(&algorithm, "hash", "SHA-256")?;
+        let usages = Array::of1(&JsValue::from_str("verify"));
+        let import = subtle
+            .import_key_with_object("jwk", &jwk, &algorithm, false, &usages)
+            .map_err(|_| JwtError::UnknownKey)?;
+        let crypto_key: worker::web_sys::CryptoKey = JsFuture::from(import)
+            .await
+            .map_err(|_| JwtError::UnknownKey)?
+            .unchecked_into();
+        let verify = subtle
+            .verify_with_object_and_u8_array_and_u8_array(
+                &algorithm,
+                &crypto_key,
+                signature,
+                message,
+            )
+            .map_err(|_| JwtError::BadSignature)?;
+        Ok(JsFuture::from(verify)
+            .await
+            .map(|v| v.as_bool() == Some(true))
+            .unwrap_or(false))
+    }
+}
+
+/// Verifies the request's bearer token and returns who is calling.
+pub async fn authenticate(
+    authorization: Option<&str>,
+    cfg: &Config,
+    kv: Option<KvStore>,
+    now: i64,
+    request_id: &str,
+) -> Result<Identity, ApiError> {
+    let token = bearer_token(authorization)?;
+    let policy = Policy {
+        hs256_secret: cfg.jwt_secret.as_deref().map(str::as_bytes),
+        rs256: cfg.jwks_url.is_some(),
+        issuer: cfg.issuer.as_deref(),
+        audience: cfg.audience.as_deref(),
+        leeway: jwt::DEFAULT_LEEWAY_SECONDS,
+    };
+    if policy.hs256_secret.is_none() && !policy.rs256 {
+        return Err(ApiError::server(
+            "no AUTH_JWT_SECRET and no AUTH_JWKS_URL: no token can be verified",
+        ));
+    }
+    let store = JwksStore {
+        url: cfg.jwks_url.as_deref().unwrap_or_default(),
+        kv,
+        now,
+        request_id,
+    };
+    jwt::verify(token, &policy, &store, &WebCryptoRsa, now)
+        .await
+        .map_err(|e| match e {
+            JwtError::KeysUnavailable => ApiError::server("JWKS unavailable and nothing cached"),
+            other => ApiError::AuthRequired(other.reason()),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_required_and_case_insensitive() {
+        assert_eq!(bearer_token(Some("Bearer abc")), Ok("abc"));
+        assert_eq!(bearer_token(Some("bearer  abc ")), Ok("abc"));
+        for bad in [
+            None,
+            Some(""),
+            Some("Bearer"),
+            Some("Bearer   "),
+            Some("Basic abc"),
+            Some("abc"),
+        ] {
+            assert_eq!(
+                bearer_token(bad),
+                Err(ApiError::AuthRequired("missing bearer token")),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn cache_control_sets_the_jwks_ttl_within_bounds() {
+        assert_eq!(cache_ttl(None), 3600);
+        assert_eq!(
+            cache_ttl(Some("public, max-age=19845, must-revalidate, no-transform")),
+            19845
+        );
+        assert_eq!(cache_ttl(Some("max-age=5")), 60);
+        assert_eq!(cache_ttl(Some("max-age=999999")), 86400);
+        assert_eq!(cache_ttl(Some("no-store")), 60);
+        assert_eq!(cache_ttl(Some("max-age=abc")), 3600);
+    }
+}

@@ -1,0 +1,165 @@
+//! Configuration from `wrangler.toml` vars and secrets, parsed once per request from a
+//! lookup function so the parsing is tested natively.
+
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
+/// HS256 keys shorter than the hash output are refused (RFC 7518 §3.2).
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `ENVIRONMENT`: `development`, `qa` or `production`; reported by `/health`.
+    pub environment: String,
+    /// `ALLOWED_ORIGINS`: exact browser origins allowed by CORS.
+    pub allowed_origins: Vec<String>,
+    /// `MAX_BODY_BYTES`: larger request bodies get 413.
+    pub max_body_bytes: u64,
+    /// `AUTH_JWT_SECRET` (secret): enables HS256 tokens.
+    pub jwt_secret: Option<String>,
+    /// `AUTH_JWKS_URL`: enables RS256 tokens verified with keys from this URL.
+    pub jwks_url: Option<String>,
+    /// `AUTH_ISSUER` / `AUTH_AUDIENCE`: required `iss` / `aud` when set.
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+}
+
+fn non_empty(v: Option<String>) -> Option<String> {
+    v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// Normalises an origin for exact comparison: no trailing slash, lowercase scheme/host.
+pub fn normalize_origin(origin: &str) -> String {
+    origin.trim().trim_end_matches('/').to_ascii_lowercase()
+}
+
+impl Config {
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
+        let mut allowed_origins = Vec::new();
+        for entry in non_empty(get("ALLOWED_ORIGINS"))
+            .unwrap_or_default()
+            .split(',')
+        {
+            let o = normalize_origin(entry);
+            if o.is_empty() {
+                continue;
+            }
+            if o == "*" || !(o.starts_with("https://") || o.starts_with("http://")) {
+                return Err(format!(
+                    "ALLOWED_ORIGINS entry `{o}` is not an origin like https://app.example.com (`*` is not supported: credentials are allowed)"
+                ));
+            }
+            allowed_origins.push(o);
+        }
+        let max_body_bytes = match non_empty(get("MAX_BODY_BYTES")) {
+            None => DEFAULT_MAX_BODY_BYTES,
+            Some(s) => match s.parse::<u64>() {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    return Err(format!(
+                        "MAX_BODY_BYTES `{s}` is not a positive whole number"
+                    ))
+                }
+            },
+        };
+        let jwt_secret = non_empty(get("AUTH_JWT_SECRET"));
+        if let Some(s) = &jwt_secret {
+            if s.len() < MIN_JWT_SECRET_BYTES {
+                return Err(format!(
+                    "AUTH_JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes"
+                ));
+            }
+        }
+        let jwks_url = non_empty(get("AUTH_JWKS_URL"));
+        if let Some(u) = &jwks_url {
+            if !(u.starts_with("https://")
+                || u.starts_with("http://127.0.0.1")
+                || u.starts_with("http://localhost"))
+            {
+                return Err(
+                    "AUTH_JWKS_URL must be an https:// URL (http only for localhost)".into(),
+                );
+            }
+        }
+        Ok(Config {
+            environment: non_empty(get("ENVIRONMENT")).unwrap_or_else(|| "development".into()),
+            allowed_origins,
+            max_body_bytes,
+            jwt_secret,
+            jwks_url,
+            issuer: non_empty(get("AUTH_ISSUER")),
+            audience: non_empty(get("AUTH_AUDIENCE")),
+        })
+    }
+
+    pub fn origin_allowed(&self, origin: &str) -> bool {
+        let o = normalize_origin(origin);
+        self.allowed_origins.contains(&o)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Result<Config, String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert!(c.allowed_origins.is_empty());
+        assert_eq!(c.jwt_secret, None);
+        assert_eq!(c.environment, "development");
+    }
+
+    #[test]
+    fn origins_are_a_trimmed_comma_list_compared_exactly() {
+        let c = cfg(&[(
+            "ALLOWED_ORIGINS",
+            " https://app.example.com/, http://localhost:3000 ,",
+        )])
+        .unwrap();
+        assert_eq!(
+            c.allowed_origins,
+            ["https://app.example.com", "http://localhost:3000"]
+        );
+        assert!(c.origin_allowed("https://APP.example.com"));
+        assert!(!c.origin_allowed("https://app.example.com.evil.io"));
+        assert!(!c.origin_allowed("http://app.example.com"));
+        assert!(!c.origin_allowed("null"));
+    }
+
+    #[test]
+    fn a_wildcard_origin_or_bad_numbers_are_configuration_errors() {
+        assert!(cfg(&[("ALLOWED_ORIGINS", "*")]).is_err());
+        assert!(cfg(&[("MAX_BODY_BYTES", "1MB")]).is_err());
+        assert!(cfg(&[("MAX_BODY_BYTES", "0")]).is_err());
+        assert_eq!(
+            cfg(&[("MAX_BODY_BYTES", "2048")]).unwrap().max_body_bytes,
+            2048
+        );
+    }
+
+    #[test]
+    fn a_short_jwt_secret_is_refused_and_an_empty_one_disables_hs256() {
+        assert!(cfg(&[("AUTH_JWT_SECRET", "short")]).is_err());
+        assert_eq!(cfg(&[("AUTH_JWT_SECRET", "  ")]).unwrap().jwt_secret, None);
+        assert!(cfg(&[("AUTH_JWT_SECRET", &"x".repeat(32))])
+            .unwrap()
+            .jwt_secret
+            .is_some());
+    }
+
+    #[test]
+    fn a_plain_http_jwks_url_is_only_allowed_on_loopback() {
+        assert!(cfg(&[("AUTH_JWKS_URL", "http://keys.example.com/jwks")]).is_err());
+        assert!(cfg(&[("AUTH_JWKS_URL", "http://127.0.0.1:9999/jwks")]).is_ok());
+        assert!(cfg(&[("AUTH_JWKS_URL", "https://www.googleapis.com/x")]).is_ok());
+    }
+}

@@ -1,0 +1,10 @@
+//! Pure billing logic: no `worker::` imports, no I/O, no clock. Tested natively.
+
+pub mod account;
+#[cfg(test)]
+mod catalog_source;
+pub mod plans;
+pub mod time;
+
+#[cfg(test)]
+mod catalog_tests;

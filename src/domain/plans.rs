@@ -1,0 +1,162 @@
+//! The plan catalog compiled from `plans.toml` by `build.rs`, and the tier order.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeatureDef {
+    pub id: &'static str,
+    /// Uses per calendar month (UTC); `None` is unlimited.
+    pub monthly_limit: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TierDef {
+    pub id: &'static str,
+    pub name: &'static str,
+    pub trial_days: u32,
+    pub features: &'static [FeatureDef],
+}
+
+include!(concat!(env!("OUT_DIR"), "/catalog.rs"));
+
+/// A tier of the catalog. Ordered by rank: `free < essential < pro < premium`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Tier(u8);
+
+/// What the API reports as a user's plan: `trial` while trialing, else the tier id.
+pub const TRIAL_PLAN: &str = "trial";
+
+#[derive(Debug, Clone, Copy)]
+pub struct Catalog {
+    tiers: &'static [TierDef],
+}
+
+impl Catalog {
+    /// The catalog built from `plans.toml`. build.rs guarantees it is valid and non-empty.
+    pub const fn builtin() -> Self {
+        Catalog { tiers: TIERS }
+    }
+
+    #[cfg(test)]
+    pub const fn from_static(tiers: &'static [TierDef]) -> Self {
+        Catalog { tiers }
+    }
+
+    pub fn tiers(&self) -> impl Iterator<Item = (Tier, &'static TierDef)> {
+        self.tiers
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (Tier(i as u8), d))
+    }
+
+    /// The plan of a user nobody has billed: the first tier.
+    pub fn default_tier(&self) -> Tier {
+        Tier(0)
+    }
+
+    pub fn parse(&self, id: &str) -> Option<Tier> {
+        self.tiers
+            .iter()
+            .position(|t| t.id == id)
+            .map(|i| Tier(i as u8))
+    }
+
+    pub fn def(&self, tier: Tier) -> &'static TierDef {
+        &self.tiers[tier.0 as usize]
+    }
+
+    pub fn id(&self, tier: Tier) -> &'static str {
+        self.def(tier).id
+    }
+
+    /// Tiers that can be bought (all but the default one).
+    pub fn paid_tiers(&self) -> impl Iterator<Item = (Tier, &'static TierDef)> {
+        self.tiers().skip(1)
+    }
+
+    /// The public view served by `GET /api/plans`.
+    pub fn public_view(&self) -> Vec<PublicTier> {
+        self.tiers()
+            .map(|(tier, d)| PublicTier {
+                id: d.id,
+                name: d.name,
+                rank: tier.0,
+                trial_days: d.trial_days,
+                features: d.features.iter().map(|f| f.id).collect(),
+                limits: d
+                    .features
+                    .iter()
+                    .map(|f| PublicLimit {
+                        feature: f.id,
+                        monthly: f.monthly_limit,
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PublicTier {
+    pub id: &'static str,
+    pub name: &'static str,
+    pub rank: u8,
+    pub trial_days: u32,
+    pub features: Vec<&'static str>,
+    pub limits: Vec<PublicLimit>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct PublicLimit {
+    pub feature: &'static str,
+    /// `null` means unlimited.
+    pub monthly: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_builtin_catalog_orders_free_below_essential_below_pro_below_premium() {
+        let c = Catalog::builtin();
+        let ids: Vec<_> = c.tiers().map(|(_, d)| d.id).collect();
+        assert_eq!(ids, ["free", "essential", "pro", "premium"]);
+        let t = |s| c.parse(s).unwrap();
+        assert!(t("free") < t("essential"));
+        assert!(t("essential") < t("pro"));
+        assert!(t("pro") < t("premium"));
+        assert_eq!(c.default_tier(), t("free"));
+    }
+
+    #[test]
+    fn unknown_and_reserved_plan_names_do_not_parse() {
+        let c = Catalog::builtin();
+        assert_eq!(c.parse("trial"), None);
+        assert_eq!(c.parse("Pro"), None);
+        assert_eq!(c.parse(""), None);
+        assert_eq!(c.paid_tiers().count(), 3);
+    }
+
+    #[test]
+    fn the_public_view_lists_limits_with_null_for_unlimited() {
+        let view = Catalog::builtin().public_view();
+        let json = serde_json::to_value(&view).unwrap();
+        assert_eq!(json[0]["id"], "free");
+        assert_eq!(json[0]["rank"], 0);
+        assert_eq!(json[1]["trialDays"], 3);
+        let free_ats = json[0]["limits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["feature"] == "ats_score");
+        assert_eq!(free_ats.unwrap()["monthly"], 3);
+        let premium_ats = json[3]["limits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["feature"] == "ats_score");
+        assert!(premium_ats.unwrap()["monthly"].is_null());
+    }
+}

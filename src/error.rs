@@ -1,0 +1,184 @@
+//! The one API error type. Every failure a client can see is one of these, rendered as
+//! `{"ok":false,"code":"…","message":"…"}` with its status. Server-side causes are
+//! carried for the log line only and never rendered.
+
+use serde::Serialize;
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    /// Missing, malformed, expired or unverifiable credentials. The detail is safe to
+    /// show (it names the check that failed, never key material).
+    AuthRequired(&'static str),
+    Forbidden(&'static str),
+    NotFound,
+    MethodNotAllowed {
+        allow: &'static [&'static str],
+    },
+    PayloadTooLarge {
+        limit: u64,
+    },
+    InvalidRequest(String),
+    /// Anything that is our fault or a dependency's. The cause goes to the log only.
+    Server(String),
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    ok: bool,
+    code: &'a str,
+    message: String,
+}
+
+impl ApiError {
+    pub fn server(cause: impl fmt::Display) -> Self {
+        ApiError::Server(cause.to_string())
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::AuthRequired(_) => 401,
+            ApiError::Forbidden(_) => 403,
+            ApiError::NotFound => 404,
+            ApiError::MethodNotAllowed { .. } => 405,
+            ApiError::PayloadTooLarge { .. } => 413,
+            ApiError::InvalidRequest(_) => 400,
+            ApiError::Server(_) => 500,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::AuthRequired(_) => "AUTH_REQUIRED",
+            ApiError::Forbidden(_) => "FORBIDDEN",
+            ApiError::NotFound => "NOT_FOUND",
+            ApiError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
+            ApiError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            ApiError::InvalidRequest(_) => "INVALID_REQUEST",
+            ApiError::Server(_) => "SERVER_ERROR",
+        }
+    }
+
+    /// The message shown to the client.
+    pub fn public_message(&self) -> String {
+        match self {
+            ApiError::AuthRequired(why) => format!("Authentication required: {why}"),
+            ApiError::Forbidden(why) => format!("Forbidden: {why}"),
+            ApiError::NotFound => "No such route".to_string(),
+            ApiError::MethodNotAllowed { allow } => {
+                format!("Method not allowed; allowed: {}", allow.join(", "))
+            }
+            ApiError::PayloadTooLarge { limit } => {
+                format!("Request body is larger than the limit of {limit} bytes")
+            }
+            ApiError::InvalidRequest(why) => why.clone(),
+            ApiError::Server(_) => {
+                "Internal error; quote the request id when reporting it".to_string()
+            }
+        }
+    }
+
+    /// The cause worth logging: server-side detail for 5xx, nothing for client errors.
+    pub fn log_cause(&self) -> Option<&str> {
+        match self {
+            ApiError::Server(cause) => Some(cause),
+            _ => None,
+        }
+    }
+
+    pub fn body_json(&self) -> String {
+        serde_json::to_string(&Body {
+            ok: false,
+            code: self.code(),
+            message: self.public_message(),
+        })
+        .unwrap_or_else(|_| {
+            r#"{"ok":false,"code":"SERVER_ERROR","message":"Internal error"}"#.into()
+        })
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.code(), self.status())?;
+        if let Some(cause) = self.log_cause() {
+            write!(f, ": {cause}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(e: &ApiError) -> serde_json::Value {
+        serde_json::from_str(&e.body_json()).unwrap()
+    }
+
+    #[test]
+    fn each_error_maps_to_its_documented_code_and_status() {
+        let cases = [
+            (
+                ApiError::AuthRequired("missing bearer token"),
+                "AUTH_REQUIRED",
+                401,
+            ),
+            (ApiError::Forbidden("admin only"), "FORBIDDEN", 403),
+            (ApiError::NotFound, "NOT_FOUND", 404),
+            (
+                ApiError::MethodNotAllowed { allow: &["GET"] },
+                "METHOD_NOT_ALLOWED",
+                405,
+            ),
+            (
+                ApiError::PayloadTooLarge { limit: 10 },
+                "PAYLOAD_TOO_LARGE",
+                413,
+            ),
+            (
+                ApiError::InvalidRequest("bad".into()),
+                "INVALID_REQUEST",
+                400,
+            ),
+            (ApiError::server("boom"), "SERVER_ERROR", 500),
+        ];
+        for (e, code, status) in cases {
+            assert_eq!(e.code(), code);
+            assert_eq!(e.status(), status);
+            let body = parse(&e);
+            assert_eq!(body["ok"], false);
+            assert_eq!(body["code"], code);
+            assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+        }
+    }
+
+    #[test]
+    fn a_server_error_never_shows_its_cause_to_the_client() {
+        let e = ApiError::server("D1_ERROR: no such table: users: SQLITE_ERROR at stack line 3");
+        let body = e.body_json();
+        assert!(!body.contains("D1_ERROR"));
+        assert!(!body.contains("SQLITE"));
+        assert_eq!(
+            e.log_cause(),
+            Some("D1_ERROR: no such table: users: SQLITE_ERROR at stack line 3")
+        );
+    }
+
+    #[test]
+    fn client_errors_have_nothing_to_log_and_say_what_is_wrong() {
+        assert_eq!(ApiError::NotFound.log_cause(), None);
+        assert_eq!(
+            parse(&ApiError::MethodNotAllowed {
+                allow: &["GET", "OPTIONS"]
+            })["message"],
+            "Method not allowed; allowed: GET, OPTIONS"
+        );
+        assert!(
+            parse(&ApiError::PayloadTooLarge { limit: 1048576 })["message"]
+                .as_str()
+                .unwrap()
+                .contains("1048576")
+        );
+    }
+}

@@ -1,0 +1,67 @@
+//! Thin handlers: parse → domain → store → respond.
+
+pub mod catalog;
+pub mod health;
+pub mod plan;
+
+use serde_json::Value;
+use worker::Env;
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::store::db::Db;
+
+/// What a handler needs; built once per request by `lib.rs`.
+pub struct Ctx<'a> {
+    pub env: &'a Env,
+    pub cfg: &'a Config,
+    pub db: &'a Db,
+    pub request_id: &'a str,
+    pub now: i64,
+    pub authorization: Option<String>,
+}
+
+impl Ctx<'_> {
+    pub fn app_kv(&self) -> Option<worker::KvStore> {
+        self.env.kv("APP_KV").ok()
+    }
+
+    /// The verified caller, or 401.
+    pub async fn identity(&self) -> Result<crate::auth::jwt::Identity, ApiError> {
+        crate::auth::authenticate(
+            self.authorization.as_deref(),
+            self.cfg,
+            self.app_kv(),
+            self.now,
+            self.request_id,
+        )
+        .await
+    }
+}
+
+/// A successful answer: status, JSON body and extra headers.
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Reply {
+    pub fn ok(body: Value) -> Self {
+        Reply {
+            status: 200,
+            body,
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn with_status(mut self, status: u16) -> Self {
+        self.status = status;
+        self
+    }
+
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+}

@@ -1,0 +1,138 @@
+//! A thin D1 wrapper: typed parameters (integers bound as f64, because D1 cannot bind
+//! a JS BigInt), every error mapped to `ApiError::Server` with the cause kept for the
+//! log, and a running count of rows read/written from D1's result meta, reported per
+//! request in the `X-D1-Rows` header for `make bench`.
+
+use std::cell::Cell;
+
+use serde::de::DeserializeOwned;
+use worker::wasm_bindgen::JsValue;
+use worker::{D1Database, D1PreparedStatement, D1Result};
+
+use crate::error::ApiError;
+
+#[derive(Debug, Clone)]
+pub enum Param {
+    Int(i64),
+    Text(String),
+    Null,
+}
+
+impl Param {
+    fn to_js(&self) -> JsValue {
+        match self {
+            Param::Int(i) => JsValue::from_f64(*i as f64),
+            Param::Text(s) => JsValue::from_str(s),
+            Param::Null => JsValue::NULL,
+        }
+    }
+}
+
+impl From<&str> for Param {
+    fn from(s: &str) -> Self {
+        Param::Text(s.to_string())
+    }
+}
+impl From<String> for Param {
+    fn from(s: String) -> Self {
+        Param::Text(s)
+    }
+}
+impl From<i64> for Param {
+    fn from(i: i64) -> Self {
+        Param::Int(i)
+    }
+}
+impl<T: Into<Param>> From<Option<T>> for Param {
+    fn from(v: Option<T>) -> Self {
+        v.map(Into::into).unwrap_or(Param::Null)
+    }
+}
+
+pub struct Db {
+    d1: D1Database,
+    rows_read: Cell<usize>,
+    rows_written: Cell<usize>,
+}
+
+pub struct Stmt {
+    pub sql: &'static str,
+    pub params: Vec<Param>,
+}
+
+impl Db {
+    pub fn new(d1: D1Database) -> Self {
+        Db {
+            d1,
+            rows_read: Cell::new(0),
+            rows_written: Cell::new(0),
+        }
+    }
+
+    pub fn rows_read(&self) -> usize {
+        self.rows_read.get()
+    }
+
+    pub fn rows_written(&self) -> usize {
+        self.rows_written.get()
+    }
+
+    fn prepare(&self, sql: &str, params: &[Param]) -> Result<D1PreparedStatement, ApiError> {
+        let values: Vec<JsValue> = params.iter().map(Param::to_js).collect();
+        self.d1
+            .prepare(sql)
+            .bind(&values)
+            .map_err(|e| ApiError::server(format!("d1 bind: {e}")))
+    }
+
+    fn account(&self, result: &D1Result) {
+        if let Ok(Some(meta)) = result.meta() {
+            self.rows_read
+                .set(self.rows_read.get() + meta.rows_read.unwrap_or(0));
+            self.rows_written
+                .set(self.rows_written.get() + meta.rows_written.unwrap_or(0));
+        }
+    }
+
+    /// Runs a statement and deserializes every returned row.
+    pub async fn query<T: DeserializeOwned>(
+        &self,
+        sql: &str,
+        params: &[Param],
+    ) -> Result<Vec<T>, ApiError> {
+        let result = self
+            .prepare(sql, params)?
+            .all()
+            .await
+            .map_err(|e| ApiError::server(format!("d1 query: {e}")))?;
+        self.account(&result);
+        result
+            .results::<T>()
+            .map_err(|e| ApiError::server(format!("d1 decode: {e}")))
+    }
+
+    pub async fn query_one<T: DeserializeOwned>(
+        &self,
+        sql: &str,
+        params: &[Param],
+    ) -> Result<Option<T>, ApiError> {
+        Ok(self.query(sql, params).await?.into_iter().next())
+    }
+
+    /// Runs the statements as one transaction (D1 has no `BEGIN`; a batch is atomic).
+    pub async fn batch(&self, stmts: Vec<Stmt>) -> Result<Vec<D1Result>, ApiError> {
+        let prepared = stmts
+            .iter()
+            .map(|s| self.prepare(s.sql, &s.params))
+            .collect::<Result<Vec<_>, _>>()?;
+        let results = self
+            .d1
+            .batch(prepared)
+            .await
+            .map_err(|e| ApiError::server(format!("d1 batch: {e}")))?;
+        for r in &results {
+            self.account(r);
+        }
+        Ok(results)
+    }
+}

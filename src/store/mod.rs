@@ -1,0 +1,5 @@
+//! D1 repositories and typed KV keys.
+
+pub mod db;
+pub mod kv;
+pub mod users;

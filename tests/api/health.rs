@@ -1,0 +1,37 @@
+use crate::shared;
+use crate::support::get;
+
+#[test]
+fn health_reports_version_commit_and_a_working_d1() {
+    let r = get(&shared().app.url("/health"), None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let body = r.json();
+    assert_eq!(body["ok"], true);
+    assert_eq!(body["d1"], "ok");
+    assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+    let commit = body["commit"].as_str().unwrap();
+    assert!(!commit.is_empty());
+    assert!(r
+        .header("X-Request-Id")
+        .is_some_and(|id| id.starts_with("req_")));
+}
+
+#[test]
+fn the_public_catalog_needs_no_token_and_lists_tiers_in_order() {
+    let r = get(&shared().app.url("/api/plans"), None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let body = r.json();
+    let ids: Vec<&str> = body["tiers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["free", "essential", "pro", "premium"]);
+    assert_eq!(body["tiers"][1]["trialDays"], 3);
+    assert!(body["tiers"][0]["limits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["monthly"].is_u64()));
+}

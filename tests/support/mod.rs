@@ -1,0 +1,525 @@
+//! Test and bench support: starts a real `wrangler dev` (fresh `--persist-to`, migrations
+//! applied) on a free loopback port, signs tokens, serves a JWKS, and reads the local
+//! D1 database directly. Shared by `tests/api` and `benches/load.rs`.
+#![allow(dead_code, clippy::disallowed_methods)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hmac::{Hmac, Mac};
+use rsa::pkcs1::DecodeRsaPrivateKey;
+use rsa::pkcs1v15::{Signature, SigningKey};
+use rsa::signature::{SignatureEncoding, Signer};
+use rsa::traits::PublicKeyParts;
+use rsa::RsaPrivateKey;
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+pub const JWT_SECRET: &str = "e2e-test-secret-0123456789abcdef0123456789";
+pub const ALLOWED_ORIGIN: &str = "https://app.example.test";
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn wrangler_bin() -> PathBuf {
+    let bin = root().join("node_modules/.bin/wrangler");
+    assert!(
+        bin.exists(),
+        "wrangler is not installed: run `make test` (it runs `npm ci`)"
+    );
+    bin
+}
+
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}-{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+// ------------------------------------------------------------------------------------
+// Tokens
+
+pub fn b64url(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let mut b = [0u8; 3];
+        b[..chunk.len()].copy_from_slice(chunk);
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..chunk.len() + 1 {
+            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+pub fn hs256(secret: &str, claims: &Value) -> String {
+    let input = format!(
+        "{}.{}",
+        b64url(br#"{"alg":"HS256","typ":"JWT"}"#),
+        b64url(claims.to_string().as_bytes())
+    );
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(input.as_bytes());
+    format!("{input}.{}", b64url(&mac.finalize().into_bytes()))
+}
+
+/// A valid development token for `sub`.
+pub fn token(sub: &str) -> String {
+    hs256(
+        JWT_SECRET,
+        &json!({"sub": sub, "email": format!("{sub}@example.test"), "iat": now(), "exp": now() + 3600}),
+    )
+}
+
+pub fn rsa_key(name: &str) -> RsaPrivateKey {
+    let pem = std::fs::read_to_string(root().join(format!("tests/fixtures/{name}.pem"))).unwrap();
+    RsaPrivateKey::from_pkcs1_pem(&pem).unwrap()
+}
+
+pub fn rs256(key: &RsaPrivateKey, kid: &str, claims: &Value) -> String {
+    let header = b64url(
+        json!({"alg":"RS256","typ":"JWT","kid":kid})
+            .to_string()
+            .as_bytes(),
+    );
+    let input = format!("{header}.{}", b64url(claims.to_string().as_bytes()));
+    let sig: Signature = SigningKey::<Sha256>::new(key.clone()).sign(input.as_bytes());
+    format!("{input}.{}", b64url(&sig.to_bytes()))
+}
+
+pub fn jwk(key: &RsaPrivateKey, kid: &str) -> Value {
+    let public = key.to_public_key();
+    json!({"kty":"RSA","kid":kid,"alg":"RS256","use":"sig",
+           "n": b64url(&public.n().to_bytes_be()), "e": b64url(&public.e().to_bytes_be())})
+}
+
+// ------------------------------------------------------------------------------------
+// A JWKS endpoint on loopback, like Google's securetoken keys.
+
+pub struct JwksServer {
+    pub url: String,
+    pub hits: Arc<AtomicUsize>,
+    pub keys: Arc<Mutex<Value>>,
+}
+
+impl JwksServer {
+    pub fn start(keys: Value) -> JwksServer {
+        let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+        let port = server.server_addr().to_ip().unwrap().port();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let keys = Arc::new(Mutex::new(keys));
+        let (h, k) = (hits.clone(), keys.clone());
+        std::thread::spawn(move || {
+            for req in server.incoming_requests() {
+                h.fetch_add(1, Ordering::SeqCst);
+                let body = k.lock().unwrap().to_string();
+                let resp = tiny_http::Response::from_string(body)
+                    .with_header(
+                        "Content-Type: application/json"
+                            .parse::<tiny_http::Header>()
+                            .unwrap(),
+                    )
+                    .with_header(
+                        "Cache-Control: public, max-age=300"
+                            .parse::<tiny_http::Header>()
+                            .unwrap(),
+                    );
+                let _ = req.respond(resp);
+            }
+        });
+        JwksServer {
+            url: format!("http://127.0.0.1:{port}/jwks"),
+            hits,
+            keys,
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------
+// The app under test.
+
+pub struct AppOptions {
+    pub vars: Vec<(String, String)>,
+    pub migrate: bool,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        AppOptions {
+            vars: Vec::new(),
+            migrate: true,
+        }
+    }
+}
+
+impl AppOptions {
+    pub fn var(mut self, k: &str, v: &str) -> Self {
+        self.vars.push((k.to_string(), v.to_string()));
+        self
+    }
+}
+
+pub struct App {
+    pub base: String,
+    pub persist: PathBuf,
+    child: Mutex<Option<Child>>,
+    /// Closing this tells the wrapper shell to stop wrangler with SIGINT; it also
+    /// closes by itself when the test process exits, however it exits.
+    stdin: Mutex<Option<ChildStdin>>,
+    log: PathBuf,
+}
+
+pub fn wrangler_command() -> Command {
+    let mut c = Command::new(wrangler_bin());
+    c.current_dir(root())
+        .env("CI", "1")
+        .env("WRANGLER_SEND_METRICS", "false")
+        .env("NO_COLOR", "1")
+        .env("PATH", tool_path());
+    c
+}
+
+/// PATH with the project's npm binaries and cargo-installed tools first, as `make` sets it.
+fn tool_path() -> String {
+    let home = std::env::var("HOME").unwrap_or_default();
+    format!(
+        "{}:{home}/.cargo/bin:{}",
+        root().join("node_modules/.bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+fn apply_migrations(persist: &Path) {
+    let out = wrangler_command()
+        .args(["d1", "migrations", "apply", "DB", "--local", "--persist-to"])
+        .arg(persist)
+        .output()
+        .expect("run wrangler d1 migrations apply");
+    assert!(
+        out.status.success(),
+        "migrations failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl App {
+    pub fn spawn(opts: AppOptions) -> App {
+        assert!(
+            root().join("build/index.js").exists(),
+            "build/index.js is missing: run `make test` (it builds the worker first)"
+        );
+        let persist = std::env::temp_dir().join(unique("plangate-e2e"));
+        std::fs::create_dir_all(&persist).unwrap();
+        if opts.migrate {
+            apply_migrations(&persist);
+        }
+        // Secrets and vars come only from here, never from a developer's .dev.vars.
+        let mut vars: Vec<(String, String)> = vec![
+            ("AUTH_JWT_SECRET".into(), JWT_SECRET.into()),
+            ("ALLOWED_ORIGINS".into(), ALLOWED_ORIGIN.into()),
+            ("ENVIRONMENT".into(), "test".into()),
+        ];
+        for (k, v) in opts.vars {
+            vars.retain(|(x, _)| *x != k);
+            vars.push((k, v));
+        }
+        let env_file = persist.join("test.env");
+        let mut f = std::fs::File::create(&env_file).unwrap();
+        for (k, v) in &vars {
+            writeln!(f, "{k}={v}").unwrap();
+        }
+        let port = free_port();
+        let log = persist.join("wrangler.log");
+        let mut args: Vec<String> = vec![
+            "dev".into(),
+            "--local".into(),
+            "--ip".into(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            port.to_string(),
+            "--inspector-port".into(),
+            free_port().to_string(),
+            "--persist-to".into(),
+            persist.display().to_string(),
+            "--env-file".into(),
+            env_file.display().to_string(),
+            "--show-interactive-dev-session=false".into(),
+        ];
+        for (k, v) in &vars {
+            args.push("--var".into());
+            args.push(format!("{k}:{v}"));
+        }
+        let quoted: Vec<String> = args
+            .iter()
+            .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+            .collect();
+        let script = format!(
+            "'{}' {} >'{}' 2>&1 & pid=$!; cat >/dev/null; kill -INT $pid; wait $pid; {}",
+            wrangler_bin().display(),
+            quoted.join(" "),
+            log.display(),
+            // Shared apps live until the test process exits; clean up after them too.
+            if std::env::var_os("PLANGATE_KEEP_STATE").is_some() {
+                String::new()
+            } else {
+                format!("rm -rf '{}'", persist.display())
+            }
+        );
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(root())
+            .env("CI", "1")
+            .env("WRANGLER_SEND_METRICS", "false")
+            .env("NO_COLOR", "1")
+            .env("PATH", tool_path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn wrangler dev");
+        let stdin = child.stdin.take();
+        let app = App {
+            base: format!("http://127.0.0.1:{port}"),
+            persist,
+            child: Mutex::new(Some(child)),
+            stdin: Mutex::new(stdin),
+            log,
+        };
+        app.wait_ready(Duration::from_secs(180));
+        app
+    }
+
+    fn wait_ready(&self, limit: Duration) {
+        let start = Instant::now();
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(2))
+            .build();
+        while start.elapsed() < limit {
+            if let Ok(r) = agent.get(&format!("{}/health", self.base)).call() {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            if let Some(c) = self.child.lock().unwrap().as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    panic!("wrangler dev exited ({status}):\n{}", self.log_tail());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!(
+            "wrangler dev not ready after {limit:?}:\n{}",
+            self.log_tail()
+        );
+    }
+
+    pub fn log_tail(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        let start = s.len().saturating_sub(4000);
+        s[s.char_indices()
+            .map(|(i, _)| i)
+            .find(|&i| i >= start)
+            .unwrap_or(0)..]
+            .to_string()
+    }
+
+    /// The full worker log so far (structured JSON lines among wrangler's own output).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Runs a read-only SQL query against the local D1 (SQLite) file.
+    pub fn sql(&self, query: &str) -> Vec<Value> {
+        let dir = self.persist.join("v3/d1/miniflare-D1DatabaseObject");
+        let db = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("no local D1 at {}: {e}", dir.display()))
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| {
+                p.extension().is_some_and(|x| x == "sqlite")
+                    && !p.to_string_lossy().contains("metadata")
+            })
+            .expect("a .sqlite file");
+        let script = r#"
+import json, sqlite3, sys
+con = sqlite3.connect("file:" + sys.argv[1] + "?mode=ro", uri=True, timeout=10)
+con.row_factory = sqlite3.Row
+print(json.dumps([dict(r) for r in con.execute(sys.argv[2]).fetchall()]))
+"#;
+        let out = Command::new("python3")
+            .args(["-c", script])
+            .arg(&db)
+            .arg(query)
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "sql failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
+    }
+
+    pub fn count(&self, query: &str) -> i64 {
+        self.sql(query)[0]
+            .as_object()
+            .unwrap()
+            .values()
+            .next()
+            .unwrap()
+            .as_i64()
+            .unwrap()
+    }
+
+    pub fn stop(&self) {
+        drop(self.stdin.lock().unwrap().take());
+        if let Some(mut c) = self.child.lock().unwrap().take() {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+        }
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.persist);
+    }
+}
+
+// ------------------------------------------------------------------------------------
+// HTTP
+
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(60))
+        .build()
+}
+
+fn to_resp(r: ureq::Response) -> Resp {
+    let status = r.status();
+    let headers = r
+        .headers_names()
+        .into_iter()
+        .flat_map(|n| {
+            r.all(&n)
+                .into_iter()
+                .map(|v| (n.clone(), v.to_string()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut body = String::new();
+    let _ = BufReader::new(r.into_reader()).read_to_string(&mut body);
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Sends a request and returns the response whatever its status.
+pub fn send(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Resp {
+    let mut req = agent.request(method, url);
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    let result = match body {
+        Some(b) => req.send_bytes(b),
+        None => req.call(),
+    };
+    match result {
+        Ok(r) => to_resp(r),
+        Err(ureq::Error::Status(_, r)) => to_resp(r),
+        Err(e) => panic!("{method} {url}: {e}"),
+    }
+}
+
+pub fn get(url: &str, token: Option<&str>) -> Resp {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+    send(&agent(), "GET", url, &headers, None)
+}
+
+/// Lines of the worker log that are plangate's structured JSON lines.
+pub fn json_log_lines(log: &str) -> Vec<Value> {
+    log.lines()
+        .filter_map(|l| Some(&l[l.find('{')?..=l.rfind('}')?]))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("requestId").is_some())
+        .collect()
+}
+
+pub fn read_lines(path: &Path) -> Vec<String> {
+    std::fs::File::open(path)
+        .map(|f| BufReader::new(f).lines().map_while(Result::ok).collect())
+        .unwrap_or_default()
+}
