@@ -1,1 +1,155 @@
-fn main() {}
+//! `make bench`: bundle size, latency/throughput of `GET /api/plan/me` against the
+//! `GET /health` baseline under the same concurrency in the same run, and D1 rows
+//! read/written per request (from D1's result meta, reported by the Worker in the
+//! `X-D1-Rows-Read` / `X-D1-Rows-Written` headers). Figures are ratios and counts,
+//! never pass/fail timings; the only hard check is the Wasm gzip budget.
+#![allow(clippy::disallowed_methods)]
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::io::Write;
+use std::sync::{Arc, Barrier};
+use std::time::Instant;
+
+use support::{agent, send, token, App, AppOptions};
+
+const WASM_GZIP_BUDGET: usize = 250 * 1024;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn gzip_len(bytes: &[u8]) -> usize {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap().len()
+}
+
+struct Run {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: usize,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+/// `concurrency` threads, each sending `per_thread` requests over one keep-alive agent.
+fn load(url: &str, tokens: &[String], concurrency: usize, per_thread: usize) -> Run {
+    let barrier = Arc::new(Barrier::new(concurrency + 1));
+    let handles: Vec<_> = (0..concurrency)
+        .map(|i| {
+            let url = url.to_string();
+            let auth = tokens.get(i % tokens.len().max(1)).map(|t| format!("Bearer {t}"));
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let a = agent();
+                let headers: Vec<(&str, &str)> = auth.iter().map(|h| ("Authorization", h.as_str())).collect();
+                barrier.wait();
+                let mut lat = Vec::with_capacity(per_thread);
+                let mut errors = 0;
+                for _ in 0..per_thread {
+                    let t = Instant::now();
+                    let r = send(&a, "GET", &url, &headers, None);
+                    lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                    if r.status != 200 {
+                        errors += 1;
+                    }
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    barrier.wait();
+    let start = Instant::now();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for h in handles {
+        let (lat, e) = h.join().unwrap();
+        all.extend(lat);
+        errors += e;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    all.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    Run { rps: all.len() as f64 / elapsed, p50_ms: percentile(&all, 50.0), p99_ms: percentile(&all, 99.0), errors }
+}
+
+fn main() {
+    let root = support::root();
+    let wasm = std::fs::read(root.join("build/index_bg.wasm")).expect("build/index_bg.wasm: run `make bench`");
+    let js = std::fs::read(root.join("build/index.js")).expect("build/index.js");
+    let (wasm_gz, js_gz) = (gzip_len(&wasm), gzip_len(&js));
+
+    let concurrency = env_usize("BENCH_CONCURRENCY", 8);
+    let per_thread = env_usize("BENCH_REQUESTS", 250);
+    let rounds = env_usize("BENCH_ROUNDS", 3);
+
+    eprintln!("starting wrangler dev …");
+    let app = App::spawn(AppOptions::default());
+    let tokens: Vec<String> = (0..concurrency).map(|i| token(&support::unique(&format!("bench-{i}")))).collect();
+
+    // D1 rows for a first request (creates the user) and a steady-state one.
+    let me = app.url("/api/plan/me");
+    let rows = |t: &str| {
+        let r = send(&agent(), "GET", &me, &[("Authorization", &format!("Bearer {t}"))], None);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let n = |h| r.header(h).and_then(|v| v.parse::<usize>().ok()).expect("X-D1-Rows-* header");
+        (n("X-D1-Rows-Read"), n("X-D1-Rows-Written"))
+    };
+    let first = rows(&tokens[0]);
+    for t in &tokens[1..] {
+        rows(t);
+    }
+    let steady = rows(&tokens[0]);
+
+    // Warm up both routes, then alternate rounds so drift hits both equally.
+    load(&app.url("/health"), &[], concurrency, 20);
+    load(&me, &tokens, concurrency, 20);
+    let (mut health, mut plan) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        health.push(load(&app.url("/health"), &[], concurrency, per_thread));
+        plan.push(load(&me, &tokens, concurrency, per_thread));
+    }
+    app.stop();
+    let median = |runs: &[Run], f: fn(&Run) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let errors: usize = health.iter().chain(plan.iter()).map(|r| r.errors).sum();
+    let (h_rps, p_rps) = (median(&health, |r| r.rps), median(&plan, |r| r.rps));
+    let (h50, p50) = (median(&health, |r| r.p50_ms), median(&plan, |r| r.p50_ms));
+    let (h99, p99) = (median(&health, |r| r.p99_ms), median(&plan, |r| r.p99_ms));
+
+    let mut out = String::new();
+    out += "| metric | value |\n|---|---|\n";
+    out += &format!("| wasm (raw / gzip) | {} B / {} B ({:.1} KiB gzip, budget 250 KiB) |\n", wasm.len(), wasm_gz, wasm_gz as f64 / 1024.0);
+    out += &format!("| js glue build/index.js (raw / gzip) | {} B / {} B |\n", js.len(), js_gz);
+    out += &format!("| load | {concurrency} concurrent clients, {per_thread} requests each, median of {rounds} rounds per route |\n");
+    out += &format!("| GET /health (baseline) | {h_rps:.0} req/s, p50 {h50:.2} ms, p99 {h99:.2} ms |\n");
+    out += &format!("| GET /api/plan/me | {p_rps:.0} req/s, p50 {p50:.2} ms, p99 {p99:.2} ms |\n");
+    out += &format!("| plan/me ÷ health | throughput {:.2}×, p50 {:.2}×, p99 {:.2}× |\n", p_rps / h_rps, p50 / h50, p99 / h99);
+    out += &format!("| D1 rows per /api/plan/me, first request (creates user) | read {}, written {} |\n", first.0, first.1);
+    out += &format!("| D1 rows per /api/plan/me, existing user | read {}, written {} |\n", steady.0, steady.1);
+    out += &format!("| non-200 answers during load | {errors} |\n");
+    println!("{out}");
+    let report = root.join("target/bench-report.md");
+    let _ = std::fs::write(&report, &out);
+    eprintln!("(also written to {})", report.display());
+
+    if errors > 0 {
+        eprintln!("error: {errors} requests failed during the load");
+        std::process::exit(1);
+    }
+    if wasm_gz > WASM_GZIP_BUDGET {
+        eprintln!("error: wasm gzip size {wasm_gz} B is over the {WASM_GZIP_BUDGET} B budget");
+        std::process::exit(1);
+    }
+}
