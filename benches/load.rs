@@ -17,7 +17,10 @@ use support::{agent, send, token, App, AppOptions};
 const WASM_GZIP_BUDGET: usize = 250 * 1024;
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn gzip_len(bytes: &[u8]) -> usize {
@@ -47,11 +50,14 @@ fn load(url: &str, tokens: &[String], concurrency: usize, per_thread: usize) -> 
     let handles: Vec<_> = (0..concurrency)
         .map(|i| {
             let url = url.to_string();
-            let auth = tokens.get(i % tokens.len().max(1)).map(|t| format!("Bearer {t}"));
+            let auth = tokens
+                .get(i % tokens.len().max(1))
+                .map(|t| format!("Bearer {t}"));
             let barrier = barrier.clone();
             std::thread::spawn(move || {
                 let a = agent();
-                let headers: Vec<(&str, &str)> = auth.iter().map(|h| ("Authorization", h.as_str())).collect();
+                let headers: Vec<(&str, &str)> =
+                    auth.iter().map(|h| ("Authorization", h.as_str())).collect();
                 barrier.wait();
                 let mut lat = Vec::with_capacity(per_thread);
                 let mut errors = 0;
@@ -78,12 +84,18 @@ fn load(url: &str, tokens: &[String], concurrency: usize, per_thread: usize) -> 
     }
     let elapsed = start.elapsed().as_secs_f64();
     all.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    Run { rps: all.len() as f64 / elapsed, p50_ms: percentile(&all, 50.0), p99_ms: percentile(&all, 99.0), errors }
+    Run {
+        rps: all.len() as f64 / elapsed,
+        p50_ms: percentile(&all, 50.0),
+        p99_ms: percentile(&all, 99.0),
+        errors,
+    }
 }
 
 fn main() {
     let root = support::root();
-    let wasm = std::fs::read(root.join("build/index_bg.wasm")).expect("build/index_bg.wasm: run `make bench`");
+    let wasm = std::fs::read(root.join("build/index_bg.wasm"))
+        .expect("build/index_bg.wasm: run `make bench`");
     let js = std::fs::read(root.join("build/index.js")).expect("build/index.js");
     let (wasm_gz, js_gz) = (gzip_len(&wasm), gzip_len(&js));
 
@@ -93,14 +105,26 @@ fn main() {
 
     eprintln!("starting wrangler dev …");
     let app = App::spawn(AppOptions::default());
-    let tokens: Vec<String> = (0..concurrency).map(|i| token(&support::unique(&format!("bench-{i}")))).collect();
+    let tokens: Vec<String> = (0..concurrency)
+        .map(|i| token(&support::unique(&format!("bench-{i}"))))
+        .collect();
 
     // D1 rows for a first request (creates the user) and a steady-state one.
     let me = app.url("/api/plan/me");
     let rows = |t: &str| {
-        let r = send(&agent(), "GET", &me, &[("Authorization", &format!("Bearer {t}"))], None);
+        let r = send(
+            &agent(),
+            "GET",
+            &me,
+            &[("Authorization", &format!("Bearer {t}"))],
+            None,
+        );
         assert_eq!(r.status, 200, "{}", r.body);
-        let n = |h| r.header(h).and_then(|v| v.parse::<usize>().ok()).expect("X-D1-Rows-* header");
+        let n = |h| {
+            r.header(h)
+                .and_then(|v| v.parse::<usize>().ok())
+                .expect("X-D1-Rows-* header")
+        };
         (n("X-D1-Rows-Read"), n("X-D1-Rows-Written"))
     };
     let first = rows(&tokens[0]);
@@ -130,14 +154,36 @@ fn main() {
 
     let mut out = String::new();
     out += "| metric | value |\n|---|---|\n";
-    out += &format!("| wasm (raw / gzip) | {} B / {} B ({:.1} KiB gzip, budget 250 KiB) |\n", wasm.len(), wasm_gz, wasm_gz as f64 / 1024.0);
-    out += &format!("| js glue build/index.js (raw / gzip) | {} B / {} B |\n", js.len(), js_gz);
+    out += &format!(
+        "| wasm (raw / gzip) | {} B / {} B ({:.1} KiB gzip, budget 250 KiB) |\n",
+        wasm.len(),
+        wasm_gz,
+        wasm_gz as f64 / 1024.0
+    );
+    out += &format!(
+        "| js glue build/index.js (raw / gzip) | {} B / {} B |\n",
+        js.len(),
+        js_gz
+    );
     out += &format!("| load | {concurrency} concurrent clients, {per_thread} requests each, median of {rounds} rounds per route |\n");
-    out += &format!("| GET /health (baseline) | {h_rps:.0} req/s, p50 {h50:.2} ms, p99 {h99:.2} ms |\n");
+    out += &format!(
+        "| GET /health (baseline) | {h_rps:.0} req/s, p50 {h50:.2} ms, p99 {h99:.2} ms |\n"
+    );
     out += &format!("| GET /api/plan/me | {p_rps:.0} req/s, p50 {p50:.2} ms, p99 {p99:.2} ms |\n");
-    out += &format!("| plan/me ÷ health | throughput {:.2}×, p50 {:.2}×, p99 {:.2}× |\n", p_rps / h_rps, p50 / h50, p99 / h99);
-    out += &format!("| D1 rows per /api/plan/me, first request (creates user) | read {}, written {} |\n", first.0, first.1);
-    out += &format!("| D1 rows per /api/plan/me, existing user | read {}, written {} |\n", steady.0, steady.1);
+    out += &format!(
+        "| plan/me ÷ health | throughput {:.2}×, p50 {:.2}×, p99 {:.2}× |\n",
+        p_rps / h_rps,
+        p50 / h50,
+        p99 / h99
+    );
+    out += &format!(
+        "| D1 rows per /api/plan/me, first request (creates user) | read {}, written {} |\n",
+        first.0, first.1
+    );
+    out += &format!(
+        "| D1 rows per /api/plan/me, existing user | read {}, written {} |\n",
+        steady.0, steady.1
+    );
     out += &format!("| non-200 answers during load | {errors} |\n");
     println!("{out}");
     let report = root.join("target/bench-report.md");

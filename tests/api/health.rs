@@ -39,9 +39,13 @@ fn the_public_catalog_needs_no_token_and_lists_tiers_in_order() {
 #[test]
 fn the_wasm_bundle_gzips_under_250_kib() {
     use std::io::Write;
-    let wasm = std::fs::read(crate::support::root().join("build/index_bg.wasm")).expect("built by make test");
+    let wasm = std::fs::read(crate::support::root().join("build/index_bg.wasm"))
+        .expect("built by make test");
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     enc.write_all(&wasm).unwrap();
     let gz = enc.finish().unwrap().len();
-    assert!(gz < 250 * 1024, "wasm is {gz} bytes gzipped, over the 250 KiB budget");
+    assert!(
+        gz < 250 * 1024,
+        "wasm is {gz} bytes gzipped, over the 250 KiB budget"
+    );
 }
