@@ -1,7 +1,13 @@
 //! Configuration from `wrangler.toml` vars and secrets, parsed once per request from a
 //! lookup function so the parsing is tested natively.
 
+use crate::domain::plans::Catalog;
+use crate::domain::subscription::PriceMap;
+use crate::stripe::client::DEFAULT_API_VERSION;
+use crate::stripe::signature::{parse_secrets, DEFAULT_TOLERANCE_SECONDS};
+
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
+pub const DEFAULT_STRIPE_API_BASE: &str = "https://api.stripe.com";
 /// HS256 keys shorter than the hash output are refused (RFC 7518 §3.2).
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
 
@@ -20,6 +26,22 @@ pub struct Config {
     /// `AUTH_ISSUER` / `AUTH_AUDIENCE`: required `iss` / `aud` when set.
     pub issuer: Option<String>,
     pub audience: Option<String>,
+    /// `STRIPE_API_BASE`: where Stripe REST calls go (a local fake in tests).
+    pub stripe_api_base: String,
+    /// `STRIPE_API_VERSION`: the pinned `Stripe-Version` header.
+    pub stripe_api_version: String,
+    /// `STRIPE_SECRET_KEY` (secret).
+    pub stripe_secret_key: Option<String>,
+    /// `STRIPE_WEBHOOK_SECRET` (secret): one or more signing secrets, comma-separated.
+    pub webhook_secrets: Vec<String>,
+    /// `WEBHOOK_TOLERANCE_SECONDS`: oldest accepted signature timestamp; never disabled.
+    pub webhook_tolerance: i64,
+    /// `DUAL_WRITE_KV`: also write the legacy plan keys old readers use.
+    pub dual_write_kv: bool,
+    /// `ADMIN_TOKEN` (secret): bearer token of `/api/admin/*`.
+    pub admin_token: Option<String>,
+    /// `STRIPE_PRICE_<TIER>` for every paid tier of the catalog.
+    pub prices: PriceMap,
 }
 
 fn non_empty(v: Option<String>) -> Option<String> {
@@ -79,7 +101,39 @@ impl Config {
                 );
             }
         }
+        let webhook_tolerance = match non_empty(get("WEBHOOK_TOLERANCE_SECONDS")) {
+            None => DEFAULT_TOLERANCE_SECONDS,
+            Some(s) => match s.parse::<i64>() {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    return Err(format!(
+                        "WEBHOOK_TOLERANCE_SECONDS `{s}` must be a positive whole number"
+                    ))
+                }
+            },
+        };
+        let dual_write_kv = match non_empty(get("DUAL_WRITE_KV")).as_deref() {
+            None | Some("false") | Some("0") => false,
+            Some("true") | Some("1") => true,
+            Some(other) => return Err(format!("DUAL_WRITE_KV `{other}` must be true or false")),
+        };
+        let stripe_api_base =
+            non_empty(get("STRIPE_API_BASE")).unwrap_or_else(|| DEFAULT_STRIPE_API_BASE.into());
+        if !(stripe_api_base.starts_with("https://")
+            || stripe_api_base.starts_with("http://127.0.0.1"))
+        {
+            return Err("STRIPE_API_BASE must be an https:// URL (http only on 127.0.0.1)".into());
+        }
         Ok(Config {
+            stripe_api_base,
+            stripe_api_version: non_empty(get("STRIPE_API_VERSION"))
+                .unwrap_or_else(|| DEFAULT_API_VERSION.into()),
+            stripe_secret_key: non_empty(get("STRIPE_SECRET_KEY")),
+            webhook_secrets: parse_secrets(get("STRIPE_WEBHOOK_SECRET").as_deref()),
+            webhook_tolerance,
+            dual_write_kv,
+            admin_token: non_empty(get("ADMIN_TOKEN")),
+            prices: PriceMap::from_lookup(&Catalog::builtin(), &get),
             environment: non_empty(get("ENVIRONMENT")).unwrap_or_else(|| "development".into()),
             allowed_origins,
             max_body_bytes,
@@ -154,6 +208,32 @@ mod tests {
             .unwrap()
             .jwt_secret
             .is_some());
+    }
+
+    #[test]
+    fn stripe_settings_have_safe_defaults_and_are_validated() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.stripe_api_base, "https://api.stripe.com");
+        assert_eq!(c.webhook_tolerance, 300);
+        assert!(c.webhook_secrets.is_empty());
+        assert!(!c.dual_write_kv);
+        let c = cfg(&[
+            ("STRIPE_WEBHOOK_SECRET", "whsec_a, whsec_b"),
+            ("DUAL_WRITE_KV", "true"),
+            ("STRIPE_PRICE_PRO", "price_pro_1"),
+            ("STRIPE_API_BASE", "http://127.0.0.1:4242"),
+        ])
+        .unwrap();
+        assert_eq!(c.webhook_secrets, ["whsec_a", "whsec_b"]);
+        assert!(c.dual_write_kv);
+        assert_eq!(
+            c.prices.tier_of("price_pro_1"),
+            Catalog::builtin().parse("pro")
+        );
+        assert!(cfg(&[("WEBHOOK_TOLERANCE_SECONDS", "0")]).is_err());
+        assert!(cfg(&[("WEBHOOK_TOLERANCE_SECONDS", "-5")]).is_err());
+        assert!(cfg(&[("DUAL_WRITE_KV", "yes please")]).is_err());
+        assert!(cfg(&[("STRIPE_API_BASE", "http://stripe.evil.example")]).is_err());
     }
 
     #[test]

@@ -19,6 +19,21 @@ pub enum ApiError {
         limit: u64,
     },
     InvalidRequest(String),
+    /// A documented, endpoint-specific failure (`INVALID_SIGNATURE`, `ALREADY_ON_PLAN`…)
+    /// whose message is safe to show.
+    Coded {
+        status: u16,
+        code: &'static str,
+        message: String,
+    },
+    /// A server-side failure with its own code (`WEBHOOK_NOT_CONFIGURED`, …): the
+    /// public message is fixed, the cause goes to the log only.
+    CodedServer {
+        status: u16,
+        code: &'static str,
+        public: &'static str,
+        cause: String,
+    },
     /// Anything that is our fault or a dependency's. The cause goes to the log only.
     Server(String),
 }
@@ -35,6 +50,14 @@ impl ApiError {
         ApiError::Server(cause.to_string())
     }
 
+    pub fn coded(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Coded {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
     pub fn status(&self) -> u16 {
         match self {
             ApiError::AuthRequired(_) => 401,
@@ -43,6 +66,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::PayloadTooLarge { .. } => 413,
             ApiError::InvalidRequest(_) => 400,
+            ApiError::Coded { status, .. } | ApiError::CodedServer { status, .. } => *status,
             ApiError::Server(_) => 500,
         }
     }
@@ -55,6 +79,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             ApiError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             ApiError::InvalidRequest(_) => "INVALID_REQUEST",
+            ApiError::Coded { code, .. } | ApiError::CodedServer { code, .. } => code,
             ApiError::Server(_) => "SERVER_ERROR",
         }
     }
@@ -72,6 +97,8 @@ impl ApiError {
                 format!("Request body is larger than the limit of {limit} bytes")
             }
             ApiError::InvalidRequest(why) => why.clone(),
+            ApiError::Coded { message, .. } => message.clone(),
+            ApiError::CodedServer { public, .. } => public.to_string(),
             ApiError::Server(_) => {
                 "Internal error; quote the request id when reporting it".to_string()
             }
@@ -81,7 +108,7 @@ impl ApiError {
     /// The cause worth logging: server-side detail for 5xx, nothing for client errors.
     pub fn log_cause(&self) -> Option<&str> {
         match self {
-            ApiError::Server(cause) => Some(cause),
+            ApiError::Server(cause) | ApiError::CodedServer { cause, .. } => Some(cause),
             _ => None,
         }
     }
@@ -142,6 +169,21 @@ mod tests {
                 400,
             ),
             (ApiError::server("boom"), "SERVER_ERROR", 500),
+            (
+                ApiError::coded(409, "ALREADY_ON_PLAN", "already on pro"),
+                "ALREADY_ON_PLAN",
+                409,
+            ),
+            (
+                ApiError::CodedServer {
+                    status: 500,
+                    code: "WEBHOOK_NOT_CONFIGURED",
+                    public: "x",
+                    cause: "y".into(),
+                },
+                "WEBHOOK_NOT_CONFIGURED",
+                500,
+            ),
         ];
         for (e, code, status) in cases {
             assert_eq!(e.code(), code);
@@ -162,6 +204,21 @@ mod tests {
         assert_eq!(
             e.log_cause(),
             Some("D1_ERROR: no such table: users: SQLITE_ERROR at stack line 3")
+        );
+    }
+
+    #[test]
+    fn a_coded_server_error_shows_its_fixed_message_and_logs_its_cause() {
+        let e = ApiError::CodedServer {
+            status: 500,
+            code: "WEBHOOK_FAILED",
+            public: "Webhook processing failed; it will be retried",
+            cause: "stripe 500 on GET /v1/subscriptions/sub_1".into(),
+        };
+        assert!(!e.body_json().contains("sub_1"));
+        assert_eq!(
+            e.log_cause(),
+            Some("stripe 500 on GET /v1/subscriptions/sub_1")
         );
     }
 

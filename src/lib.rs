@@ -4,14 +4,17 @@
 //! `routes/` (handlers), `domain/` (pure logic), `store/` (D1 and KV), `auth/`.
 
 pub mod auth;
+pub mod billing;
 pub mod clock;
 pub mod config;
 pub mod cors;
+pub mod cron;
 pub mod domain;
 pub mod error;
 pub mod log;
 pub mod routes;
 pub mod store;
+pub mod stripe;
 pub mod util;
 
 use serde_json::json;
@@ -27,9 +30,14 @@ enum Handler {
     Health,
     Plans,
     PlanMe,
+    StripeWebhook,
+    AdminListEvents,
+    AdminRetryEvent,
+    AdminResync,
 }
 
 struct Route {
+    /// Segments; `{}` matches one path segment, passed to the handler.
     path: &'static str,
     methods: &'static [&'static str],
     handler: Handler,
@@ -52,20 +60,53 @@ const ROUTES: &[Route] = &[
         methods: &["GET"],
         handler: Handler::PlanMe,
     },
+    Route {
+        path: "/api/stripe-webhook",
+        methods: &["POST"],
+        handler: Handler::StripeWebhook,
+    },
+    Route {
+        path: "/api/admin/webhook-events",
+        methods: &["GET"],
+        handler: Handler::AdminListEvents,
+    },
+    Route {
+        path: "/api/admin/webhook-events/{}/retry",
+        methods: &["POST"],
+        handler: Handler::AdminRetryEvent,
+    },
+    Route {
+        path: "/api/admin/resync",
+        methods: &["POST"],
+        handler: Handler::AdminResync,
+    },
 ];
 
-fn resolve(method: &str, path: &str) -> Result<Handler, ApiError> {
+fn match_path(pattern: &str, path: &str) -> Option<Vec<String>> {
+    let (mut p, mut a) = (pattern.split('/'), path.split('/'));
+    let mut params = Vec::new();
+    loop {
+        match (p.next(), a.next()) {
+            (None, None) => return Some(params),
+            (Some("{}"), Some(seg)) if !seg.is_empty() => params.push(seg.to_string()),
+            (Some(x), Some(y)) if x == y => {}
+            _ => return None,
+        }
+    }
+}
+
+fn resolve(method: &str, path: &str) -> Result<(Handler, Vec<String>), ApiError> {
     let path = if path.len() > 1 {
         path.trim_end_matches('/')
     } else {
         path
     };
-    let route = ROUTES
+    let (route, params) = ROUTES
         .iter()
-        .find(|r| r.path == path)
+        .find_map(|r| match_path(r.path, path).map(|p| (r, p)))
         .ok_or(ApiError::NotFound)?;
     if route.methods.contains(&method) {
-        Ok(route.handler)
+        Ok((route.handler, params))
     } else {
         Err(ApiError::MethodNotAllowed {
             allow: route.methods,
@@ -73,12 +114,29 @@ fn resolve(method: &str, path: &str) -> Result<Handler, ApiError> {
     }
 }
 
-async fn dispatch(handler: Handler, ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
+async fn dispatch(handler: Handler, params: &[String], ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
+    let param = |i: usize| params.get(i).map(String::as_str).unwrap_or_default();
     match handler {
         Handler::Health => routes::health::get(ctx).await,
         Handler::Plans => routes::catalog::get(),
         Handler::PlanMe => routes::plan::me(ctx).await,
+        Handler::StripeWebhook => routes::webhook::stripe(ctx).await,
+        Handler::AdminListEvents => routes::admin::list_events(ctx).await,
+        Handler::AdminRetryEvent => routes::admin::retry_event(ctx, param(0)).await,
+        Handler::AdminResync => routes::admin::resync(ctx).await,
     }
+}
+
+/// Reads the body, refusing more than `limit` bytes whatever Content-Length said.
+async fn read_body(req: &mut Request, limit: u64) -> Result<Vec<u8>, ApiError> {
+    let bytes = req
+        .bytes()
+        .await
+        .map_err(|_| ApiError::InvalidRequest("unreadable request body".into()))?;
+    if bytes.len() as u64 > limit {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    Ok(bytes)
 }
 
 fn env_lookup(env: &Env) -> impl Fn(&str) -> Option<String> + '_ {
@@ -104,13 +162,18 @@ fn build_response(
     Ok(resp.with_status(status).with_headers(h))
 }
 
+#[event(scheduled)]
+pub async fn scheduled(event: worker::ScheduledEvent, env: Env, _ctx: worker::ScheduleContext) {
+    cron::run(&event.cron(), event.schedule(), &env).await;
+}
+
 #[event(start)]
 fn start() {
     console_error_panic_hook::set_once();
 }
 
 #[event(fetch)]
-pub async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
+pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
     let request_id = format!(
         "req_{}",
         util::random_hex(8).unwrap_or_else(|_| "0".repeat(16))
@@ -149,7 +212,13 @@ pub async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Resp
                 Err(_) => return Err(ApiError::InvalidRequest("invalid Content-Length".into())),
             }
         }
-        let handler = resolve(method.as_ref(), &path)?;
+        let (handler, params) = resolve(method.as_ref(), &path)?;
+        let body = match method {
+            Method::Post | Method::Put | Method::Patch => {
+                read_body(&mut req, cfg.max_body_bytes).await?
+            }
+            _ => Vec::new(),
+        };
         let d1 = env
             .d1("DB")
             .map_err(|e| ApiError::server(format!("D1 binding DB: {e}")))?;
@@ -161,8 +230,13 @@ pub async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Resp
             request_id: &request_id,
             now: clock::now(),
             authorization: req.headers().get("Authorization").ok().flatten(),
+            headers: req.headers().clone(),
+            url: req
+                .url()
+                .map_err(|_| ApiError::InvalidRequest("invalid URL".into()))?,
+            body,
         };
-        let reply = dispatch(handler, &ctx).await;
+        let reply = dispatch(handler, &params, &ctx).await;
         Ok((reply, db.rows_read(), db.rows_written()))
     }
     .await;

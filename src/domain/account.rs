@@ -23,6 +23,10 @@ pub struct UserRecord {
     pub plan_updated_at: i64,
     pub created_at: i64,
     pub updated_at: i64,
+    #[serde(default)]
+    pub stripe_synced_at: Option<i64>,
+    #[serde(default)]
+    pub trial_used: i64,
 }
 
 /// The body of `GET /api/plan/me`, field for field the old endpoint's format.

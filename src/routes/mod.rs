@@ -1,8 +1,10 @@
 //! Thin handlers: parse → domain → store → respond.
 
+pub mod admin;
 pub mod catalog;
 pub mod health;
 pub mod plan;
+pub mod webhook;
 
 use serde_json::Value;
 use worker::Env;
@@ -19,11 +21,37 @@ pub struct Ctx<'a> {
     pub request_id: &'a str,
     pub now: i64,
     pub authorization: Option<String>,
+    pub headers: worker::Headers,
+    pub url: worker::Url,
+    /// The raw body, already checked against `MAX_BODY_BYTES` (empty for GET).
+    pub body: Vec<u8>,
 }
 
 impl Ctx<'_> {
     pub fn app_kv(&self) -> Option<worker::KvStore> {
         self.env.kv("APP_KV").ok()
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).ok().flatten()
+    }
+
+    pub fn query(&self, name: &str) -> Option<String> {
+        self.url
+            .query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    }
+
+    /// The body as JSON of type `T`; 400 `INVALID_REQUEST` saying what is wrong.
+    pub fn json_body<T: serde::de::DeserializeOwned>(&self) -> Result<T, ApiError> {
+        let bytes: &[u8] = if self.body.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &self.body
+        };
+        serde_json::from_slice(bytes)
+            .map_err(|e| ApiError::InvalidRequest(format!("Invalid JSON body: {e}")))
     }
 
     /// The verified caller, or 401.

@@ -21,3 +21,106 @@ mod tests {
         assert_ne!(k, jwks_cache_key("https://example.com/jwks2"));
     }
 }
+
+/// The keys older readers use for a user's plan, written while `DUAL_WRITE_KV` is on.
+/// `uid` is the identity provider's user id (the `auth_id`).
+pub fn plan_key(uid: &str) -> String {
+    format!("planByUid:{uid}")
+}
+pub fn billing_status_key(uid: &str) -> String {
+    format!("billingStatus:{uid}")
+}
+pub fn trial_end_key(uid: &str) -> String {
+    format!("trialEndByUid:{uid}")
+}
+pub fn trial_used_key(uid: &str) -> String {
+    format!("trialUsedByUid:{uid}")
+}
+/// The entitlements cache of a user (by plangate user id); deleted on every change.
+pub fn entitlements_key(user_id: &str) -> String {
+    format!("entitlements:{user_id}")
+}
+
+/// What the legacy keys should hold for `user`: `Some(value)` to put, `None` to delete.
+/// Values are the old system's plain strings: the reported plan (`trial` while
+/// trialing), the Stripe status (`none` without a subscription), the trial end in
+/// unix **milliseconds**, and `"true"` once a trial was used.
+pub fn legacy_plan_values(
+    user: &crate::domain::account::UserRecord,
+) -> Vec<(String, Option<String>)> {
+    let uid = user.auth_id.as_str();
+    vec![
+        (plan_key(uid), Some(user.reported_plan().to_string())),
+        (
+            billing_status_key(uid),
+            Some(
+                user.subscription_status
+                    .clone()
+                    .unwrap_or_else(|| "none".into()),
+            ),
+        ),
+        (
+            trial_end_key(uid),
+            user.trial_ends_at.map(|t| (t * 1000).to_string()),
+        ),
+        (
+            trial_used_key(uid),
+            (user.trial_used != 0).then(|| "true".to_string()),
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod legacy_tests {
+    use super::*;
+    use crate::domain::account::UserRecord;
+
+    fn user() -> UserRecord {
+        serde_json::from_value(serde_json::json!({
+            "id": "usr_1", "auth_id": "fb-uid-1", "email": null, "plan": "essential",
+            "stripe_customer_id": "cus_1", "stripe_subscription_id": "sub_1", "subscription_status": "trialing",
+            "trial_ends_at": 1700000000, "current_period_end": null, "cancel_at": null,
+            "scheduled_plan": null, "scheduled_at": null,
+            "plan_updated_at": 1, "created_at": 1, "updated_at": 1, "stripe_synced_at": 1, "trial_used": 1
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_legacy_key_names_and_value_formats_are_pinned() {
+        let v = legacy_plan_values(&user());
+        assert_eq!(
+            v,
+            vec![
+                ("planByUid:fb-uid-1".to_string(), Some("trial".to_string())),
+                (
+                    "billingStatus:fb-uid-1".to_string(),
+                    Some("trialing".to_string())
+                ),
+                (
+                    "trialEndByUid:fb-uid-1".to_string(),
+                    Some("1700000000000".to_string())
+                ),
+                (
+                    "trialUsedByUid:fb-uid-1".to_string(),
+                    Some("true".to_string())
+                ),
+            ]
+        );
+        assert_eq!(entitlements_key("usr_1"), "entitlements:usr_1");
+    }
+
+    #[test]
+    fn a_user_without_subscription_or_trial_gets_deletions_for_the_optional_keys() {
+        let mut u = user();
+        u.plan = "free".into();
+        u.subscription_status = None;
+        u.trial_ends_at = None;
+        u.trial_used = 0;
+        let v = legacy_plan_values(&u);
+        assert_eq!(v[0].1.as_deref(), Some("free"));
+        assert_eq!(v[1].1.as_deref(), Some("none"));
+        assert_eq!(v[2].1, None);
+        assert_eq!(v[3].1, None);
+    }
+}

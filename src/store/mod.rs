@@ -2,4 +2,7 @@
 
 pub mod db;
 pub mod kv;
+pub mod payments;
+pub mod state;
 pub mod users;
+pub mod webhooks;

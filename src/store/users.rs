@@ -1,15 +1,16 @@
 //! The `users` table.
 
-use super::db::{Db, Param};
+use super::db::{Db, Param, Stmt};
 use crate::auth::jwt::Identity;
 use crate::domain::account::UserRecord;
+use crate::domain::subscription::BillingState;
 use crate::error::ApiError;
 
 macro_rules! user_columns {
     () => {
         "id, auth_id, email, plan, stripe_customer_id, stripe_subscription_id, subscription_status, \
          trial_ends_at, current_period_end, cancel_at, scheduled_plan, scheduled_at, \
-         plan_updated_at, created_at, updated_at"
+         plan_updated_at, created_at, updated_at, stripe_synced_at, trial_used"
     };
 }
 
@@ -69,4 +70,91 @@ pub async fn get_or_create_by_auth_id(
     find_by_auth_id(db, &who.auth_id)
         .await?
         .ok_or_else(|| ApiError::server("user row vanished between insert conflict and read"))
+}
+
+const SELECT_BY_ID: &str = concat!("SELECT ", user_columns!(), " FROM users WHERE id = ?1");
+const SELECT_BY_CUSTOMER: &str = concat!(
+    "SELECT ",
+    user_columns!(),
+    " FROM users WHERE stripe_customer_id = ?1"
+);
+
+pub async fn find_by_id(db: &Db, id: &str) -> Result<Option<UserRecord>, ApiError> {
+    db.query_one(SELECT_BY_ID, &[id.into()]).await
+}
+
+pub async fn find_by_customer(db: &Db, customer_id: &str) -> Result<Option<UserRecord>, ApiError> {
+    db.query_one(SELECT_BY_CUSTOMER, &[customer_id.into()])
+        .await
+}
+
+/// The statements that store `state` for `user_id`, as of `as_of` (unix seconds of the
+/// Stripe state: fetch time, or the event's `created` for a payload). Both are guarded
+/// by `stripe_synced_at <= as_of`, so an older state never overwrites a newer one; the
+/// audit row is written first, reading the old values inside the same transaction, and
+/// only when plan or status really change. `link_customer` fills an empty
+/// `stripe_customer_id`.
+pub fn apply_state_stmts(
+    user_id: &str,
+    state: &BillingState,
+    as_of: i64,
+    cause: &str,
+    link_customer: Option<&str>,
+    now: i64,
+) -> Vec<Stmt> {
+    let audit = Stmt {
+        sql: "INSERT INTO plan_changes (user_id, old_plan, new_plan, old_status, new_status, cause, created_at) \
+              SELECT id, plan, ?2, subscription_status, ?3, ?4, ?5 FROM users \
+              WHERE id = ?1 AND (stripe_synced_at IS NULL OR stripe_synced_at <= ?6) \
+                AND (plan IS NOT ?2 OR subscription_status IS NOT ?3)",
+        params: vec![
+            user_id.into(),
+            state.plan.as_str().into(),
+            state.status.clone().into(),
+            cause.into(),
+            Param::Int(now),
+            Param::Int(as_of),
+        ],
+    };
+    let update = Stmt {
+        sql: "UPDATE users SET \
+                plan_updated_at = CASE WHEN plan IS NOT ?2 OR subscription_status IS NOT ?4 THEN ?12 ELSE plan_updated_at END, \
+                plan = ?2, stripe_subscription_id = ?3, subscription_status = ?4, trial_ends_at = ?5, \
+                current_period_end = ?6, cancel_at = ?7, scheduled_plan = ?8, scheduled_at = ?9, \
+                trial_used = MAX(trial_used, ?10), stripe_synced_at = ?11, updated_at = ?12, \
+                stripe_customer_id = COALESCE(stripe_customer_id, ?13) \
+              WHERE id = ?1 AND (stripe_synced_at IS NULL OR stripe_synced_at <= ?11)",
+        params: vec![
+            user_id.into(),
+            state.plan.as_str().into(),
+            state.subscription_id.clone().into(),
+            state.status.clone().into(),
+            state.trial_ends_at.into(),
+            state.current_period_end.into(),
+            state.cancel_at.into(),
+            state.scheduled_plan.clone().into(),
+            state.scheduled_at.into(),
+            Param::Int(state.trial_used as i64),
+            Param::Int(as_of),
+            Param::Int(now),
+            link_customer.into(),
+        ],
+    };
+    vec![audit, update]
+}
+
+/// Links a Stripe customer to a user who has none yet.
+pub fn link_customer_stmt(user_id: &str, customer_id: &str, now: i64) -> Stmt {
+    Stmt {
+        sql: "UPDATE users SET stripe_customer_id = ?2, updated_at = ?3 WHERE id = ?1 AND stripe_customer_id IS NULL",
+        params: vec![user_id.into(), customer_id.into(), Param::Int(now)],
+    }
+}
+
+/// Keeps the email in sync with Stripe's customer record.
+pub fn set_email_by_customer_stmt(customer_id: &str, email: Option<&str>, now: i64) -> Stmt {
+    Stmt {
+        sql: "UPDATE users SET email = ?2, updated_at = ?3 WHERE stripe_customer_id = ?1 AND email IS NOT ?2",
+        params: vec![customer_id.into(), email.into(), Param::Int(now)],
+    }
 }

@@ -10,17 +10,52 @@ mod support;
 mod auth;
 mod cors;
 mod errors;
+mod fixtures;
 mod health;
 mod plan_me;
+mod webhooks;
 
 use std::sync::OnceLock;
 
 use serde_json::Value;
+use support::stripe_fake::{StripeFake, SECRET_KEY};
 use support::{App, AppOptions, JwksServer};
+
+pub const WEBHOOK_SECRET: &str = "whsec_e2e_current";
+/// A second, older secret: deliveries signed with either pass (rotation).
+pub const WEBHOOK_SECRET_OLD: &str = "whsec_e2e_previous";
+pub const ADMIN_TOKEN: &str = "admin-e2e-token-0123456789";
+pub const PRICE_ESSENTIAL: &str = "price_essential_e2e";
+pub const PRICE_PRO: &str = "price_pro_e2e";
+pub const PRICE_PREMIUM: &str = "price_premium_e2e";
 
 pub struct Shared {
     pub app: App,
     pub jwks: JwksServer,
+    pub stripe: StripeFake,
+}
+
+/// Vars that point an app at the Stripe fake.
+pub fn stripe_options(stripe: &StripeFake) -> AppOptions {
+    AppOptions::default()
+        .var("STRIPE_API_BASE", &stripe.base)
+        .var("STRIPE_SECRET_KEY", SECRET_KEY)
+        .var(
+            "STRIPE_WEBHOOK_SECRET",
+            &format!("{WEBHOOK_SECRET_OLD},{WEBHOOK_SECRET}"),
+        )
+        .var("STRIPE_PRICE_ESSENTIAL", PRICE_ESSENTIAL)
+        .var("STRIPE_PRICE_PRO", PRICE_PRO)
+        .var("STRIPE_PRICE_PREMIUM", PRICE_PREMIUM)
+        .var("DUAL_WRITE_KV", "true")
+        .var("ADMIN_TOKEN", ADMIN_TOKEN)
+}
+
+/// An app of its own for tests that run the cron at a future time (retries after
+/// backoff, retention): they would otherwise act on other tests' events.
+pub fn cron_app() -> &'static App {
+    static CRON: OnceLock<App> = OnceLock::new();
+    CRON.get_or_init(|| App::spawn(stripe_options(&shared().stripe)))
 }
 
 /// One app for most tests, with HS256 and RS256 (JWKS served by this process) enabled.
@@ -31,8 +66,9 @@ pub fn shared() -> &'static Shared {
         let jwks = JwksServer::start(
             serde_json::json!({"keys": [support::jwk(&support::rsa_key("rsa_a"), "key-a")]}),
         );
-        let app = App::spawn(AppOptions::default().var("AUTH_JWKS_URL", &jwks.url));
-        Shared { app, jwks }
+        let stripe = StripeFake::start();
+        let app = App::spawn(stripe_options(&stripe).var("AUTH_JWKS_URL", &jwks.url));
+        Shared { app, jwks, stripe }
     })
 }
 

@@ -170,6 +170,8 @@ impl JwksServer {
 pub struct AppOptions {
     pub vars: Vec<(String, String)>,
     pub migrate: bool,
+    /// Reuse this state directory (e.g. to restart after a crash) and keep it.
+    pub persist: Option<PathBuf>,
 }
 
 impl Default for AppOptions {
@@ -177,6 +179,7 @@ impl Default for AppOptions {
         AppOptions {
             vars: Vec::new(),
             migrate: true,
+            persist: None,
         }
     }
 }
@@ -190,6 +193,7 @@ impl AppOptions {
 
 pub struct App {
     pub base: String,
+    keep: bool,
     pub persist: PathBuf,
     child: Mutex<Option<Child>>,
     /// Closing this tells the wrapper shell to stop wrangler with SIGINT; it also
@@ -238,7 +242,11 @@ impl App {
             root().join("build/index.js").exists(),
             "build/index.js is missing: run `make test` (it builds the worker first)"
         );
-        let persist = std::env::temp_dir().join(unique("plangate-e2e"));
+        let keep = opts.persist.is_some();
+        let persist = opts
+            .persist
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join(unique("plangate-e2e")));
         std::fs::create_dir_all(&persist).unwrap();
         if opts.migrate {
             apply_migrations(&persist);
@@ -259,7 +267,7 @@ impl App {
             writeln!(f, "{k}={v}").unwrap();
         }
         let port = free_port();
-        let log = persist.join("wrangler.log");
+        let log = persist.join(format!("wrangler-{port}.log"));
         let mut args: Vec<String> = vec![
             "dev".into(),
             "--local".into(),
@@ -289,7 +297,7 @@ impl App {
             quoted.join(" "),
             log.display(),
             // Shared apps live until the test process exits; clean up after them too.
-            if std::env::var_os("PLANGATE_KEEP_STATE").is_some() {
+            if keep || std::env::var_os("PLANGATE_KEEP_STATE").is_some() {
                 String::new()
             } else {
                 format!("rm -rf '{}'", persist.display())
@@ -311,6 +319,7 @@ impl App {
         let stdin = child.stdin.take();
         let app = App {
             base: format!("http://127.0.0.1:{port}"),
+            keep,
             persist,
             child: Mutex::new(Some(child)),
             stdin: Mutex::new(stdin),
@@ -426,7 +435,9 @@ print(json.dumps([dict(r) for r in con.execute(sys.argv[2]).fetchall()]))
 impl Drop for App {
     fn drop(&mut self) {
         self.stop();
-        let _ = std::fs::remove_dir_all(&self.persist);
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.persist);
+        }
     }
 }
 
@@ -523,3 +534,4 @@ pub fn read_lines(path: &Path) -> Vec<String> {
         .map(|f| BufReader::new(f).lines().map_while(Result::ok).collect())
         .unwrap_or_default()
 }
+pub mod stripe_fake;

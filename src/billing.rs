@@ -1,0 +1,584 @@
+//! Applying what Stripe says to D1: webhook deliveries, retries, reconciliation and
+//! re-syncs all go through here, so there is one code path from Stripe state to a
+//! user's row.
+//!
+//! Subscription state is never taken blindly from a payload: subscription-bearing
+//! events re-fetch the subscription from Stripe and apply that (as of the fetch time).
+//! When Stripe cannot be reached, a subscription event's payload is applied only if it
+//! is not older than the state already stored, and the event is still marked failed so
+//! a retry confirms it against Stripe. Users are linked by `client_reference_id`,
+//! `metadata.user_id` or the stored customer id, never by email.
+
+use serde_json::{json, Value};
+use worker::KvStore;
+
+use crate::config::Config;
+use crate::domain::account::UserRecord;
+use crate::domain::plans::Catalog;
+use crate::domain::subscription::{best, state_from, Subscription};
+use crate::error::ApiError;
+use crate::log;
+use crate::store::db::{Db, Stmt};
+use crate::store::payments::{self, PaymentWrite};
+use crate::store::{kv, state, users, webhooks};
+use crate::stripe::client::{StripeClient, StripeError, StripeRequest};
+use crate::stripe::events::{self, Envelope, EventKind};
+
+/// The result of one delivery (webhook, cron retry, reconciliation or admin retry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    Processed,
+    Duplicate,
+    InProgress,
+    /// Failed and recorded for retry; the cause is for the log.
+    Failed(String),
+}
+
+/// Writes an event causes, committed in one batch with its `processed` mark.
+#[derive(Default)]
+pub struct Outcome {
+    pub stmts: Vec<Stmt>,
+    /// Users whose row may have changed: their KV copies are refreshed after commit.
+    pub users: Vec<String>,
+    pub note: &'static str,
+}
+
+impl Outcome {
+    fn noop(note: &'static str) -> Self {
+        Outcome {
+            note,
+            ..Outcome::default()
+        }
+    }
+}
+
+struct Failure {
+    cause: String,
+    /// Writes that are still safe to commit (order-guarded payload state).
+    fallback: Option<Outcome>,
+}
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Self {
+        Failure {
+            cause: e.to_string(),
+            fallback: None,
+        }
+    }
+}
+
+impl From<StripeError> for Failure {
+    fn from(e: StripeError) -> Self {
+        Failure {
+            cause: e.to_string(),
+            fallback: None,
+        }
+    }
+}
+
+pub struct Billing<'a> {
+    pub db: &'a Db,
+    pub cfg: &'a Config,
+    pub kv: Option<KvStore>,
+    pub stripe: StripeClient,
+    pub now: i64,
+    pub request_id: &'a str,
+    pub catalog: Catalog,
+}
+
+impl<'a> Billing<'a> {
+    pub fn new(
+        db: &'a Db,
+        cfg: &'a Config,
+        kv: Option<KvStore>,
+        now: i64,
+        request_id: &'a str,
+    ) -> Self {
+        Billing {
+            db,
+            cfg,
+            kv,
+            stripe: StripeClient {
+                base: cfg.stripe_api_base.clone(),
+                secret_key: cfg.stripe_secret_key.clone(),
+                api_version: cfg.stripe_api_version.clone(),
+            },
+            now,
+            request_id,
+            catalog: Catalog::builtin(),
+        }
+    }
+
+    /// Claims, processes and records one event.
+    pub async fn deliver(
+        &self,
+        ev: &Envelope,
+        payload: &str,
+        source: &str,
+    ) -> Result<Delivery, ApiError> {
+        let attempts = match webhooks::claim(self.db, ev, payload, source, self.now).await? {
+            webhooks::Claim::Claimed { attempts } => attempts,
+            webhooks::Claim::AlreadyProcessed => return Ok(Delivery::Duplicate),
+            webhooks::Claim::InProgress => return Ok(Delivery::InProgress),
+        };
+        match self.process(ev).await {
+            Ok(outcome) => {
+                let mut stmts = outcome.stmts;
+                stmts.push(webhooks::processed_stmt(&ev.id, self.now));
+                if let Err(e) = self.db.batch(stmts).await {
+                    let cause = e.to_string();
+                    webhooks::mark_failed(self.db, &ev.id, attempts, &cause, self.now).await?;
+                    return Ok(Delivery::Failed(cause));
+                }
+                self.refresh_copies(&outcome.users).await;
+                log::info(
+                    self.request_id,
+                    "stripe.event_processed",
+                    json!({"eventId": ev.id, "type": ev.kind, "source": source, "note": outcome.note}),
+                );
+                Ok(Delivery::Processed)
+            }
+            Err(failure) => {
+                if let Some(fallback) = failure.fallback.filter(|f| !f.stmts.is_empty()) {
+                    match self.db.batch(fallback.stmts).await {
+                        Ok(_) => self.refresh_copies(&fallback.users).await,
+                        Err(e) => log::error(
+                            self.request_id,
+                            "stripe.fallback_failed",
+                            json!({"eventId": ev.id, "error": e.to_string()}),
+                        ),
+                    }
+                }
+                webhooks::mark_failed(self.db, &ev.id, attempts, &failure.cause, self.now).await?;
+                log::error(
+                    self.request_id,
+                    "stripe.event_failed",
+                    json!({"eventId": ev.id, "type": ev.kind, "source": source, "attempts": attempts, "error": failure.cause}),
+                );
+                Ok(Delivery::Failed(failure.cause))
+            }
+        }
+    }
+
+    async fn process(&self, ev: &Envelope) -> Result<Outcome, Failure> {
+        let cause = format!("webhook:{}", ev.id);
+        match EventKind::of(&ev.kind) {
+            EventKind::SubscriptionChanged | EventKind::SubscriptionDeleted => {
+                let payload =
+                    events::parse_subscription(&ev.object, self.now).ok_or_else(|| Failure {
+                        cause: "event object is not a subscription".into(),
+                        fallback: None,
+                    })?;
+                let id = payload.id.clone();
+                self.subscription_event(ev, &id, None, Some(payload), &cause)
+                    .await
+            }
+            EventKind::InvoicePaid | EventKind::InvoicePaymentFailed => {
+                match events::invoice_subscription(&ev.object) {
+                    Some(id) => self.subscription_event(ev, &id, None, None, &cause).await,
+                    None => Ok(Outcome::noop("invoice without subscription")),
+                }
+            }
+            EventKind::CheckoutCompleted => {
+                let cs = events::parse_checkout_session(&ev.object).ok_or_else(|| Failure {
+                    cause: "event object is not a checkout session".into(),
+                    fallback: None,
+                })?;
+                let hint = cs
+                    .client_reference_id
+                    .clone()
+                    .or(cs.metadata_user_id.clone());
+                match (&cs.mode[..], &cs.subscription) {
+                    ("subscription", Some(sub)) => {
+                        self.subscription_event(ev, sub, hint, None, &cause).await
+                    }
+                    _ => self.checkout_payment(ev, &cs, hint).await,
+                }
+            }
+            EventKind::CustomerUpdated => self.customer_updated(ev).await,
+            EventKind::PaymentIntentSucceeded | EventKind::PaymentIntentFailed => {
+                let p = events::parse_payment_intent(&ev.object).ok_or_else(|| Failure {
+                    cause: "event object is not a payment intent".into(),
+                    fallback: None,
+                })?;
+                let status = if EventKind::of(&ev.kind) == EventKind::PaymentIntentSucceeded {
+                    "succeeded"
+                } else {
+                    "failed"
+                };
+                self.record_payment(ev, &p, status).await
+            }
+            EventKind::ChargeRefunded => {
+                let p = events::parse_charge(&ev.object).ok_or_else(|| Failure {
+                    cause: "event object is not a charge".into(),
+                    fallback: None,
+                })?;
+                let full = matches!((p.amount, p.amount_refunded), (Some(a), Some(r)) if r >= a);
+                self.record_payment(
+                    ev,
+                    &p,
+                    if full {
+                        "refunded"
+                    } else {
+                        "partially_refunded"
+                    },
+                )
+                .await
+            }
+            EventKind::Unknown => Ok(Outcome::noop("event type not handled; recorded")),
+        }
+    }
+
+    async fn fetch_subscription(&self, id: &str) -> Result<Option<Subscription>, StripeError> {
+        if !StripeRequest::is_safe_id(id) {
+            return Ok(None);
+        }
+        let req =
+            StripeRequest::get(format!("/v1/subscriptions/{id}")).param("expand[]", "schedule");
+        match self.stripe.send(&req).await {
+            Ok(v) => Ok(events::parse_subscription(&v, self.now)),
+            Err(StripeError::Api { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// All subscriptions of a customer, any status.
+    pub async fn customer_subscriptions(
+        &self,
+        customer: &str,
+    ) -> Result<Vec<Subscription>, StripeError> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..10 {
+            let mut req = StripeRequest::get("/v1/subscriptions")
+                .param("customer", customer)
+                .param("status", "all")
+                .param("limit", "100")
+                .param("expand[]", "data.schedule");
+            if let Some(a) = &after {
+                req = req.param("starting_after", a.as_str());
+            }
+            let page = self.stripe.send(&req).await?;
+            let data = page
+                .get("data")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            out.extend(
+                data.iter()
+                    .filter_map(|s| events::parse_subscription(s, self.now)),
+            );
+            if page.get("has_more").and_then(Value::as_bool) != Some(true) {
+                break;
+            }
+            after = data.last().and_then(|s| events::id_of(s.get("id")));
+            if after.is_none() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn subscription_event(
+        &self,
+        ev: &Envelope,
+        sub_id: &str,
+        hint: Option<String>,
+        payload: Option<Subscription>,
+        cause: &str,
+    ) -> Result<Outcome, Failure> {
+        match self.fetch_subscription(sub_id).await {
+            Ok(Some(sub)) => {
+                self.apply_subscription(&sub, hint, self.now, true, cause)
+                    .await
+            }
+            Ok(None) => Ok(Outcome::noop("subscription not found at Stripe")),
+            Err(e) => {
+                // Stripe is unreachable: apply the payload only if it is not older than
+                // what is stored (the SQL guard), and fail so a retry confirms it.
+                let fallback = match payload {
+                    Some(p) => self
+                        .apply_subscription(&p, hint, ev.created, false, cause)
+                        .await
+                        .ok(),
+                    None => None,
+                };
+                Err(Failure {
+                    cause: e.to_string(),
+                    fallback,
+                })
+            }
+        }
+    }
+
+    /// The plangate user a Stripe object belongs to, and the customer id to link to
+    /// them if their row has none yet.
+    async fn resolve_user(
+        &self,
+        hint: Option<&str>,
+        customer: &str,
+    ) -> Result<Option<(UserRecord, Option<String>)>, ApiError> {
+        if let Some(user_id) = hint {
+            if let Some(user) = users::find_by_id(self.db, user_id).await? {
+                if user.stripe_customer_id.is_some() {
+                    return Ok(Some((user, None)));
+                }
+                if let Some(owner) = users::find_by_customer(self.db, customer).await? {
+                    if owner.id != user.id {
+                        log::warn(
+                            self.request_id,
+                            "stripe.customer_owned_by_another_user",
+                            json!({"customer": customer, "hintUser": user.id, "owner": owner.id}),
+                        );
+                        return Ok(Some((user, None)));
+                    }
+                }
+                return Ok(Some((user, Some(customer.to_string()))));
+            }
+        }
+        Ok(users::find_by_customer(self.db, customer)
+            .await?
+            .map(|u| (u, None)))
+    }
+
+    async fn apply_subscription(
+        &self,
+        sub: &Subscription,
+        hint: Option<String>,
+        as_of: i64,
+        fetched: bool,
+        cause: &str,
+    ) -> Result<Outcome, Failure> {
+        let hint = hint.or_else(|| sub.user_id.clone());
+        let Some((user, link)) = self.resolve_user(hint.as_deref(), &sub.customer).await? else {
+            return Ok(Outcome::noop("no plangate user for this customer"));
+        };
+        let other_current = user
+            .stripe_subscription_id
+            .as_deref()
+            .is_some_and(|s| s != sub.id);
+        if other_current && !sub.status.is_live() && !fetched {
+            return Ok(Outcome::noop(
+                "ended subscription is not the user's current one",
+            ));
+        }
+        // Several subscriptions, or this one ended: decide from all of the customer's.
+        let listed;
+        let chosen = if fetched && (other_current || !sub.status.is_live()) {
+            listed = self.customer_subscriptions(&sub.customer).await?;
+            best(&listed, &self.cfg.prices).unwrap_or(sub)
+        } else {
+            sub
+        };
+        if other_current && chosen.id != sub.id && !chosen.status.is_live() && !sub.status.is_live()
+        {
+            return Ok(Outcome::noop(
+                "ended subscription is not the user's current one",
+            ));
+        }
+        let state = state_from(chosen, &self.catalog, &self.cfg.prices).map_err(|e| Failure {
+            cause: e.to_string(),
+            fallback: None,
+        })?;
+        Ok(Outcome {
+            stmts: users::apply_state_stmts(
+                &user.id,
+                &state,
+                as_of,
+                cause,
+                link.as_deref(),
+                self.now,
+            ),
+            users: vec![user.id],
+            note: "subscription state applied",
+        })
+    }
+
+    async fn checkout_payment(
+        &self,
+        ev: &Envelope,
+        cs: &events::CheckoutSession,
+        hint: Option<String>,
+    ) -> Result<Outcome, Failure> {
+        let mut stmts = Vec::new();
+        let mut touched = Vec::new();
+        let user = match (&hint, &cs.customer) {
+            (_, Some(customer)) => self.resolve_user(hint.as_deref(), customer).await?,
+            (Some(uid), None) => users::find_by_id(self.db, uid).await?.map(|u| (u, None)),
+            (None, None) => None,
+        };
+        if let Some((u, Some(customer))) = &user {
+            stmts.push(users::link_customer_stmt(&u.id, customer, self.now));
+            touched.push(u.id.clone());
+        }
+        let id = cs.payment_intent.as_deref().unwrap_or(&cs.id);
+        stmts.push(payments::upsert_stmt(
+            &PaymentWrite {
+                id,
+                user_id: user.as_ref().map(|(u, _)| u.id.as_str()),
+                customer_id: cs.customer.as_deref(),
+                checkout_session_id: Some(&cs.id),
+                amount: cs.amount_total,
+                amount_refunded: None,
+                currency: cs.currency.as_deref(),
+                status: if cs.payment_status.as_deref() == Some("paid") {
+                    "succeeded"
+                } else {
+                    "completed"
+                },
+                event_id: &ev.id,
+                event_created: ev.created,
+            },
+            self.now,
+        ));
+        Ok(Outcome {
+            stmts,
+            users: touched,
+            note: "checkout payment recorded",
+        })
+    }
+
+    async fn record_payment(
+        &self,
+        ev: &Envelope,
+        p: &events::Payment,
+        status: &str,
+    ) -> Result<Outcome, Failure> {
+        let user = match (&p.user_id, &p.customer) {
+            (Some(uid), _) => users::find_by_id(self.db, uid).await?,
+            (None, Some(c)) => users::find_by_customer(self.db, c).await?,
+            (None, None) => None,
+        };
+        Ok(Outcome {
+            stmts: vec![payments::upsert_stmt(
+                &PaymentWrite {
+                    id: &p.payment_intent,
+                    user_id: user.as_ref().map(|u| u.id.as_str()),
+                    customer_id: p.customer.as_deref(),
+                    checkout_session_id: None,
+                    amount: p.amount,
+                    amount_refunded: p.amount_refunded,
+                    currency: p.currency.as_deref(),
+                    status,
+                    event_id: &ev.id,
+                    event_created: ev.created,
+                },
+                self.now,
+            )],
+            users: Vec::new(),
+            note: "payment recorded",
+        })
+    }
+
+    async fn customer_updated(&self, ev: &Envelope) -> Result<Outcome, Failure> {
+        let Some(id) =
+            events::id_of(ev.object.get("id")).filter(|id| StripeRequest::is_safe_id(id))
+        else {
+            return Ok(Outcome::noop("customer without id"));
+        };
+        let customer = match self
+            .stripe
+            .send(&StripeRequest::get(format!("/v1/customers/{id}")))
+            .await
+        {
+            Ok(c) => c,
+            Err(StripeError::Api { status: 404, .. }) => {
+                return Ok(Outcome::noop("customer not found at Stripe"))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if customer.get("deleted").and_then(Value::as_bool) == Some(true) {
+            return Ok(Outcome::noop("customer deleted"));
+        }
+        let email = customer
+            .get("email")
+            .and_then(Value::as_str)
+            .filter(|e| !e.is_empty() && e.len() <= 320);
+        Ok(Outcome {
+            stmts: vec![users::set_email_by_customer_stmt(&id, email, self.now)],
+            users: Vec::new(),
+            note: "customer email synced",
+        })
+    }
+
+    /// Re-reads a user's subscriptions from Stripe and stores the truth.
+    pub async fn resync_user(&self, user: &UserRecord, cause: &str) -> Result<bool, ApiError> {
+        let Some(customer) = user.stripe_customer_id.as_deref() else {
+            return Ok(false);
+        };
+        let subs = self
+            .customer_subscriptions(customer)
+            .await
+            .map_err(ApiError::server)?;
+        self.apply_best(user, &subs, cause).await
+    }
+
+    /// Stores the state of the best of `subs` (or of no subscription) for `user`.
+    pub async fn apply_best(
+        &self,
+        user: &UserRecord,
+        subs: &[Subscription],
+        cause: &str,
+    ) -> Result<bool, ApiError> {
+        let state = match best(subs, &self.cfg.prices) {
+            Some(s) => state_from(s, &self.catalog, &self.cfg.prices).map_err(ApiError::server)?,
+            None => crate::domain::subscription::no_subscription(&self.catalog),
+        };
+        self.db
+            .batch(users::apply_state_stmts(
+                &user.id, &state, self.now, cause, None, self.now,
+            ))
+            .await?;
+        self.refresh_copies(std::slice::from_ref(&user.id)).await;
+        Ok(true)
+    }
+
+    /// After D1 commits: drop the entitlements cache and, while `DUAL_WRITE_KV` is on,
+    /// rewrite the legacy keys old readers use. A KV failure is logged and counted,
+    /// never fails the caller: D1 already holds the truth.
+    pub async fn refresh_copies(&self, user_ids: &[String]) {
+        let Some(store) = &self.kv else { return };
+        for user_id in user_ids {
+            let mut failures = Vec::new();
+            if let Err(e) = store.delete(&kv::entitlements_key(user_id)).await {
+                failures.push(e.to_string());
+            }
+            if self.cfg.dual_write_kv {
+                match users::find_by_id(self.db, user_id).await {
+                    Ok(Some(user)) => {
+                        for (key, value) in kv::legacy_plan_values(&user) {
+                            let r = match value {
+                                Some(v) => match store.put(&key, v) {
+                                    Ok(put) => put.execute().await,
+                                    Err(e) => Err(e),
+                                },
+                                None => store.delete(&key).await,
+                            };
+                            if let Err(e) = r {
+                                failures.push(format!("{key}: {e}"));
+                            }
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => failures.push(e.to_string()),
+                }
+            }
+            if !failures.is_empty() {
+                log::error(
+                    self.request_id,
+                    "kv.dual_write_failed",
+                    json!({"userId": user_id, "errors": failures}),
+                );
+                if let Err(e) =
+                    state::increment(self.db, "counter:kv_dual_write_failed", self.now).await
+                {
+                    log::error(
+                        self.request_id,
+                        "kv.counter_failed",
+                        json!({"error": e.to_string()}),
+                    );
+                }
+            }
+        }
+    }
+}
