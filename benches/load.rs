@@ -12,7 +12,9 @@ use std::io::Write;
 use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
-use support::{agent, send, token, App, AppOptions};
+use serde_json::json;
+use support::stripe_fake::{StripeFake, PRICE_ESSENTIAL, PRICE_PRO, WEBHOOK_SECRET};
+use support::{agent, now, send, token, App};
 
 const WASM_GZIP_BUDGET: usize = 250 * 1024;
 
@@ -42,6 +44,71 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     let idx = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
     sorted[idx.min(sorted.len() - 1)]
+}
+
+/// One prepared request: headers and an optional body.
+type Prepared = (Vec<(String, String)>, Option<Vec<u8>>);
+
+/// `requests[t]` are sent in order by thread `t` over one keep-alive agent; returns the
+/// run and, per response, the D1 rows (read, written) the Worker reported.
+fn load_prepared(
+    method: &'static str,
+    url: &str,
+    requests: Vec<Vec<Prepared>>,
+) -> (Run, Vec<(usize, usize)>) {
+    let concurrency = requests.len();
+    let barrier = Arc::new(Barrier::new(concurrency + 1));
+    let handles: Vec<_> = requests
+        .into_iter()
+        .map(|reqs| {
+            let url = url.to_string();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let a = agent();
+                barrier.wait();
+                let mut lat = Vec::with_capacity(reqs.len());
+                let mut rows = Vec::with_capacity(reqs.len());
+                let mut errors = 0;
+                for (headers, body) in &reqs {
+                    let h: Vec<(&str, &str)> = headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .collect();
+                    let t = Instant::now();
+                    let r = send(&a, method, &url, &h, body.as_deref());
+                    lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                    if r.status != 200 {
+                        errors += 1;
+                    }
+                    let n = |name| {
+                        r.header(name)
+                            .and_then(|v| v.parse::<usize>().ok())
+                            .unwrap_or(0)
+                    };
+                    rows.push((n("X-D1-Rows-Read"), n("X-D1-Rows-Written")));
+                }
+                (lat, rows, errors)
+            })
+        })
+        .collect();
+    barrier.wait();
+    let start = Instant::now();
+    let (mut all, mut all_rows, mut errors) = (Vec::new(), Vec::new(), 0);
+    for h in handles {
+        let (lat, rows, e) = h.join().unwrap();
+        all.extend(lat);
+        all_rows.extend(rows);
+        errors += e;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    all.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let run = Run {
+        rps: all.len() as f64 / elapsed,
+        p50_ms: percentile(&all, 50.0),
+        p99_ms: percentile(&all, 99.0),
+        errors,
+    };
+    (run, all_rows)
 }
 
 /// `concurrency` threads, each sending `per_thread` requests over one keep-alive agent.
@@ -104,7 +171,8 @@ fn main() {
     let rounds = env_usize("BENCH_ROUNDS", 3);
 
     eprintln!("starting wrangler dev …");
-    let app = App::spawn(AppOptions::default());
+    let stripe = StripeFake::start();
+    let app = App::spawn(stripe.app_options());
     let tokens: Vec<String> = (0..concurrency)
         .map(|i| token(&support::unique(&format!("bench-{i}"))))
         .collect();
@@ -141,13 +209,121 @@ fn main() {
         health.push(load(&app.url("/health"), &[], concurrency, per_thread));
         plan.push(load(&me, &tokens, concurrency, per_thread));
     }
+
+    // The webhook path: signed `customer.subscription.updated` deliveries, each a new
+    // event id, for subscribed users; the Worker re-fetches each subscription from the
+    // local Stripe fake (its latency is part of the figure).
+    let wh_users: Vec<(String, String)> = (0..concurrency)
+        .map(|i| {
+            let auth = support::unique(&format!("bench-wh-{i}"));
+            let r = send(
+                &agent(),
+                "GET",
+                &me,
+                &[("Authorization", &format!("Bearer {}", token(&auth)))],
+                None,
+            );
+            assert_eq!(r.status, 200);
+            let uid = app.sql(&format!("SELECT id FROM users WHERE auth_id = '{auth}'"))[0]["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            (uid, auth.replace('-', ""))
+        })
+        .collect();
+    let sub_json = |uid: &str, tag: &str, price: &str| {
+        json!({"id": format!("sub_{tag}"), "object": "subscription", "customer": format!("cus_{tag}"),
+               "status": "active", "created": now() - 100, "current_period_end": now() + 86400 * 30,
+               "cancel_at_period_end": false, "metadata": {"user_id": uid},
+               "items": {"data": [{"price": {"id": price}}]}})
+    };
+    let webhook = app.url("/api/stripe-webhook");
+    let delivery = |id: String, sub: serde_json::Value| -> Prepared {
+        let body = json!({"id": id, "object": "event", "type": "customer.subscription.updated", "created": now(),
+                          "data": {"object": sub}})
+        .to_string();
+        let sig =
+            plangate::stripe::signature::sign_for_test(body.as_bytes(), WEBHOOK_SECRET, now());
+        (
+            vec![("Stripe-Signature".to_string(), sig)],
+            Some(body.into_bytes()),
+        )
+    };
+    for (uid, tag) in &wh_users {
+        stripe.put_subscription(sub_json(uid, tag, PRICE_ESSENTIAL));
+    }
+    // Rows for one delivery that changes the plan, and one that changes nothing.
+    let (uid0, tag0) = &wh_users[0];
+    let (_, first_rows) = load_prepared(
+        "POST",
+        &webhook,
+        vec![vec![delivery(
+            format!("evt_bench_first_{tag0}"),
+            sub_json(uid0, tag0, PRICE_ESSENTIAL),
+        )]],
+    );
+    stripe.put_subscription(sub_json(uid0, tag0, PRICE_PRO));
+    let (_, change_rows) = load_prepared(
+        "POST",
+        &webhook,
+        vec![vec![delivery(
+            format!("evt_bench_change_{tag0}"),
+            sub_json(uid0, tag0, PRICE_PRO),
+        )]],
+    );
+    let (_, same_rows) = load_prepared(
+        "POST",
+        &webhook,
+        vec![vec![delivery(
+            format!("evt_bench_same_{tag0}"),
+            sub_json(uid0, tag0, PRICE_PRO),
+        )]],
+    );
+    let mut webhook_runs = Vec::new();
+    let mut webhook_rows = Vec::new();
+    for round in 0..rounds {
+        let prepared: Vec<Vec<Prepared>> = wh_users
+            .iter()
+            .map(|(uid, tag)| {
+                (0..per_thread / 2)
+                    .map(|n| {
+                        delivery(
+                            format!("evt_bench_{round}_{n}_{tag}"),
+                            sub_json(uid, tag, PRICE_ESSENTIAL),
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        let (run, rows) = load_prepared("POST", &webhook, prepared);
+        webhook_runs.push(run);
+        webhook_rows.extend(rows);
+    }
+    let mean = |rows: &[(usize, usize)]| {
+        let n = rows.len().max(1) as f64;
+        (
+            rows.iter().map(|r| r.0).sum::<usize>() as f64 / n,
+            rows.iter().map(|r| r.1).sum::<usize>() as f64 / n,
+        )
+    };
+    let wh_mean = mean(&webhook_rows);
     app.stop();
     let median = |runs: &[Run], f: fn(&Run) -> f64| {
         let mut v: Vec<f64> = runs.iter().map(f).collect();
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
         v[v.len() / 2]
     };
-    let errors: usize = health.iter().chain(plan.iter()).map(|r| r.errors).sum();
+    let errors: usize = health
+        .iter()
+        .chain(plan.iter())
+        .chain(webhook_runs.iter())
+        .map(|r| r.errors)
+        .sum();
+    let (w_rps, w50, w99) = (
+        median(&webhook_runs, |r| r.rps),
+        median(&webhook_runs, |r| r.p50_ms),
+        median(&webhook_runs, |r| r.p99_ms),
+    );
     let (h_rps, p_rps) = (median(&health, |r| r.rps), median(&plan, |r| r.rps));
     let (h50, p50) = (median(&health, |r| r.p50_ms), median(&plan, |r| r.p50_ms));
     let (h99, p99) = (median(&health, |r| r.p99_ms), median(&plan, |r| r.p99_ms));
@@ -183,6 +359,20 @@ fn main() {
     out += &format!(
         "| D1 rows per /api/plan/me, existing user | read {}, written {} |\n",
         steady.0, steady.1
+    );
+    out += &format!(
+        "| POST /api/stripe-webhook (signed customer.subscription.updated, re-fetch from local fake) | {w_rps:.0} deliveries/s, p50 {w50:.2} ms, p99 {w99:.2} ms ({} per round) |\n",
+        concurrency * (per_thread / 2)
+    );
+    out += &format!(
+        "| webhook ÷ health | throughput {:.2}×, p50 {:.2}×, p99 {:.2}× |\n",
+        w_rps / h_rps,
+        w50 / h50,
+        w99 / h99
+    );
+    out += &format!(
+        "| D1 rows per delivery: first for a user / plan change / no change / mean under load | read {}, written {} / read {}, written {} / read {}, written {} / read {:.1}, written {:.1} |\n",
+        first_rows[0].0, first_rows[0].1, change_rows[0].0, change_rows[0].1, same_rows[0].0, same_rows[0].1, wh_mean.0, wh_mean.1
     );
     out += &format!("| non-200 answers during load | {errors} |\n");
     println!("{out}");

@@ -180,7 +180,7 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<
     );
     let origin = req.headers().get("Origin").ok().flatten();
     let method = req.method();
-    let path = req.path();
+    let (path, query) = util::split_url(&req.inner().url());
 
     let cfg = match Config::from_lookup(env_lookup(&env)) {
         Ok(c) => c,
@@ -231,9 +231,7 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<
             now: clock::now(),
             authorization: req.headers().get("Authorization").ok().flatten(),
             headers: req.headers().clone(),
-            url: req
-                .url()
-                .map_err(|_| ApiError::InvalidRequest("invalid URL".into()))?,
+            query,
             body,
         };
         let reply = dispatch(handler, &params, &ctx).await;

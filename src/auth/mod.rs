@@ -110,14 +110,12 @@ impl JwksStore<'_> {
 
     async fn fetch(&self) -> Result<CachedJwks, String> {
         let send = async {
-            let mut resp = Fetch::Url(
-                self.url
-                    .parse()
-                    .map_err(|_| "invalid AUTH_JWKS_URL".to_string())?,
-            )
-            .send()
-            .await
-            .map_err(|e| format!("fetch: {e}"))?;
+            let request = worker::Request::new(self.url, worker::Method::Get)
+                .map_err(|_| "invalid AUTH_JWKS_URL".to_string())?;
+            let mut resp = Fetch::Request(request)
+                .send()
+                .await
+                .map_err(|e| format!("fetch: {e}"))?;
             if resp.status_code() != 200 {
                 return Err(format!("status {}", resp.status_code()));
             }

@@ -22,7 +22,8 @@ pub struct Ctx<'a> {
     pub now: i64,
     pub authorization: Option<String>,
     pub headers: worker::Headers,
-    pub url: worker::Url,
+    /// The raw query string.
+    pub query: String,
     /// The raw body, already checked against `MAX_BODY_BYTES` (empty for GET).
     pub body: Vec<u8>,
 }
@@ -37,10 +38,7 @@ impl Ctx<'_> {
     }
 
     pub fn query(&self, name: &str) -> Option<String> {
-        self.url
-            .query_pairs()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.into_owned())
+        crate::util::query_param(&self.query, name)
     }
 
     /// The body as JSON of type `T`; 400 `INVALID_REQUEST` saying what is wrong.

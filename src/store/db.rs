@@ -49,6 +49,12 @@ impl<T: Into<Param>> From<Option<T>> for Param {
     }
 }
 
+fn decode_rows<T: DeserializeOwned>(rows: Vec<serde_json::Value>) -> Result<Vec<T>, ApiError> {
+    rows.into_iter()
+        .map(|r| serde_json::from_value(r).map_err(|e| ApiError::server(format!("d1 row: {e}"))))
+        .collect()
+}
+
 pub struct Db {
     d1: D1Database,
     rows_read: Cell<usize>,
@@ -94,12 +100,9 @@ impl Db {
         }
     }
 
-    /// Runs a statement and deserializes every returned row.
-    pub async fn query<T: DeserializeOwned>(
-        &self,
-        sql: &str,
-        params: &[Param],
-    ) -> Result<Vec<T>, ApiError> {
+    /// Runs a statement; every returned row as JSON. Not generic, so the async code
+    /// exists once in the Wasm rather than once per row type.
+    async fn rows(&self, sql: &str, params: &[Param]) -> Result<Vec<serde_json::Value>, ApiError> {
         let result = self
             .prepare(sql, params)?
             .all()
@@ -107,8 +110,17 @@ impl Db {
             .map_err(|e| ApiError::server(format!("d1 query: {e}")))?;
         self.account(&result);
         result
-            .results::<T>()
+            .results::<serde_json::Value>()
             .map_err(|e| ApiError::server(format!("d1 decode: {e}")))
+    }
+
+    /// Runs a statement and deserializes every returned row.
+    pub async fn query<T: DeserializeOwned>(
+        &self,
+        sql: &str,
+        params: &[Param],
+    ) -> Result<Vec<T>, ApiError> {
+        decode_rows(self.rows(sql, params).await?)
     }
 
     pub async fn query_one<T: DeserializeOwned>(
@@ -116,7 +128,14 @@ impl Db {
         sql: &str,
         params: &[Param],
     ) -> Result<Option<T>, ApiError> {
-        Ok(self.query(sql, params).await?.into_iter().next())
+        Ok(decode_rows(self.rows(sql, params).await?)?
+            .into_iter()
+            .next())
+    }
+
+    /// Runs a statement for its effect; returns how many rows it returned.
+    pub async fn execute(&self, sql: &str, params: &[Param]) -> Result<usize, ApiError> {
+        Ok(self.rows(sql, params).await?.len())
     }
 
     /// Runs the statements as one transaction (D1 has no `BEGIN`; a batch is atomic).

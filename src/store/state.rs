@@ -21,7 +21,7 @@ pub async fn get(db: &Db, name: &str) -> Result<Option<String>, ApiError> {
 }
 
 pub async fn set(db: &Db, name: &str, value: &str, now: i64) -> Result<(), ApiError> {
-    db.query::<serde_json::Value>(
+    db.execute(
         "INSERT INTO app_state (name, value, updated_at) VALUES (?1, ?2, ?3) \
          ON CONFLICT(name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
         &[name.into(), value.into(), Param::Int(now)],
@@ -32,7 +32,7 @@ pub async fn set(db: &Db, name: &str, value: &str, now: i64) -> Result<(), ApiEr
 
 /// Adds one to a counter (e.g. `counter:kv_dual_write_failed`).
 pub async fn increment(db: &Db, name: &str, now: i64) -> Result<(), ApiError> {
-    db.query::<serde_json::Value>(
+    db.execute(
         "INSERT INTO app_state (name, value, updated_at) VALUES (?1, '1', ?2) \
          ON CONFLICT(name) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT), updated_at = excluded.updated_at",
         &[name.into(), Param::Int(now)],

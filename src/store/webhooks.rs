@@ -118,7 +118,7 @@ pub async fn mark_failed(
     now: i64,
 ) -> Result<(), ApiError> {
     let error: String = error.chars().take(1000).collect();
-    db.query::<serde_json::Value>(
+    db.execute(
         "UPDATE webhook_events SET status = CASE WHEN attempts >= ?3 THEN 'dead' ELSE 'failed' END, \
          last_error = ?2, lease_until = NULL, next_attempt_at = ?4 WHERE id = ?1",
         &[id.into(), error.into(), Param::Int(MAX_ATTEMPTS), Param::Int(now + backoff_seconds(attempts))],
@@ -154,13 +154,13 @@ pub async fn list(db: &Db, status: &str, limit: i64) -> Result<Vec<EventRow>, Ap
 
 /// Deletes processed events older than the retention period; returns how many.
 pub async fn purge_processed(db: &Db, now: i64) -> Result<i64, ApiError> {
-    let rows = db
-        .query::<serde_json::Value>(
+    let deleted = db
+        .execute(
             "DELETE FROM webhook_events WHERE status = 'processed' AND processed_at < ?1 RETURNING 1 AS n",
             &[Param::Int(now - RETENTION_SECONDS)],
         )
         .await?;
-    Ok(rows.len() as i64)
+    Ok(deleted as i64)
 }
 
 #[cfg(test)]

@@ -18,16 +18,12 @@ mod webhooks;
 use std::sync::OnceLock;
 
 use serde_json::Value;
-use support::stripe_fake::{StripeFake, SECRET_KEY};
+use support::stripe_fake::StripeFake;
 use support::{App, AppOptions, JwksServer};
 
-pub const WEBHOOK_SECRET: &str = "whsec_e2e_current";
-/// A second, older secret: deliveries signed with either pass (rotation).
-pub const WEBHOOK_SECRET_OLD: &str = "whsec_e2e_previous";
-pub const ADMIN_TOKEN: &str = "admin-e2e-token-0123456789";
-pub const PRICE_ESSENTIAL: &str = "price_essential_e2e";
-pub const PRICE_PRO: &str = "price_pro_e2e";
-pub const PRICE_PREMIUM: &str = "price_premium_e2e";
+pub use support::stripe_fake::{
+    ADMIN_TOKEN, PRICE_ESSENTIAL, PRICE_PREMIUM, PRICE_PRO, WEBHOOK_SECRET, WEBHOOK_SECRET_OLD,
+};
 
 pub struct Shared {
     pub app: App,
@@ -37,18 +33,7 @@ pub struct Shared {
 
 /// Vars that point an app at the Stripe fake.
 pub fn stripe_options(stripe: &StripeFake) -> AppOptions {
-    AppOptions::default()
-        .var("STRIPE_API_BASE", &stripe.base)
-        .var("STRIPE_SECRET_KEY", SECRET_KEY)
-        .var(
-            "STRIPE_WEBHOOK_SECRET",
-            &format!("{WEBHOOK_SECRET_OLD},{WEBHOOK_SECRET}"),
-        )
-        .var("STRIPE_PRICE_ESSENTIAL", PRICE_ESSENTIAL)
-        .var("STRIPE_PRICE_PRO", PRICE_PRO)
-        .var("STRIPE_PRICE_PREMIUM", PRICE_PREMIUM)
-        .var("DUAL_WRITE_KV", "true")
-        .var("ADMIN_TOKEN", ADMIN_TOKEN)
+    stripe.app_options()
 }
 
 /// An app of its own for tests that run the cron at a future time (retries after

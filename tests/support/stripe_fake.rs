@@ -7,6 +7,13 @@ use std::sync::{Arc, Mutex};
 use serde_json::{json, Value};
 
 pub const SECRET_KEY: &str = "sk_test_plangate_fake";
+pub const WEBHOOK_SECRET: &str = "whsec_e2e_current";
+/// A second, older secret: deliveries signed with either pass (rotation).
+pub const WEBHOOK_SECRET_OLD: &str = "whsec_e2e_previous";
+pub const ADMIN_TOKEN: &str = "admin-e2e-token-0123456789";
+pub const PRICE_ESSENTIAL: &str = "price_essential_e2e";
+pub const PRICE_PRO: &str = "price_pro_e2e";
+pub const PRICE_PREMIUM: &str = "price_premium_e2e";
 
 #[derive(Debug, Clone)]
 pub struct Recorded {
@@ -115,6 +122,23 @@ fn list(items: Vec<Value>, params: &[(String, String)]) -> Value {
 }
 
 impl StripeFake {
+    /// Vars that point an app at this fake (with both webhook secrets, the prices,
+    /// dual-write on and an admin token).
+    pub fn app_options(&self) -> super::AppOptions {
+        super::AppOptions::default()
+            .var("STRIPE_API_BASE", &self.base)
+            .var("STRIPE_SECRET_KEY", SECRET_KEY)
+            .var(
+                "STRIPE_WEBHOOK_SECRET",
+                &format!("{WEBHOOK_SECRET_OLD},{WEBHOOK_SECRET}"),
+            )
+            .var("STRIPE_PRICE_ESSENTIAL", PRICE_ESSENTIAL)
+            .var("STRIPE_PRICE_PRO", PRICE_PRO)
+            .var("STRIPE_PRICE_PREMIUM", PRICE_PREMIUM)
+            .var("DUAL_WRITE_KV", "true")
+            .var("ADMIN_TOKEN", ADMIN_TOKEN)
+    }
+
     pub fn start() -> StripeFake {
         let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
         let port = server.server_addr().to_ip().unwrap().port();
