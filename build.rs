@@ -33,18 +33,15 @@ fn main() {
             println!("cargo:rerun-if-changed={f}");
         }
     }
-    let commit = std::env::var("PLANGATE_GIT_COMMIT")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .or_else(|| {
-            Command::new("git")
-                .args(["rev-parse", "--short=12", "HEAD"])
-                .output()
-                .ok()
-                .filter(|o| o.status.success())
-                .and_then(|o| String::from_utf8(o.stdout).ok())
-                .map(|s| s.trim().to_string())
-        });
+    let commit = std::env::var("PLANGATE_GIT_COMMIT").ok().filter(|s| !s.is_empty()).or_else(|| {
+        Command::new("git")
+            .args(["rev-parse", "--short=12", "HEAD"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .map(|s| s.trim().to_string())
+    });
     let commit = commit.unwrap_or_else(|| "unknown".to_string());
     println!("cargo:rustc-env=PLANGATE_GIT_COMMIT={commit}");
 }

@@ -19,10 +19,7 @@ use support::{agent, now, send, token, App};
 const WASM_GZIP_BUDGET: usize = 250 * 1024;
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn gzip_len(bytes: &[u8]) -> usize {
@@ -51,11 +48,7 @@ type Prepared = (Vec<(String, String)>, Option<Vec<u8>>);
 
 /// `requests[t]` are sent in order by thread `t` over one keep-alive agent; returns the
 /// run and, per response, the D1 rows (read, written) the Worker reported.
-fn load_prepared(
-    method: &'static str,
-    url: &str,
-    requests: Vec<Vec<Prepared>>,
-) -> (Run, Vec<(usize, usize)>) {
+fn load_prepared(method: &'static str, url: &str, requests: Vec<Vec<Prepared>>) -> (Run, Vec<(usize, usize)>) {
     let concurrency = requests.len();
     let barrier = Arc::new(Barrier::new(concurrency + 1));
     let handles: Vec<_> = requests
@@ -70,21 +63,14 @@ fn load_prepared(
                 let mut rows = Vec::with_capacity(reqs.len());
                 let mut errors = 0;
                 for (headers, body) in &reqs {
-                    let h: Vec<(&str, &str)> = headers
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), v.as_str()))
-                        .collect();
+                    let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
                     let t = Instant::now();
                     let r = send(&a, method, &url, &h, body.as_deref());
                     lat.push(t.elapsed().as_secs_f64() * 1000.0);
                     if r.status != 200 {
                         errors += 1;
                     }
-                    let n = |name| {
-                        r.header(name)
-                            .and_then(|v| v.parse::<usize>().ok())
-                            .unwrap_or(0)
-                    };
+                    let n = |name| r.header(name).and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
                     rows.push((n("X-D1-Rows-Read"), n("X-D1-Rows-Written")));
                 }
                 (lat, rows, errors)
@@ -102,12 +88,8 @@ fn load_prepared(
     }
     let elapsed = start.elapsed().as_secs_f64();
     all.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let run = Run {
-        rps: all.len() as f64 / elapsed,
-        p50_ms: percentile(&all, 50.0),
-        p99_ms: percentile(&all, 99.0),
-        errors,
-    };
+    let run =
+        Run { rps: all.len() as f64 / elapsed, p50_ms: percentile(&all, 50.0), p99_ms: percentile(&all, 99.0), errors };
     (run, all_rows)
 }
 
@@ -117,14 +99,11 @@ fn load(url: &str, tokens: &[String], concurrency: usize, per_thread: usize) -> 
     let handles: Vec<_> = (0..concurrency)
         .map(|i| {
             let url = url.to_string();
-            let auth = tokens
-                .get(i % tokens.len().max(1))
-                .map(|t| format!("Bearer {t}"));
+            let auth = tokens.get(i % tokens.len().max(1)).map(|t| format!("Bearer {t}"));
             let barrier = barrier.clone();
             std::thread::spawn(move || {
                 let a = agent();
-                let headers: Vec<(&str, &str)> =
-                    auth.iter().map(|h| ("Authorization", h.as_str())).collect();
+                let headers: Vec<(&str, &str)> = auth.iter().map(|h| ("Authorization", h.as_str())).collect();
                 barrier.wait();
                 let mut lat = Vec::with_capacity(per_thread);
                 let mut errors = 0;
@@ -151,18 +130,12 @@ fn load(url: &str, tokens: &[String], concurrency: usize, per_thread: usize) -> 
     }
     let elapsed = start.elapsed().as_secs_f64();
     all.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    Run {
-        rps: all.len() as f64 / elapsed,
-        p50_ms: percentile(&all, 50.0),
-        p99_ms: percentile(&all, 99.0),
-        errors,
-    }
+    Run { rps: all.len() as f64 / elapsed, p50_ms: percentile(&all, 50.0), p99_ms: percentile(&all, 99.0), errors }
 }
 
 fn main() {
     let root = support::root();
-    let wasm = std::fs::read(root.join("build/index_bg.wasm"))
-        .expect("build/index_bg.wasm: run `make bench`");
+    let wasm = std::fs::read(root.join("build/index_bg.wasm")).expect("build/index_bg.wasm: run `make bench`");
     let js = std::fs::read(root.join("build/index.js")).expect("build/index.js");
     let (wasm_gz, js_gz) = (gzip_len(&wasm), gzip_len(&js));
 
@@ -173,26 +146,14 @@ fn main() {
     eprintln!("starting wrangler dev …");
     let stripe = StripeFake::start();
     let app = App::spawn(stripe.app_options());
-    let tokens: Vec<String> = (0..concurrency)
-        .map(|i| token(&support::unique(&format!("bench-{i}"))))
-        .collect();
+    let tokens: Vec<String> = (0..concurrency).map(|i| token(&support::unique(&format!("bench-{i}")))).collect();
 
     // D1 rows for a first request (creates the user) and a steady-state one.
     let me = app.url("/api/plan/me");
     let rows = |t: &str| {
-        let r = send(
-            &agent(),
-            "GET",
-            &me,
-            &[("Authorization", &format!("Bearer {t}"))],
-            None,
-        );
+        let r = send(&agent(), "GET", &me, &[("Authorization", &format!("Bearer {t}"))], None);
         assert_eq!(r.status, 200, "{}", r.body);
-        let n = |h| {
-            r.header(h)
-                .and_then(|v| v.parse::<usize>().ok())
-                .expect("X-D1-Rows-* header")
-        };
+        let n = |h| r.header(h).and_then(|v| v.parse::<usize>().ok()).expect("X-D1-Rows-* header");
         (n("X-D1-Rows-Read"), n("X-D1-Rows-Written"))
     };
     let first = rows(&tokens[0]);
@@ -216,13 +177,7 @@ fn main() {
     let wh_users: Vec<(String, String)> = (0..concurrency)
         .map(|i| {
             let auth = support::unique(&format!("bench-wh-{i}"));
-            let r = send(
-                &agent(),
-                "GET",
-                &me,
-                &[("Authorization", &format!("Bearer {}", token(&auth)))],
-                None,
-            );
+            let r = send(&agent(), "GET", &me, &[("Authorization", &format!("Bearer {}", token(&auth)))], None);
             assert_eq!(r.status, 200);
             let uid = app.sql(&format!("SELECT id FROM users WHERE auth_id = '{auth}'"))[0]["id"]
                 .as_str()
@@ -242,12 +197,8 @@ fn main() {
         let body = json!({"id": id, "object": "event", "type": "customer.subscription.updated", "created": now(),
                           "data": {"object": sub}})
         .to_string();
-        let sig =
-            plangate::stripe::signature::sign_for_test(body.as_bytes(), WEBHOOK_SECRET, now());
-        (
-            vec![("Stripe-Signature".to_string(), sig)],
-            Some(body.into_bytes()),
-        )
+        let sig = plangate::stripe::signature::sign_for_test(body.as_bytes(), WEBHOOK_SECRET, now());
+        (vec![("Stripe-Signature".to_string(), sig)], Some(body.into_bytes()))
     };
     for (uid, tag) in &wh_users {
         stripe.put_subscription(sub_json(uid, tag, PRICE_ESSENTIAL));
@@ -257,27 +208,18 @@ fn main() {
     let (_, first_rows) = load_prepared(
         "POST",
         &webhook,
-        vec![vec![delivery(
-            format!("evt_bench_first_{tag0}"),
-            sub_json(uid0, tag0, PRICE_ESSENTIAL),
-        )]],
+        vec![vec![delivery(format!("evt_bench_first_{tag0}"), sub_json(uid0, tag0, PRICE_ESSENTIAL))]],
     );
     stripe.put_subscription(sub_json(uid0, tag0, PRICE_PRO));
     let (_, change_rows) = load_prepared(
         "POST",
         &webhook,
-        vec![vec![delivery(
-            format!("evt_bench_change_{tag0}"),
-            sub_json(uid0, tag0, PRICE_PRO),
-        )]],
+        vec![vec![delivery(format!("evt_bench_change_{tag0}"), sub_json(uid0, tag0, PRICE_PRO))]],
     );
     let (_, same_rows) = load_prepared(
         "POST",
         &webhook,
-        vec![vec![delivery(
-            format!("evt_bench_same_{tag0}"),
-            sub_json(uid0, tag0, PRICE_PRO),
-        )]],
+        vec![vec![delivery(format!("evt_bench_same_{tag0}"), sub_json(uid0, tag0, PRICE_PRO))]],
     );
     let mut webhook_runs = Vec::new();
     let mut webhook_rows = Vec::new();
@@ -286,12 +228,7 @@ fn main() {
             .iter()
             .map(|(uid, tag)| {
                 (0..per_thread / 2)
-                    .map(|n| {
-                        delivery(
-                            format!("evt_bench_{round}_{n}_{tag}"),
-                            sub_json(uid, tag, PRICE_ESSENTIAL),
-                        )
-                    })
+                    .map(|n| delivery(format!("evt_bench_{round}_{n}_{tag}"), sub_json(uid, tag, PRICE_ESSENTIAL)))
                     .collect()
             })
             .collect();
@@ -301,10 +238,7 @@ fn main() {
     }
     let mean = |rows: &[(usize, usize)]| {
         let n = rows.len().max(1) as f64;
-        (
-            rows.iter().map(|r| r.0).sum::<usize>() as f64 / n,
-            rows.iter().map(|r| r.1).sum::<usize>() as f64 / n,
-        )
+        (rows.iter().map(|r| r.0).sum::<usize>() as f64 / n, rows.iter().map(|r| r.1).sum::<usize>() as f64 / n)
     };
     let wh_mean = mean(&webhook_rows);
     app.stop();
@@ -313,17 +247,9 @@ fn main() {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
         v[v.len() / 2]
     };
-    let errors: usize = health
-        .iter()
-        .chain(plan.iter())
-        .chain(webhook_runs.iter())
-        .map(|r| r.errors)
-        .sum();
-    let (w_rps, w50, w99) = (
-        median(&webhook_runs, |r| r.rps),
-        median(&webhook_runs, |r| r.p50_ms),
-        median(&webhook_runs, |r| r.p99_ms),
-    );
+    let errors: usize = health.iter().chain(plan.iter()).chain(webhook_runs.iter()).map(|r| r.errors).sum();
+    let (w_rps, w50, w99) =
+        (median(&webhook_runs, |r| r.rps), median(&webhook_runs, |r| r.p50_ms), median(&webhook_runs, |r| r.p99_ms));
     let (h_rps, p_rps) = (median(&health, |r| r.rps), median(&plan, |r| r.rps));
     let (h50, p50) = (median(&health, |r| r.p50_ms), median(&plan, |r| r.p50_ms));
     let (h99, p99) = (median(&health, |r| r.p99_ms), median(&plan, |r| r.p99_ms));
@@ -336,15 +262,9 @@ fn main() {
         wasm_gz,
         wasm_gz as f64 / 1024.0
     );
-    out += &format!(
-        "| js glue build/index.js (raw / gzip) | {} B / {} B |\n",
-        js.len(),
-        js_gz
-    );
+    out += &format!("| js glue build/index.js (raw / gzip) | {} B / {} B |\n", js.len(), js_gz);
     out += &format!("| load | {concurrency} concurrent clients, {per_thread} requests each, median of {rounds} rounds per route |\n");
-    out += &format!(
-        "| GET /health (baseline) | {h_rps:.0} req/s, p50 {h50:.2} ms, p99 {h99:.2} ms |\n"
-    );
+    out += &format!("| GET /health (baseline) | {h_rps:.0} req/s, p50 {h50:.2} ms, p99 {h99:.2} ms |\n");
     out += &format!("| GET /api/plan/me | {p_rps:.0} req/s, p50 {p50:.2} ms, p99 {p99:.2} ms |\n");
     out += &format!(
         "| plan/me ÷ health | throughput {:.2}×, p50 {:.2}×, p99 {:.2}× |\n",
@@ -356,10 +276,7 @@ fn main() {
         "| D1 rows per /api/plan/me, first request (creates user) | read {}, written {} |\n",
         first.0, first.1
     );
-    out += &format!(
-        "| D1 rows per /api/plan/me, existing user | read {}, written {} |\n",
-        steady.0, steady.1
-    );
+    out += &format!("| D1 rows per /api/plan/me, existing user | read {}, written {} |\n", steady.0, steady.1);
     out += &format!(
         "| POST /api/stripe-webhook (signed customer.subscription.updated, re-fetch from local fake) | {w_rps:.0} deliveries/s, p50 {w50:.2} ms, p99 {w99:.2} ms ({} per round) |\n",
         concurrency * (per_thread / 2)

@@ -45,10 +45,7 @@ pub struct Outcome {
 
 impl Outcome {
     fn noop(note: &'static str) -> Self {
-        Outcome {
-            note,
-            ..Outcome::default()
-        }
+        Outcome { note, ..Outcome::default() }
     }
 }
 
@@ -60,19 +57,13 @@ struct Failure {
 
 impl From<ApiError> for Failure {
     fn from(e: ApiError) -> Self {
-        Failure {
-            cause: e.to_string(),
-            fallback: None,
-        }
+        Failure { cause: e.to_string(), fallback: None }
     }
 }
 
 impl From<StripeError> for Failure {
     fn from(e: StripeError) -> Self {
-        Failure {
-            cause: e.to_string(),
-            fallback: None,
-        }
+        Failure { cause: e.to_string(), fallback: None }
     }
 }
 
@@ -87,13 +78,7 @@ pub struct Billing<'a> {
 }
 
 impl<'a> Billing<'a> {
-    pub fn new(
-        db: &'a Db,
-        cfg: &'a Config,
-        kv: Option<KvStore>,
-        now: i64,
-        request_id: &'a str,
-    ) -> Self {
+    pub fn new(db: &'a Db, cfg: &'a Config, kv: Option<KvStore>, now: i64, request_id: &'a str) -> Self {
         Billing {
             db,
             cfg,
@@ -110,12 +95,7 @@ impl<'a> Billing<'a> {
     }
 
     /// Claims, processes and records one event.
-    pub async fn deliver(
-        &self,
-        ev: &Envelope,
-        payload: &str,
-        source: &str,
-    ) -> Result<Delivery, ApiError> {
+    pub async fn deliver(&self, ev: &Envelope, payload: &str, source: &str) -> Result<Delivery, ApiError> {
         let attempts = match webhooks::claim(self.db, ev, payload, source, self.now).await? {
             webhooks::Claim::Claimed { attempts } => attempts,
             webhooks::Claim::AlreadyProcessed => return Ok(Delivery::Duplicate),
@@ -164,14 +144,10 @@ impl<'a> Billing<'a> {
         let cause = format!("webhook:{}", ev.id);
         match EventKind::of(&ev.kind) {
             EventKind::SubscriptionChanged | EventKind::SubscriptionDeleted => {
-                let payload =
-                    events::parse_subscription(&ev.object, self.now).ok_or_else(|| Failure {
-                        cause: "event object is not a subscription".into(),
-                        fallback: None,
-                    })?;
+                let payload = events::parse_subscription(&ev.object, self.now)
+                    .ok_or_else(|| Failure { cause: "event object is not a subscription".into(), fallback: None })?;
                 let id = payload.id.clone();
-                self.subscription_event(ev, &id, None, Some(payload), &cause)
-                    .await
+                self.subscription_event(ev, &id, None, Some(payload), &cause).await
             }
             EventKind::InvoicePaid | EventKind::InvoicePaymentFailed => {
                 match events::invoice_subscription(&ev.object) {
@@ -184,46 +160,25 @@ impl<'a> Billing<'a> {
                     cause: "event object is not a checkout session".into(),
                     fallback: None,
                 })?;
-                let hint = cs
-                    .client_reference_id
-                    .clone()
-                    .or(cs.metadata_user_id.clone());
+                let hint = cs.client_reference_id.clone().or(cs.metadata_user_id.clone());
                 match (&cs.mode[..], &cs.subscription) {
-                    ("subscription", Some(sub)) => {
-                        self.subscription_event(ev, sub, hint, None, &cause).await
-                    }
+                    ("subscription", Some(sub)) => self.subscription_event(ev, sub, hint, None, &cause).await,
                     _ => self.checkout_payment(ev, &cs, hint).await,
                 }
             }
             EventKind::CustomerUpdated => self.customer_updated(ev).await,
             EventKind::PaymentIntentSucceeded | EventKind::PaymentIntentFailed => {
-                let p = events::parse_payment_intent(&ev.object).ok_or_else(|| Failure {
-                    cause: "event object is not a payment intent".into(),
-                    fallback: None,
-                })?;
-                let status = if EventKind::of(&ev.kind) == EventKind::PaymentIntentSucceeded {
-                    "succeeded"
-                } else {
-                    "failed"
-                };
+                let p = events::parse_payment_intent(&ev.object)
+                    .ok_or_else(|| Failure { cause: "event object is not a payment intent".into(), fallback: None })?;
+                let status =
+                    if EventKind::of(&ev.kind) == EventKind::PaymentIntentSucceeded { "succeeded" } else { "failed" };
                 self.record_payment(ev, &p, status).await
             }
             EventKind::ChargeRefunded => {
-                let p = events::parse_charge(&ev.object).ok_or_else(|| Failure {
-                    cause: "event object is not a charge".into(),
-                    fallback: None,
-                })?;
+                let p = events::parse_charge(&ev.object)
+                    .ok_or_else(|| Failure { cause: "event object is not a charge".into(), fallback: None })?;
                 let full = matches!((p.amount, p.amount_refunded), (Some(a), Some(r)) if r >= a);
-                self.record_payment(
-                    ev,
-                    &p,
-                    if full {
-                        "refunded"
-                    } else {
-                        "partially_refunded"
-                    },
-                )
-                .await
+                self.record_payment(ev, &p, if full { "refunded" } else { "partially_refunded" }).await
             }
             EventKind::Unknown => Ok(Outcome::noop("event type not handled; recorded")),
         }
@@ -233,8 +188,7 @@ impl<'a> Billing<'a> {
         if !StripeRequest::is_safe_id(id) {
             return Ok(None);
         }
-        let req =
-            StripeRequest::get(format!("/v1/subscriptions/{id}")).param("expand[]", "schedule");
+        let req = StripeRequest::get(format!("/v1/subscriptions/{id}")).param("expand[]", "schedule");
         match self.stripe.send(&req).await {
             Ok(v) => Ok(events::parse_subscription(&v, self.now)),
             Err(StripeError::Api { status: 404, .. }) => Ok(None),
@@ -243,10 +197,7 @@ impl<'a> Billing<'a> {
     }
 
     /// All subscriptions of a customer, any status.
-    pub async fn customer_subscriptions(
-        &self,
-        customer: &str,
-    ) -> Result<Vec<Subscription>, StripeError> {
+    pub async fn customer_subscriptions(&self, customer: &str) -> Result<Vec<Subscription>, StripeError> {
         let mut out = Vec::new();
         let mut after: Option<String> = None;
         for _ in 0..10 {
@@ -259,15 +210,8 @@ impl<'a> Billing<'a> {
                 req = req.param("starting_after", a.as_str());
             }
             let page = self.stripe.send(&req).await?;
-            let data = page
-                .get("data")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            out.extend(
-                data.iter()
-                    .filter_map(|s| events::parse_subscription(s, self.now)),
-            );
+            let data = page.get("data").and_then(Value::as_array).cloned().unwrap_or_default();
+            out.extend(data.iter().filter_map(|s| events::parse_subscription(s, self.now)));
             if page.get("has_more").and_then(Value::as_bool) != Some(true) {
                 break;
             }
@@ -288,25 +232,16 @@ impl<'a> Billing<'a> {
         cause: &str,
     ) -> Result<Outcome, Failure> {
         match self.fetch_subscription(sub_id).await {
-            Ok(Some(sub)) => {
-                self.apply_subscription(&sub, hint, self.now, true, cause)
-                    .await
-            }
+            Ok(Some(sub)) => self.apply_subscription(&sub, hint, self.now, true, cause).await,
             Ok(None) => Ok(Outcome::noop("subscription not found at Stripe")),
             Err(e) => {
                 // Stripe is unreachable: apply the payload only if it is not older than
                 // what is stored (the SQL guard), and fail so a retry confirms it.
                 let fallback = match payload {
-                    Some(p) => self
-                        .apply_subscription(&p, hint, ev.created, false, cause)
-                        .await
-                        .ok(),
+                    Some(p) => self.apply_subscription(&p, hint, ev.created, false, cause).await.ok(),
                     None => None,
                 };
-                Err(Failure {
-                    cause: e.to_string(),
-                    fallback,
-                })
+                Err(Failure { cause: e.to_string(), fallback })
             }
         }
     }
@@ -336,9 +271,7 @@ impl<'a> Billing<'a> {
                 return Ok(Some((user, Some(customer.to_string()))));
             }
         }
-        Ok(users::find_by_customer(self.db, customer)
-            .await?
-            .map(|u| (u, None)))
+        Ok(users::find_by_customer(self.db, customer).await?.map(|u| (u, None)))
     }
 
     async fn apply_subscription(
@@ -353,14 +286,9 @@ impl<'a> Billing<'a> {
         let Some((user, link)) = self.resolve_user(hint.as_deref(), &sub.customer).await? else {
             return Ok(Outcome::noop("no plangate user for this customer"));
         };
-        let other_current = user
-            .stripe_subscription_id
-            .as_deref()
-            .is_some_and(|s| s != sub.id);
+        let other_current = user.stripe_subscription_id.as_deref().is_some_and(|s| s != sub.id);
         if other_current && !sub.status.is_live() && !fetched {
-            return Ok(Outcome::noop(
-                "ended subscription is not the user's current one",
-            ));
+            return Ok(Outcome::noop("ended subscription is not the user's current one"));
         }
         // Several subscriptions, or this one ended: decide from all of the customer's.
         let listed;
@@ -370,25 +298,13 @@ impl<'a> Billing<'a> {
         } else {
             sub
         };
-        if other_current && chosen.id != sub.id && !chosen.status.is_live() && !sub.status.is_live()
-        {
-            return Ok(Outcome::noop(
-                "ended subscription is not the user's current one",
-            ));
+        if other_current && chosen.id != sub.id && !chosen.status.is_live() && !sub.status.is_live() {
+            return Ok(Outcome::noop("ended subscription is not the user's current one"));
         }
-        let state = state_from(chosen, &self.catalog, &self.cfg.prices).map_err(|e| Failure {
-            cause: e.to_string(),
-            fallback: None,
-        })?;
+        let state = state_from(chosen, &self.catalog, &self.cfg.prices)
+            .map_err(|e| Failure { cause: e.to_string(), fallback: None })?;
         Ok(Outcome {
-            stmts: users::apply_state_stmts(
-                &user.id,
-                &state,
-                as_of,
-                cause,
-                link.as_deref(),
-                self.now,
-            ),
+            stmts: users::apply_state_stmts(&user.id, &state, as_of, cause, link.as_deref(), self.now),
             users: vec![user.id],
             note: "subscription state applied",
         })
@@ -421,29 +337,16 @@ impl<'a> Billing<'a> {
                 amount: cs.amount_total,
                 amount_refunded: None,
                 currency: cs.currency.as_deref(),
-                status: if cs.payment_status.as_deref() == Some("paid") {
-                    "succeeded"
-                } else {
-                    "completed"
-                },
+                status: if cs.payment_status.as_deref() == Some("paid") { "succeeded" } else { "completed" },
                 event_id: &ev.id,
                 event_created: ev.created,
             },
             self.now,
         ));
-        Ok(Outcome {
-            stmts,
-            users: touched,
-            note: "checkout payment recorded",
-        })
+        Ok(Outcome { stmts, users: touched, note: "checkout payment recorded" })
     }
 
-    async fn record_payment(
-        &self,
-        ev: &Envelope,
-        p: &events::Payment,
-        status: &str,
-    ) -> Result<Outcome, Failure> {
+    async fn record_payment(&self, ev: &Envelope, p: &events::Payment, status: &str) -> Result<Outcome, Failure> {
         let user = match (&p.user_id, &p.customer) {
             (Some(uid), _) => users::find_by_id(self.db, uid).await?,
             (None, Some(c)) => users::find_by_customer(self.db, c).await?,
@@ -471,29 +374,18 @@ impl<'a> Billing<'a> {
     }
 
     async fn customer_updated(&self, ev: &Envelope) -> Result<Outcome, Failure> {
-        let Some(id) =
-            events::id_of(ev.object.get("id")).filter(|id| StripeRequest::is_safe_id(id))
-        else {
+        let Some(id) = events::id_of(ev.object.get("id")).filter(|id| StripeRequest::is_safe_id(id)) else {
             return Ok(Outcome::noop("customer without id"));
         };
-        let customer = match self
-            .stripe
-            .send(&StripeRequest::get(format!("/v1/customers/{id}")))
-            .await
-        {
+        let customer = match self.stripe.send(&StripeRequest::get(format!("/v1/customers/{id}"))).await {
             Ok(c) => c,
-            Err(StripeError::Api { status: 404, .. }) => {
-                return Ok(Outcome::noop("customer not found at Stripe"))
-            }
+            Err(StripeError::Api { status: 404, .. }) => return Ok(Outcome::noop("customer not found at Stripe")),
             Err(e) => return Err(e.into()),
         };
         if customer.get("deleted").and_then(Value::as_bool) == Some(true) {
             return Ok(Outcome::noop("customer deleted"));
         }
-        let email = customer
-            .get("email")
-            .and_then(Value::as_str)
-            .filter(|e| !e.is_empty() && e.len() <= 320);
+        let email = customer.get("email").and_then(Value::as_str).filter(|e| !e.is_empty() && e.len() <= 320);
         Ok(Outcome {
             stmts: vec![users::set_email_by_customer_stmt(&id, email, self.now)],
             users: Vec::new(),
@@ -506,29 +398,17 @@ impl<'a> Billing<'a> {
         let Some(customer) = user.stripe_customer_id.as_deref() else {
             return Ok(false);
         };
-        let subs = self
-            .customer_subscriptions(customer)
-            .await
-            .map_err(ApiError::server)?;
+        let subs = self.customer_subscriptions(customer).await.map_err(ApiError::server)?;
         self.apply_best(user, &subs, cause).await
     }
 
     /// Stores the state of the best of `subs` (or of no subscription) for `user`.
-    pub async fn apply_best(
-        &self,
-        user: &UserRecord,
-        subs: &[Subscription],
-        cause: &str,
-    ) -> Result<bool, ApiError> {
+    pub async fn apply_best(&self, user: &UserRecord, subs: &[Subscription], cause: &str) -> Result<bool, ApiError> {
         let state = match best(subs, &self.cfg.prices) {
             Some(s) => state_from(s, &self.catalog, &self.cfg.prices).map_err(ApiError::server)?,
             None => crate::domain::subscription::no_subscription(&self.catalog),
         };
-        self.db
-            .batch(users::apply_state_stmts(
-                &user.id, &state, self.now, cause, None, self.now,
-            ))
-            .await?;
+        self.db.batch(users::apply_state_stmts(&user.id, &state, self.now, cause, None, self.now)).await?;
         self.refresh_copies(std::slice::from_ref(&user.id)).await;
         Ok(true)
     }
@@ -564,21 +444,32 @@ impl<'a> Billing<'a> {
                 }
             }
             if !failures.is_empty() {
-                log::error(
-                    self.request_id,
-                    "kv.dual_write_failed",
-                    json!({"userId": user_id, "errors": failures}),
-                );
-                if let Err(e) =
-                    state::increment(self.db, "counter:kv_dual_write_failed", self.now).await
-                {
-                    log::error(
-                        self.request_id,
-                        "kv.counter_failed",
-                        json!({"error": e.to_string()}),
-                    );
+                log::error(self.request_id, "kv.dual_write_failed", json!({"userId": user_id, "errors": failures}));
+                if let Err(e) = state::increment(self.db, "counter:kv_dual_write_failed", self.now).await {
+                    log::error(self.request_id, "kv.counter_failed", json!({"error": e.to_string()}));
                 }
             }
         }
+    }
+}
+
+impl Billing<'_> {
+    /// Stores the subscription Stripe answered with after one of plangate's own
+    /// calls, at once (not only when the webhook arrives): audit row, billing_seq
+    /// bump, KV copies. Returns the state stored.
+    pub async fn apply_answer(
+        &self,
+        user: &UserRecord,
+        answer: &Value,
+        cause: &str,
+    ) -> Result<crate::domain::subscription::BillingState, ApiError> {
+        let sub = events::parse_subscription(answer, self.now)
+            .ok_or_else(|| ApiError::server("Stripe answered with something that is not a subscription"))?;
+        let state = state_from(&sub, &self.catalog, &self.cfg.prices).map_err(ApiError::server)?;
+        let mut stmts = users::apply_state_stmts(&user.id, &state, self.now, cause, Some(&sub.customer), self.now);
+        stmts.push(users::bump_billing_seq_stmt(&user.id));
+        self.db.batch(stmts).await?;
+        self.refresh_copies(std::slice::from_ref(&user.id)).await;
+        Ok(state)
     }
 }

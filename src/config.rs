@@ -56,10 +56,7 @@ pub fn normalize_origin(origin: &str) -> String {
 impl Config {
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
         let mut allowed_origins = Vec::new();
-        for entry in non_empty(get("ALLOWED_ORIGINS"))
-            .unwrap_or_default()
-            .split(',')
-        {
+        for entry in non_empty(get("ALLOWED_ORIGINS")).unwrap_or_default().split(',') {
             let o = normalize_origin(entry);
             if o.is_empty() {
                 continue;
@@ -75,41 +72,26 @@ impl Config {
             None => DEFAULT_MAX_BODY_BYTES,
             Some(s) => match s.parse::<u64>() {
                 Ok(n) if n > 0 => n,
-                _ => {
-                    return Err(format!(
-                        "MAX_BODY_BYTES `{s}` is not a positive whole number"
-                    ))
-                }
+                _ => return Err(format!("MAX_BODY_BYTES `{s}` is not a positive whole number")),
             },
         };
         let jwt_secret = non_empty(get("AUTH_JWT_SECRET"));
         if let Some(s) = &jwt_secret {
             if s.len() < MIN_JWT_SECRET_BYTES {
-                return Err(format!(
-                    "AUTH_JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes"
-                ));
+                return Err(format!("AUTH_JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes"));
             }
         }
         let jwks_url = non_empty(get("AUTH_JWKS_URL"));
         if let Some(u) = &jwks_url {
-            if !(u.starts_with("https://")
-                || u.starts_with("http://127.0.0.1")
-                || u.starts_with("http://localhost"))
-            {
-                return Err(
-                    "AUTH_JWKS_URL must be an https:// URL (http only for localhost)".into(),
-                );
+            if !(u.starts_with("https://") || u.starts_with("http://127.0.0.1") || u.starts_with("http://localhost")) {
+                return Err("AUTH_JWKS_URL must be an https:// URL (http only for localhost)".into());
             }
         }
         let webhook_tolerance = match non_empty(get("WEBHOOK_TOLERANCE_SECONDS")) {
             None => DEFAULT_TOLERANCE_SECONDS,
             Some(s) => match s.parse::<i64>() {
                 Ok(n) if n > 0 => n,
-                _ => {
-                    return Err(format!(
-                        "WEBHOOK_TOLERANCE_SECONDS `{s}` must be a positive whole number"
-                    ))
-                }
+                _ => return Err(format!("WEBHOOK_TOLERANCE_SECONDS `{s}` must be a positive whole number")),
             },
         };
         let dual_write_kv = match non_empty(get("DUAL_WRITE_KV")).as_deref() {
@@ -117,17 +99,13 @@ impl Config {
             Some("true") | Some("1") => true,
             Some(other) => return Err(format!("DUAL_WRITE_KV `{other}` must be true or false")),
         };
-        let stripe_api_base =
-            non_empty(get("STRIPE_API_BASE")).unwrap_or_else(|| DEFAULT_STRIPE_API_BASE.into());
-        if !(stripe_api_base.starts_with("https://")
-            || stripe_api_base.starts_with("http://127.0.0.1"))
-        {
+        let stripe_api_base = non_empty(get("STRIPE_API_BASE")).unwrap_or_else(|| DEFAULT_STRIPE_API_BASE.into());
+        if !(stripe_api_base.starts_with("https://") || stripe_api_base.starts_with("http://127.0.0.1")) {
             return Err("STRIPE_API_BASE must be an https:// URL (http only on 127.0.0.1)".into());
         }
         Ok(Config {
             stripe_api_base,
-            stripe_api_version: non_empty(get("STRIPE_API_VERSION"))
-                .unwrap_or_else(|| DEFAULT_API_VERSION.into()),
+            stripe_api_version: non_empty(get("STRIPE_API_VERSION")).unwrap_or_else(|| DEFAULT_API_VERSION.into()),
             stripe_secret_key: non_empty(get("STRIPE_SECRET_KEY")),
             webhook_secrets: parse_secrets(get("STRIPE_WEBHOOK_SECRET").as_deref()),
             webhook_tolerance,
@@ -156,10 +134,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn cfg(pairs: &[(&str, &str)]) -> Result<Config, String> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_lookup(|k| map.get(k).cloned())
     }
 
@@ -174,15 +149,8 @@ mod tests {
 
     #[test]
     fn origins_are_a_trimmed_comma_list_compared_exactly() {
-        let c = cfg(&[(
-            "ALLOWED_ORIGINS",
-            " https://app.example.com/, http://localhost:3000 ,",
-        )])
-        .unwrap();
-        assert_eq!(
-            c.allowed_origins,
-            ["https://app.example.com", "http://localhost:3000"]
-        );
+        let c = cfg(&[("ALLOWED_ORIGINS", " https://app.example.com/, http://localhost:3000 ,")]).unwrap();
+        assert_eq!(c.allowed_origins, ["https://app.example.com", "http://localhost:3000"]);
         assert!(c.origin_allowed("https://APP.example.com"));
         assert!(!c.origin_allowed("https://app.example.com.evil.io"));
         assert!(!c.origin_allowed("http://app.example.com"));
@@ -194,20 +162,14 @@ mod tests {
         assert!(cfg(&[("ALLOWED_ORIGINS", "*")]).is_err());
         assert!(cfg(&[("MAX_BODY_BYTES", "1MB")]).is_err());
         assert!(cfg(&[("MAX_BODY_BYTES", "0")]).is_err());
-        assert_eq!(
-            cfg(&[("MAX_BODY_BYTES", "2048")]).unwrap().max_body_bytes,
-            2048
-        );
+        assert_eq!(cfg(&[("MAX_BODY_BYTES", "2048")]).unwrap().max_body_bytes, 2048);
     }
 
     #[test]
     fn a_short_jwt_secret_is_refused_and_an_empty_one_disables_hs256() {
         assert!(cfg(&[("AUTH_JWT_SECRET", "short")]).is_err());
         assert_eq!(cfg(&[("AUTH_JWT_SECRET", "  ")]).unwrap().jwt_secret, None);
-        assert!(cfg(&[("AUTH_JWT_SECRET", &"x".repeat(32))])
-            .unwrap()
-            .jwt_secret
-            .is_some());
+        assert!(cfg(&[("AUTH_JWT_SECRET", &"x".repeat(32))]).unwrap().jwt_secret.is_some());
     }
 
     #[test]
@@ -226,10 +188,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.webhook_secrets, ["whsec_a", "whsec_b"]);
         assert!(c.dual_write_kv);
-        assert_eq!(
-            c.prices.tier_of("price_pro_1"),
-            Catalog::builtin().parse("pro")
-        );
+        assert_eq!(c.prices.tier_of("price_pro_1"), Catalog::builtin().parse("pro"));
         assert!(cfg(&[("WEBHOOK_TOLERANCE_SECONDS", "0")]).is_err());
         assert!(cfg(&[("WEBHOOK_TOLERANCE_SECONDS", "-5")]).is_err());
         assert!(cfg(&[("DUAL_WRITE_KV", "yes please")]).is_err());

@@ -36,10 +36,7 @@ mod tests {
     use super::*;
 
     fn cfg() -> Config {
-        Config::from_lookup(|k| {
-            (k == "ALLOWED_ORIGINS").then(|| "https://app.example.com".to_string())
-        })
-        .unwrap()
+        Config::from_lookup(|k| (k == "ALLOWED_ORIGINS").then(|| "https://app.example.com".to_string())).unwrap()
     }
 
     fn get<'a>(h: &'a [(&'static str, String)], name: &str) -> Option<&'a str> {
@@ -49,29 +46,17 @@ mod tests {
     #[test]
     fn an_allowed_origin_is_echoed_with_credentials() {
         let h = preflight_headers(&cfg(), Some("https://app.example.com"));
-        assert_eq!(
-            get(&h, "Access-Control-Allow-Origin"),
-            Some("https://app.example.com")
-        );
+        assert_eq!(get(&h, "Access-Control-Allow-Origin"), Some("https://app.example.com"));
         assert_eq!(get(&h, "Access-Control-Allow-Credentials"), Some("true"));
-        assert!(get(&h, "Access-Control-Allow-Headers")
-            .unwrap()
-            .contains("Authorization"));
+        assert!(get(&h, "Access-Control-Allow-Headers").unwrap().contains("Authorization"));
         assert_eq!(get(&h, "Vary"), Some("Origin"));
     }
 
     #[test]
     fn a_foreign_or_missing_origin_gets_no_allow_headers() {
         for origin in [Some("https://evil.example"), None, Some("null")] {
-            for h in [
-                preflight_headers(&cfg(), origin),
-                response_headers(&cfg(), origin),
-            ] {
-                assert!(
-                    h.iter()
-                        .all(|(k, _)| !k.starts_with("Access-Control-Allow")),
-                    "{origin:?}"
-                );
+            for h in [preflight_headers(&cfg(), origin), response_headers(&cfg(), origin)] {
+                assert!(h.iter().all(|(k, _)| !k.starts_with("Access-Control-Allow")), "{origin:?}");
             }
         }
     }

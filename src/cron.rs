@@ -45,11 +45,8 @@ impl Tally {
 /// runs "later" by passing a future time).
 pub async fn run(cron: &str, scheduled_ms: f64, env: &Env) {
     let request_id = format!("cron_{}", util::random_hex(8).unwrap_or_default());
-    let now = if scheduled_ms.is_finite() && scheduled_ms > 0.0 {
-        (scheduled_ms / 1000.0) as i64
-    } else {
-        clock::now()
-    };
+    let now =
+        if scheduled_ms.is_finite() && scheduled_ms > 0.0 { (scheduled_ms / 1000.0) as i64 } else { clock::now() };
     let cfg = match Config::from_lookup(|n| env.var(n).ok().map(|v| v.to_string())) {
         Ok(c) => c,
         Err(e) => return log::error(&request_id, "cron.config_invalid", json!({"error": e})),
@@ -61,11 +58,7 @@ pub async fn run(cron: &str, scheduled_ms: f64, env: &Env) {
     let billing = Billing::new(&db, &cfg, env.kv("APP_KV").ok(), now, &request_id);
 
     let retries = retry_due(&billing).await;
-    let reconciled = if cfg.stripe_secret_key.is_some() {
-        Some(reconcile(&billing).await)
-    } else {
-        None
-    };
+    let reconciled = if cfg.stripe_secret_key.is_some() { Some(reconcile(&billing).await) } else { None };
     let purged = webhooks::purge_processed(&db, now).await;
 
     let summary = |r: &Result<Tally, ApiError>| match r {
@@ -111,10 +104,8 @@ async fn retry_due(billing: &Billing<'_>) -> Result<Tally, ApiError> {
 
 async fn reconcile(billing: &Billing<'_>) -> Result<Tally, ApiError> {
     let now = billing.now;
-    let cursor = state::get(billing.db, CURSOR)
-        .await?
-        .and_then(|c| c.parse::<i64>().ok())
-        .unwrap_or(now - FIRST_WINDOW_SECONDS);
+    let cursor =
+        state::get(billing.db, CURSOR).await?.and_then(|c| c.parse::<i64>().ok()).unwrap_or(now - FIRST_WINDOW_SECONDS);
     let mut tally = Tally::default();
     let mut newest: Option<i64> = None;
     let mut after: Option<String> = None;
@@ -127,11 +118,7 @@ async fn reconcile(billing: &Billing<'_>) -> Result<Tally, ApiError> {
             req = req.param("starting_after", a.as_str());
         }
         let page = billing.stripe.send(&req).await.map_err(ApiError::server)?;
-        let data = page
-            .get("data")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
+        let data = page.get("data").and_then(Value::as_array).cloned().unwrap_or_default();
         for raw in &data {
             let Ok(ev) = events::envelope_from_value(raw.clone()) else {
                 continue;

@@ -26,6 +26,13 @@ pub enum ApiError {
         code: &'static str,
         message: String,
     },
+    /// `ALREADY_SUBSCRIBED` and the like: also says which plan the user is on.
+    CodedPlan {
+        status: u16,
+        code: &'static str,
+        message: String,
+        plan: String,
+    },
     /// A server-side failure with its own code (`WEBHOOK_NOT_CONFIGURED`, …): the
     /// public message is fixed, the cause goes to the log only.
     CodedServer {
@@ -43,6 +50,8 @@ struct Body<'a> {
     ok: bool,
     code: &'a str,
     message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plan: Option<&'a str>,
 }
 
 impl ApiError {
@@ -51,11 +60,7 @@ impl ApiError {
     }
 
     pub fn coded(status: u16, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError::Coded {
-            status,
-            code,
-            message: message.into(),
-        }
+        ApiError::Coded { status, code, message: message.into() }
     }
 
     pub fn status(&self) -> u16 {
@@ -66,7 +71,9 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::PayloadTooLarge { .. } => 413,
             ApiError::InvalidRequest(_) => 400,
-            ApiError::Coded { status, .. } | ApiError::CodedServer { status, .. } => *status,
+            ApiError::Coded { status, .. }
+            | ApiError::CodedServer { status, .. }
+            | ApiError::CodedPlan { status, .. } => *status,
             ApiError::Server(_) => 500,
         }
     }
@@ -79,7 +86,9 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             ApiError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             ApiError::InvalidRequest(_) => "INVALID_REQUEST",
-            ApiError::Coded { code, .. } | ApiError::CodedServer { code, .. } => code,
+            ApiError::Coded { code, .. } | ApiError::CodedServer { code, .. } | ApiError::CodedPlan { code, .. } => {
+                code
+            }
             ApiError::Server(_) => "SERVER_ERROR",
         }
     }
@@ -97,11 +106,9 @@ impl ApiError {
                 format!("Request body is larger than the limit of {limit} bytes")
             }
             ApiError::InvalidRequest(why) => why.clone(),
-            ApiError::Coded { message, .. } => message.clone(),
+            ApiError::Coded { message, .. } | ApiError::CodedPlan { message, .. } => message.clone(),
             ApiError::CodedServer { public, .. } => public.to_string(),
-            ApiError::Server(_) => {
-                "Internal error; quote the request id when reporting it".to_string()
-            }
+            ApiError::Server(_) => "Internal error; quote the request id when reporting it".to_string(),
         }
     }
 
@@ -114,14 +121,12 @@ impl ApiError {
     }
 
     pub fn body_json(&self) -> String {
-        serde_json::to_string(&Body {
-            ok: false,
-            code: self.code(),
-            message: self.public_message(),
-        })
-        .unwrap_or_else(|_| {
-            r#"{"ok":false,"code":"SERVER_ERROR","message":"Internal error"}"#.into()
-        })
+        let plan = match self {
+            ApiError::CodedPlan { plan, .. } => Some(plan.as_str()),
+            _ => None,
+        };
+        serde_json::to_string(&Body { ok: false, code: self.code(), message: self.public_message(), plan })
+            .unwrap_or_else(|_| r#"{"ok":false,"code":"SERVER_ERROR","message":"Internal error"}"#.into())
     }
 }
 
@@ -146,41 +151,16 @@ mod tests {
     #[test]
     fn each_error_maps_to_its_documented_code_and_status() {
         let cases = [
-            (
-                ApiError::AuthRequired("missing bearer token"),
-                "AUTH_REQUIRED",
-                401,
-            ),
+            (ApiError::AuthRequired("missing bearer token"), "AUTH_REQUIRED", 401),
             (ApiError::Forbidden("admin only"), "FORBIDDEN", 403),
             (ApiError::NotFound, "NOT_FOUND", 404),
-            (
-                ApiError::MethodNotAllowed { allow: &["GET"] },
-                "METHOD_NOT_ALLOWED",
-                405,
-            ),
-            (
-                ApiError::PayloadTooLarge { limit: 10 },
-                "PAYLOAD_TOO_LARGE",
-                413,
-            ),
-            (
-                ApiError::InvalidRequest("bad".into()),
-                "INVALID_REQUEST",
-                400,
-            ),
+            (ApiError::MethodNotAllowed { allow: &["GET"] }, "METHOD_NOT_ALLOWED", 405),
+            (ApiError::PayloadTooLarge { limit: 10 }, "PAYLOAD_TOO_LARGE", 413),
+            (ApiError::InvalidRequest("bad".into()), "INVALID_REQUEST", 400),
             (ApiError::server("boom"), "SERVER_ERROR", 500),
+            (ApiError::coded(409, "ALREADY_ON_PLAN", "already on pro"), "ALREADY_ON_PLAN", 409),
             (
-                ApiError::coded(409, "ALREADY_ON_PLAN", "already on pro"),
-                "ALREADY_ON_PLAN",
-                409,
-            ),
-            (
-                ApiError::CodedServer {
-                    status: 500,
-                    code: "WEBHOOK_NOT_CONFIGURED",
-                    public: "x",
-                    cause: "y".into(),
-                },
+                ApiError::CodedServer { status: 500, code: "WEBHOOK_NOT_CONFIGURED", public: "x", cause: "y".into() },
                 "WEBHOOK_NOT_CONFIGURED",
                 500,
             ),
@@ -201,10 +181,7 @@ mod tests {
         let body = e.body_json();
         assert!(!body.contains("D1_ERROR"));
         assert!(!body.contains("SQLITE"));
-        assert_eq!(
-            e.log_cause(),
-            Some("D1_ERROR: no such table: users: SQLITE_ERROR at stack line 3")
-        );
+        assert_eq!(e.log_cause(), Some("D1_ERROR: no such table: users: SQLITE_ERROR at stack line 3"));
     }
 
     #[test]
@@ -216,26 +193,29 @@ mod tests {
             cause: "stripe 500 on GET /v1/subscriptions/sub_1".into(),
         };
         assert!(!e.body_json().contains("sub_1"));
-        assert_eq!(
-            e.log_cause(),
-            Some("stripe 500 on GET /v1/subscriptions/sub_1")
-        );
+        assert_eq!(e.log_cause(), Some("stripe 500 on GET /v1/subscriptions/sub_1"));
+    }
+
+    #[test]
+    fn already_subscribed_says_which_plan() {
+        let e = ApiError::CodedPlan {
+            status: 409,
+            code: "ALREADY_SUBSCRIBED",
+            message: "You already have a subscription".into(),
+            plan: "pro".into(),
+        };
+        assert_eq!(parse(&e)["plan"], "pro");
+        assert_eq!(e.status(), 409);
+        assert!(parse(&ApiError::NotFound).get("plan").is_none());
     }
 
     #[test]
     fn client_errors_have_nothing_to_log_and_say_what_is_wrong() {
         assert_eq!(ApiError::NotFound.log_cause(), None);
         assert_eq!(
-            parse(&ApiError::MethodNotAllowed {
-                allow: &["GET", "OPTIONS"]
-            })["message"],
+            parse(&ApiError::MethodNotAllowed { allow: &["GET", "OPTIONS"] })["message"],
             "Method not allowed; allowed: GET, OPTIONS"
         );
-        assert!(
-            parse(&ApiError::PayloadTooLarge { limit: 1048576 })["message"]
-                .as_str()
-                .unwrap()
-                .contains("1048576")
-        );
+        assert!(parse(&ApiError::PayloadTooLarge { limit: 1048576 })["message"].as_str().unwrap().contains("1048576"));
     }
 }

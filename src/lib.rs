@@ -34,6 +34,13 @@ enum Handler {
     AdminListEvents,
     AdminRetryEvent,
     AdminResync,
+    UpgradePlan,
+    StripeCheckout,
+    BillingPortal,
+    CancelSubscription,
+    ResumeSubscription,
+    DowngradePlan,
+    SyncStripePlan,
 }
 
 struct Route {
@@ -45,41 +52,20 @@ struct Route {
 
 /// The route table. Every path answers OPTIONS (CORS preflight) as well.
 const ROUTES: &[Route] = &[
-    Route {
-        path: "/health",
-        methods: &["GET"],
-        handler: Handler::Health,
-    },
-    Route {
-        path: "/api/plans",
-        methods: &["GET"],
-        handler: Handler::Plans,
-    },
-    Route {
-        path: "/api/plan/me",
-        methods: &["GET"],
-        handler: Handler::PlanMe,
-    },
-    Route {
-        path: "/api/stripe-webhook",
-        methods: &["POST"],
-        handler: Handler::StripeWebhook,
-    },
-    Route {
-        path: "/api/admin/webhook-events",
-        methods: &["GET"],
-        handler: Handler::AdminListEvents,
-    },
-    Route {
-        path: "/api/admin/webhook-events/{}/retry",
-        methods: &["POST"],
-        handler: Handler::AdminRetryEvent,
-    },
-    Route {
-        path: "/api/admin/resync",
-        methods: &["POST"],
-        handler: Handler::AdminResync,
-    },
+    Route { path: "/health", methods: &["GET"], handler: Handler::Health },
+    Route { path: "/api/plans", methods: &["GET"], handler: Handler::Plans },
+    Route { path: "/api/plan/me", methods: &["GET"], handler: Handler::PlanMe },
+    Route { path: "/api/stripe-webhook", methods: &["POST"], handler: Handler::StripeWebhook },
+    Route { path: "/api/upgrade-plan", methods: &["POST"], handler: Handler::UpgradePlan },
+    Route { path: "/api/stripe-checkout", methods: &["POST"], handler: Handler::StripeCheckout },
+    Route { path: "/api/billing-portal", methods: &["POST"], handler: Handler::BillingPortal },
+    Route { path: "/api/cancel-subscription", methods: &["POST"], handler: Handler::CancelSubscription },
+    Route { path: "/api/resume-subscription", methods: &["POST"], handler: Handler::ResumeSubscription },
+    Route { path: "/api/downgrade-plan", methods: &["POST"], handler: Handler::DowngradePlan },
+    Route { path: "/api/sync-stripe-plan", methods: &["POST"], handler: Handler::SyncStripePlan },
+    Route { path: "/api/admin/webhook-events", methods: &["GET"], handler: Handler::AdminListEvents },
+    Route { path: "/api/admin/webhook-events/{}/retry", methods: &["POST"], handler: Handler::AdminRetryEvent },
+    Route { path: "/api/admin/resync", methods: &["POST"], handler: Handler::AdminResync },
 ];
 
 fn match_path(pattern: &str, path: &str) -> Option<Vec<String>> {
@@ -96,21 +82,13 @@ fn match_path(pattern: &str, path: &str) -> Option<Vec<String>> {
 }
 
 fn resolve(method: &str, path: &str) -> Result<(Handler, Vec<String>), ApiError> {
-    let path = if path.len() > 1 {
-        path.trim_end_matches('/')
-    } else {
-        path
-    };
-    let (route, params) = ROUTES
-        .iter()
-        .find_map(|r| match_path(r.path, path).map(|p| (r, p)))
-        .ok_or(ApiError::NotFound)?;
+    let path = if path.len() > 1 { path.trim_end_matches('/') } else { path };
+    let (route, params) =
+        ROUTES.iter().find_map(|r| match_path(r.path, path).map(|p| (r, p))).ok_or(ApiError::NotFound)?;
     if route.methods.contains(&method) {
         Ok((route.handler, params))
     } else {
-        Err(ApiError::MethodNotAllowed {
-            allow: route.methods,
-        })
+        Err(ApiError::MethodNotAllowed { allow: route.methods })
     }
 }
 
@@ -124,15 +102,19 @@ async fn dispatch(handler: Handler, params: &[String], ctx: &Ctx<'_>) -> Result<
         Handler::AdminListEvents => routes::admin::list_events(ctx).await,
         Handler::AdminRetryEvent => routes::admin::retry_event(ctx, param(0)).await,
         Handler::AdminResync => routes::admin::resync(ctx).await,
+        Handler::UpgradePlan => routes::billing::upgrade_plan(ctx).await,
+        Handler::StripeCheckout => routes::billing::stripe_checkout(ctx).await,
+        Handler::BillingPortal => routes::billing::billing_portal(ctx).await,
+        Handler::CancelSubscription => routes::billing::cancel_subscription(ctx).await,
+        Handler::ResumeSubscription => routes::billing::resume_subscription(ctx).await,
+        Handler::DowngradePlan => routes::billing::downgrade_plan(ctx).await,
+        Handler::SyncStripePlan => routes::billing::sync_stripe_plan(ctx).await,
     }
 }
 
 /// Reads the body, refusing more than `limit` bytes whatever Content-Length said.
 async fn read_body(req: &mut Request, limit: u64) -> Result<Vec<u8>, ApiError> {
-    let bytes = req
-        .bytes()
-        .await
-        .map_err(|_| ApiError::InvalidRequest("unreadable request body".into()))?;
+    let bytes = req.bytes().await.map_err(|_| ApiError::InvalidRequest("unreadable request body".into()))?;
     if bytes.len() as u64 > limit {
         return Err(ApiError::PayloadTooLarge { limit });
     }
@@ -143,11 +125,7 @@ fn env_lookup(env: &Env) -> impl Fn(&str) -> Option<String> + '_ {
     move |name| env.var(name).ok().map(|v| v.to_string())
 }
 
-fn build_response(
-    status: u16,
-    body: Option<String>,
-    headers: &[(&'static str, String)],
-) -> worker::Result<Response> {
+fn build_response(status: u16, body: Option<String>, headers: &[(&'static str, String)]) -> worker::Result<Response> {
     let h = Headers::new();
     for (k, v) in headers {
         h.append(k, v)?;
@@ -174,10 +152,7 @@ fn start() {
 
 #[event(fetch)]
 pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
-    let request_id = format!(
-        "req_{}",
-        util::random_hex(8).unwrap_or_else(|_| "0".repeat(16))
-    );
+    let request_id = format!("req_{}", util::random_hex(8).unwrap_or_else(|_| "0".repeat(16)));
     let origin = req.headers().get("Origin").ok().flatten();
     let method = req.method();
     let (path, query) = util::split_url(&req.inner().url());
@@ -203,25 +178,17 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<
         let declared = req.headers().get("Content-Length").ok().flatten();
         if let Some(len) = declared {
             match len.trim().parse::<u64>() {
-                Ok(n) if n > cfg.max_body_bytes => {
-                    return Err(ApiError::PayloadTooLarge {
-                        limit: cfg.max_body_bytes,
-                    })
-                }
+                Ok(n) if n > cfg.max_body_bytes => return Err(ApiError::PayloadTooLarge { limit: cfg.max_body_bytes }),
                 Ok(_) => {}
                 Err(_) => return Err(ApiError::InvalidRequest("invalid Content-Length".into())),
             }
         }
         let (handler, params) = resolve(method.as_ref(), &path)?;
         let body = match method {
-            Method::Post | Method::Put | Method::Patch => {
-                read_body(&mut req, cfg.max_body_bytes).await?
-            }
+            Method::Post | Method::Put | Method::Patch => read_body(&mut req, cfg.max_body_bytes).await?,
             _ => Vec::new(),
         };
-        let d1 = env
-            .d1("DB")
-            .map_err(|e| ApiError::server(format!("D1 binding DB: {e}")))?;
+        let d1 = env.d1("DB").map_err(|e| ApiError::server(format!("D1 binding DB: {e}")))?;
         let db = Db::new(d1);
         let ctx = Ctx {
             env: &env,

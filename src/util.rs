@@ -24,8 +24,7 @@ pub async fn with_timeout<F: Future>(fut: F, ms: u64) -> Option<F::Output> {
 /// `n` random bytes as lowercase hex, from the platform CSPRNG.
 pub fn random_hex(n: usize) -> Result<String, crate::error::ApiError> {
     let mut buf = vec![0u8; n];
-    getrandom::fill(&mut buf)
-        .map_err(|e| crate::error::ApiError::server(format!("getrandom: {e}")))?;
+    getrandom::fill(&mut buf).map_err(|e| crate::error::ApiError::server(format!("getrandom: {e}")))?;
     Ok(hex::encode(buf))
 }
 
@@ -86,14 +85,8 @@ mod tests {
 
     #[test]
     fn urls_split_into_path_and_query() {
-        assert_eq!(
-            split_url("http://127.0.0.1:8787/api/plan/me"),
-            ("/api/plan/me".into(), "".into())
-        );
-        assert_eq!(
-            split_url("https://h/a/b?x=1&y=2#frag"),
-            ("/a/b".into(), "x=1&y=2".into())
-        );
+        assert_eq!(split_url("http://127.0.0.1:8787/api/plan/me"), ("/api/plan/me".into(), "".into()));
+        assert_eq!(split_url("https://h/a/b?x=1&y=2#frag"), ("/a/b".into(), "x=1&y=2".into()));
         assert_eq!(split_url("https://h"), ("/".into(), "".into()));
         assert_eq!(split_url("https://h?x=1"), ("/".into(), "".into()));
     }

@@ -67,9 +67,7 @@ mod tests {
     #[test]
     fn round_trips_every_length() {
         for len in 0..40u8 {
-            let data: Vec<u8> = (0..len)
-                .map(|i| i.wrapping_mul(37).wrapping_add(250))
-                .collect();
+            let data: Vec<u8> = (0..len).map(|i| i.wrapping_mul(37).wrapping_add(250)).collect();
             assert_eq!(decode(&encode(&data)).unwrap(), data);
         }
     }

@@ -132,12 +132,7 @@ pub trait KeyStore {
 /// RSASSA-PKCS1-v1_5 with SHA-256 over `message`.
 #[allow(async_fn_in_trait)]
 pub trait RsaVerifier {
-    async fn verify_rs256(
-        &self,
-        key: &Jwk,
-        message: &[u8],
-        signature: &[u8],
-    ) -> Result<bool, JwtError>;
+    async fn verify_rs256(&self, key: &Jwk, message: &[u8], signature: &[u8]) -> Result<bool, JwtError>;
 }
 
 struct Parts<'t> {
@@ -181,13 +176,7 @@ fn split(token: &str) -> Result<Parts<'_>, JwtError> {
     };
     let claims = decode_json_object(p)?;
     let signature = b64::decode(s).ok_or(JwtError::Malformed)?;
-    Ok(Parts {
-        alg,
-        kid,
-        claims,
-        signing_input: &token[..h.len() + 1 + p.len()],
-        signature,
-    })
+    Ok(Parts { alg, kid, claims, signing_input: &token[..h.len() + 1 + p.len()], signature })
 }
 
 /// HMAC-SHA256, compared in constant time by `verify_slice`.
@@ -227,11 +216,7 @@ fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<i64>, 
     }
 }
 
-fn check_claims(
-    claims: &Map<String, Value>,
-    policy: &Policy<'_>,
-    now: i64,
-) -> Result<Identity, JwtError> {
+fn check_claims(claims: &Map<String, Value>, policy: &Policy<'_>, now: i64) -> Result<Identity, JwtError> {
     let leeway = policy.leeway.max(0);
     let exp = numeric_date(claims, "exp")?.ok_or(JwtError::Expired)?;
     if now >= exp.saturating_add(leeway) {
@@ -275,10 +260,7 @@ fn check_claims(
         .and_then(Value::as_str)
         .filter(|e| !e.is_empty() && e.len() <= 320 && !e.chars().any(char::is_control))
         .map(str::to_string);
-    Ok(Identity {
-        auth_id: sub.clone(),
-        email,
-    })
+    Ok(Identity { auth_id: sub.clone(), email })
 }
 
 /// Verifies `token` under `policy` at time `now` (unix seconds).
@@ -302,17 +284,9 @@ pub async fn verify<K: KeyStore, R: RsaVerifier>(
             let cached = keys.keys(false).await?;
             let key = match cached.find_rs256(kid) {
                 Some(k) => k.clone(),
-                None => keys
-                    .keys(true)
-                    .await?
-                    .find_rs256(kid)
-                    .cloned()
-                    .ok_or(JwtError::UnknownKey)?,
+                None => keys.keys(true).await?.find_rs256(kid).cloned().ok_or(JwtError::UnknownKey)?,
             };
-            if !rsa
-                .verify_rs256(&key, parts.signing_input.as_bytes(), &parts.signature)
-                .await?
-            {
+            if !rsa.verify_rs256(&key, parts.signing_input.as_bytes(), &parts.signature).await? {
                 return Err(JwtError::BadSignature);
             }
         }
@@ -346,11 +320,7 @@ mod tests {
     }
 
     fn key(name: &str) -> RsaPrivateKey {
-        let pem = std::fs::read_to_string(format!(
-            "{}/tests/fixtures/{name}.pem",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap();
+        let pem = std::fs::read_to_string(format!("{}/tests/fixtures/{name}.pem", env!("CARGO_MANIFEST_DIR"))).unwrap();
         RsaPrivateKey::from_pkcs1_pem(&pem).unwrap()
     }
 
@@ -367,11 +337,7 @@ mod tests {
     }
 
     fn sign_rs256(k: &RsaPrivateKey, kid: &str, claims: &Value) -> String {
-        let header = b64::encode(
-            json!({"alg":"RS256","typ":"JWT","kid":kid})
-                .to_string()
-                .as_bytes(),
-        );
+        let header = b64::encode(json!({"alg":"RS256","typ":"JWT","kid":kid}).to_string().as_bytes());
         let input = format!("{header}.{}", b64::encode(claims.to_string().as_bytes()));
         let sig: Signature = SigningKey::<sha2::Sha256>::new(k.clone()).sign(input.as_bytes());
         format!("{input}.{}", b64::encode(&sig.to_bytes()))
@@ -397,12 +363,7 @@ mod tests {
     struct NativeRsa;
 
     impl RsaVerifier for NativeRsa {
-        async fn verify_rs256(
-            &self,
-            key: &Jwk,
-            message: &[u8],
-            signature: &[u8],
-        ) -> Result<bool, JwtError> {
+        async fn verify_rs256(&self, key: &Jwk, message: &[u8], signature: &[u8]) -> Result<bool, JwtError> {
             let n = b64::decode(key.n.as_deref().unwrap_or_default()).ok_or(JwtError::Malformed)?;
             let e = b64::decode(key.e.as_deref().unwrap_or_default()).ok_or(JwtError::Malformed)?;
             let public = RsaPublicKey::new(BigUint::from_bytes_be(&n), BigUint::from_bytes_be(&e))
@@ -410,29 +371,17 @@ mod tests {
             let Ok(sig) = Signature::try_from(signature) else {
                 return Ok(false);
             };
-            Ok(VerifyingKey::<sha2::Sha256>::new(public)
-                .verify(message, &sig)
-                .is_ok())
+            Ok(VerifyingKey::<sha2::Sha256>::new(public).verify(message, &sig).is_ok())
         }
     }
 
     fn keys_with(jwks: Vec<Jwk>) -> FixedKeys {
         let set = Jwks { keys: jwks };
-        FixedKeys {
-            cached: set.clone(),
-            fresh: set,
-            refreshes: Cell::new(0),
-        }
+        FixedKeys { cached: set.clone(), fresh: set, refreshes: Cell::new(0) }
     }
 
     fn policy() -> Policy<'static> {
-        Policy {
-            hs256_secret: Some(SECRET),
-            rs256: true,
-            issuer: None,
-            audience: None,
-            leeway: DEFAULT_LEEWAY_SECONDS,
-        }
+        Policy { hs256_secret: Some(SECRET), rs256: true, issuer: None, audience: None, leeway: DEFAULT_LEEWAY_SECONDS }
     }
 
     fn claims() -> Value {
@@ -450,13 +399,7 @@ mod tests {
     #[test]
     fn a_valid_hs256_token_yields_the_subject_and_email() {
         let id = run_default(&sign_hs256(SECRET, &claims())).unwrap();
-        assert_eq!(
-            id,
-            Identity {
-                auth_id: "user-1".into(),
-                email: Some("a@example.com".into())
-            }
-        );
+        assert_eq!(id, Identity { auth_id: "user-1".into(), email: Some("a@example.com".into()) });
     }
 
     #[test]
@@ -488,27 +431,17 @@ mod tests {
     fn a_token_not_yet_valid_is_refused_beyond_the_leeway() {
         let mut c = claims();
         c["nbf"] = json!(NOW + 120);
-        assert_eq!(
-            run_default(&sign_hs256(SECRET, &c)),
-            Err(JwtError::NotYetValid)
-        );
+        assert_eq!(run_default(&sign_hs256(SECRET, &c)), Err(JwtError::NotYetValid));
         c["nbf"] = json!(NOW + 30);
         assert!(run_default(&sign_hs256(SECRET, &c)).is_ok());
         let mut c = claims();
         c["iat"] = json!(NOW + 600);
-        assert_eq!(
-            run_default(&sign_hs256(SECRET, &c)),
-            Err(JwtError::NotYetValid)
-        );
+        assert_eq!(run_default(&sign_hs256(SECRET, &c)), Err(JwtError::NotYetValid));
     }
 
     #[test]
     fn issuer_and_audience_are_checked_when_configured() {
-        let p = Policy {
-            issuer: Some("https://securetoken.google.com/proj"),
-            audience: Some("proj"),
-            ..policy()
-        };
+        let p = Policy { issuer: Some("https://securetoken.google.com/proj"), audience: Some("proj"), ..policy() };
         let mut c = claims();
         c["iss"] = json!("https://securetoken.google.com/proj");
         c["aud"] = json!("proj");
@@ -516,21 +449,12 @@ mod tests {
         c["aud"] = json!(["other", "proj"]);
         assert!(run(&sign_hs256(SECRET, &c), &p, &keys_with(vec![])).is_ok());
         c["aud"] = json!("other");
-        assert_eq!(
-            run(&sign_hs256(SECRET, &c), &p, &keys_with(vec![])),
-            Err(JwtError::WrongAudience)
-        );
+        assert_eq!(run(&sign_hs256(SECRET, &c), &p, &keys_with(vec![])), Err(JwtError::WrongAudience));
         c["aud"] = json!("proj");
         c["iss"] = json!("https://evil.example");
-        assert_eq!(
-            run(&sign_hs256(SECRET, &c), &p, &keys_with(vec![])),
-            Err(JwtError::WrongIssuer)
-        );
+        assert_eq!(run(&sign_hs256(SECRET, &c), &p, &keys_with(vec![])), Err(JwtError::WrongIssuer));
         c.as_object_mut().unwrap().remove("iss");
-        assert_eq!(
-            run(&sign_hs256(SECRET, &c), &p, &keys_with(vec![])),
-            Err(JwtError::WrongIssuer)
-        );
+        assert_eq!(run(&sign_hs256(SECRET, &c), &p, &keys_with(vec![])), Err(JwtError::WrongIssuer));
     }
 
     #[test]
@@ -551,23 +475,14 @@ mod tests {
 
     #[test]
     fn a_tampered_signature_fails() {
-        for token in [
-            sign_hs256(SECRET, &claims()),
-            sign_rs256(&key("rsa_a"), "a", &claims()),
-        ] {
+        for token in [sign_hs256(SECRET, &claims()), sign_rs256(&key("rsa_a"), "a", &claims())] {
             let (input, sig) = token.rsplit_once('.').unwrap();
             let mut bytes = b64::decode(sig).unwrap();
             bytes[0] ^= 1;
-            assert_eq!(
-                run_default(&format!("{input}.{}", b64::encode(&bytes))),
-                Err(JwtError::BadSignature)
-            );
+            assert_eq!(run_default(&format!("{input}.{}", b64::encode(&bytes))), Err(JwtError::BadSignature));
         }
         assert_eq!(
-            run_default(&sign_hs256(
-                b"another-secret-another-secret-0000",
-                &claims()
-            )),
+            run_default(&sign_hs256(b"another-secret-another-secret-0000", &claims())),
             Err(JwtError::BadSignature)
         );
     }
@@ -576,21 +491,11 @@ mod tests {
     fn alg_none_is_refused_with_or_without_a_signature() {
         let header = b64::encode(br#"{"alg":"none","typ":"JWT"}"#);
         let payload = b64::encode(claims().to_string().as_bytes());
-        assert_eq!(
-            run_default(&format!("{header}.{payload}.")),
-            Err(JwtError::UnsupportedAlgorithm)
-        );
-        assert_eq!(
-            run_default(&format!("{header}.{payload}.c2ln")),
-            Err(JwtError::UnsupportedAlgorithm)
-        );
+        assert_eq!(run_default(&format!("{header}.{payload}.")), Err(JwtError::UnsupportedAlgorithm));
+        assert_eq!(run_default(&format!("{header}.{payload}.c2ln")), Err(JwtError::UnsupportedAlgorithm));
         for alg in ["None", "NONE", "HS512", "RS512", "ES256", "PS256"] {
             let header = b64::encode(json!({"alg":alg}).to_string().as_bytes());
-            assert_eq!(
-                run_default(&format!("{header}.{payload}.c2ln")),
-                Err(JwtError::UnsupportedAlgorithm),
-                "{alg}"
-            );
+            assert_eq!(run_default(&format!("{header}.{payload}.c2ln")), Err(JwtError::UnsupportedAlgorithm), "{alg}");
         }
     }
 
@@ -608,27 +513,15 @@ mod tests {
         let token = format!("{input}.{}", b64::encode(&mac.finalize().into_bytes()));
         assert_eq!(run_default(&token), Err(JwtError::BadSignature));
         // …and with HS256 disabled it is refused on the algorithm alone.
-        let rs_only = Policy {
-            hs256_secret: None,
-            ..policy()
-        };
-        assert_eq!(
-            run(&token, &rs_only, &keys_with(vec![j])),
-            Err(JwtError::UnsupportedAlgorithm)
-        );
+        let rs_only = Policy { hs256_secret: None, ..policy() };
+        assert_eq!(run(&token, &rs_only, &keys_with(vec![j])), Err(JwtError::UnsupportedAlgorithm));
     }
 
     #[test]
     fn an_rs256_token_is_refused_when_no_jwks_is_configured() {
-        let p = Policy {
-            rs256: false,
-            ..policy()
-        };
+        let p = Policy { rs256: false, ..policy() };
         let token = sign_rs256(&key("rsa_a"), "a", &claims());
-        assert_eq!(
-            run(&token, &p, &keys_with(vec![])),
-            Err(JwtError::UnsupportedAlgorithm)
-        );
+        assert_eq!(run(&token, &p, &keys_with(vec![])), Err(JwtError::UnsupportedAlgorithm));
     }
 
     #[test]
@@ -642,12 +535,8 @@ mod tests {
     #[test]
     fn a_rotated_key_is_found_by_the_refresh() {
         let keys = FixedKeys {
-            cached: Jwks {
-                keys: vec![jwk(&key("rsa_a"), "a")],
-            },
-            fresh: Jwks {
-                keys: vec![jwk(&key("rsa_a"), "a"), jwk(&key("rsa_b"), "b")],
-            },
+            cached: Jwks { keys: vec![jwk(&key("rsa_a"), "a")] },
+            fresh: Jwks { keys: vec![jwk(&key("rsa_a"), "a"), jwk(&key("rsa_b"), "b")] },
             refreshes: Cell::new(0),
         };
         let token = sign_rs256(&key("rsa_b"), "b", &claims());
@@ -680,48 +569,27 @@ mod tests {
         }
         let (h, rest) = good.split_once('.').unwrap();
         let not_object = b64::encode(b"[1,2]");
-        assert_eq!(
-            run_default(&format!("{not_object}.{rest}")),
-            Err(JwtError::Malformed)
-        );
+        assert_eq!(run_default(&format!("{not_object}.{rest}")), Err(JwtError::Malformed));
         let _ = h;
         // A header with `crit` is refused.
         let crit = b64::encode(br#"{"alg":"HS256","crit":["exp"]}"#);
-        assert_eq!(
-            run_default(&format!("{crit}.{rest}")),
-            Err(JwtError::UnsupportedAlgorithm)
-        );
+        assert_eq!(run_default(&format!("{crit}.{rest}")), Err(JwtError::UnsupportedAlgorithm));
     }
 
     #[test]
     fn claims_of_the_wrong_type_are_malformed_and_a_missing_subject_is_refused() {
         let mut c = claims();
         c["exp"] = json!("tomorrow");
-        assert_eq!(
-            run_default(&sign_hs256(SECRET, &c)),
-            Err(JwtError::Malformed)
-        );
+        assert_eq!(run_default(&sign_hs256(SECRET, &c)), Err(JwtError::Malformed));
         let mut c = claims();
         c.as_object_mut().unwrap().remove("sub");
-        assert_eq!(
-            run_default(&sign_hs256(SECRET, &c)),
-            Err(JwtError::MissingSubject)
-        );
+        assert_eq!(run_default(&sign_hs256(SECRET, &c)), Err(JwtError::MissingSubject));
         c["sub"] = json!("");
-        assert_eq!(
-            run_default(&sign_hs256(SECRET, &c)),
-            Err(JwtError::MissingSubject)
-        );
+        assert_eq!(run_default(&sign_hs256(SECRET, &c)), Err(JwtError::MissingSubject));
         c["sub"] = json!(42);
-        assert_eq!(
-            run_default(&sign_hs256(SECRET, &c)),
-            Err(JwtError::Malformed)
-        );
+        assert_eq!(run_default(&sign_hs256(SECRET, &c)), Err(JwtError::Malformed));
         c["sub"] = json!("x".repeat(200));
-        assert_eq!(
-            run_default(&sign_hs256(SECRET, &c)),
-            Err(JwtError::MissingSubject)
-        );
+        assert_eq!(run_default(&sign_hs256(SECRET, &c)), Err(JwtError::MissingSubject));
     }
 
     #[test]
@@ -735,16 +603,8 @@ mod tests {
     fn a_jwks_without_kid_match_is_used_only_when_it_has_exactly_one_rsa_key() {
         let a = jwk(&key("rsa_a"), "a");
         let b = jwk(&key("rsa_b"), "b");
-        assert!(Jwks {
-            keys: vec![a.clone()]
-        }
-        .find_rs256(None)
-        .is_some());
-        assert!(Jwks {
-            keys: vec![a.clone(), b]
-        }
-        .find_rs256(None)
-        .is_none());
+        assert!(Jwks { keys: vec![a.clone()] }.find_rs256(None).is_some());
+        assert!(Jwks { keys: vec![a.clone(), b] }.find_rs256(None).is_none());
         let mut enc = a.clone();
         enc.use_ = Some("enc".into());
         assert!(Jwks { keys: vec![enc] }.find_rs256(Some("a")).is_none());

@@ -30,12 +30,8 @@ const FORCED_REFRESH_INTERVAL: i64 = 60;
 
 /// `Authorization: Bearer <token>` → the token. Scheme is case-insensitive.
 pub fn bearer_token(header: Option<&str>) -> Result<&str, ApiError> {
-    let h = header
-        .ok_or(ApiError::AuthRequired("missing bearer token"))?
-        .trim();
-    let (scheme, token) = h
-        .split_once(' ')
-        .ok_or(ApiError::AuthRequired("missing bearer token"))?;
+    let h = header.ok_or(ApiError::AuthRequired("missing bearer token"))?.trim();
+    let (scheme, token) = h.split_once(' ').ok_or(ApiError::AuthRequired("missing bearer token"))?;
     if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
         return Err(ApiError::AuthRequired("missing bearer token"));
     }
@@ -84,25 +80,15 @@ struct JwksStore<'a> {
 
 impl JwksStore<'_> {
     fn memory(&self) -> Option<CachedJwks> {
-        MEMORY
-            .with(|m| m.borrow().clone())
-            .filter(|c| c.url == self.url)
+        MEMORY.with(|m| m.borrow().clone()).filter(|c| c.url == self.url)
     }
 
     async fn read_kv(&self) -> Option<CachedJwks> {
         let kv = self.kv.as_ref()?;
-        match kv
-            .get(&kv::jwks_cache_key(self.url))
-            .json::<CachedJwks>()
-            .await
-        {
+        match kv.get(&kv::jwks_cache_key(self.url)).json::<CachedJwks>().await {
             Ok(v) => v.filter(|c| c.url == self.url),
             Err(e) => {
-                crate::log::warn(
-                    self.request_id,
-                    "jwks.kv_read_failed",
-                    json!({"error": e.to_string()}),
-                );
+                crate::log::warn(self.request_id, "jwks.kv_read_failed", json!({"error": e.to_string()}));
                 None
             }
         }
@@ -110,46 +96,26 @@ impl JwksStore<'_> {
 
     async fn fetch(&self) -> Result<CachedJwks, String> {
         let send = async {
-            let request = worker::Request::new(self.url, worker::Method::Get)
-                .map_err(|_| "invalid AUTH_JWKS_URL".to_string())?;
-            let mut resp = Fetch::Request(request)
-                .send()
-                .await
-                .map_err(|e| format!("fetch: {e}"))?;
+            let request =
+                worker::Request::new(self.url, worker::Method::Get).map_err(|_| "invalid AUTH_JWKS_URL".to_string())?;
+            let mut resp = Fetch::Request(request).send().await.map_err(|e| format!("fetch: {e}"))?;
             if resp.status_code() != 200 {
                 return Err(format!("status {}", resp.status_code()));
             }
-            let ttl = cache_ttl(
-                resp.headers()
-                    .get("cache-control")
-                    .ok()
-                    .flatten()
-                    .as_deref(),
-            );
+            let ttl = cache_ttl(resp.headers().get("cache-control").ok().flatten().as_deref());
             let body = resp.bytes().await.map_err(|e| format!("body: {e}"))?;
             if body.len() > JWKS_MAX_BYTES {
                 return Err("JWKS too large".into());
             }
-            let keys: Jwks =
-                serde_json::from_slice(&body).map_err(|e| format!("JWKS JSON: {e}"))?;
-            Ok(CachedJwks {
-                url: self.url.to_string(),
-                expires_at: self.now + ttl,
-                keys,
-            })
+            let keys: Jwks = serde_json::from_slice(&body).map_err(|e| format!("JWKS JSON: {e}"))?;
+            Ok(CachedJwks { url: self.url.to_string(), expires_at: self.now + ttl, keys })
         };
-        let fresh = with_timeout(send, JWKS_FETCH_TIMEOUT_MS)
-            .await
-            .unwrap_or_else(|| Err("timeout".into()))?;
+        let fresh = with_timeout(send, JWKS_FETCH_TIMEOUT_MS).await.unwrap_or_else(|| Err("timeout".into()))?;
         MEMORY.with(|m| *m.borrow_mut() = Some(fresh.clone()));
         if let Some(kv) = &self.kv {
             let ttl = (fresh.expires_at - self.now).max(JWKS_MIN_TTL) as u64;
             let stored = match kv.put(&kv::jwks_cache_key(self.url), &fresh) {
-                Ok(put) => put
-                    .expiration_ttl(ttl)
-                    .execute()
-                    .await
-                    .map_err(|e| e.to_string()),
+                Ok(put) => put.expiration_ttl(ttl).execute().await.map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
             if let Err(e) = stored {
@@ -192,18 +158,11 @@ impl KeyStore for JwksStore<'_> {
 struct WebCryptoRsa;
 
 fn set(obj: &Object, key: &str, value: impl Into<JsValue>) -> Result<(), JwtError> {
-    Reflect::set(obj, &JsValue::from_str(key), &value.into())
-        .map(|_| ())
-        .map_err(|_| JwtError::Malformed)
+    Reflect::set(obj, &JsValue::from_str(key), &value.into()).map(|_| ()).map_err(|_| JwtError::Malformed)
 }
 
 impl RsaVerifier for WebCryptoRsa {
-    async fn verify_rs256(
-        &self,
-        key: &Jwk,
-        message: &[u8],
-        signature: &[u8],
-    ) -> Result<bool, JwtError> {
+    async fn verify_rs256(&self, key: &Jwk, message: &[u8], signature: &[u8]) -> Result<bool, JwtError> {
         let crypto = Reflect::get(&worker::js_sys::global(), &JsValue::from_str("crypto"))
             .map_err(|_| JwtError::KeysUnavailable)?;
         let subtle = crypto.unchecked_into::<worker::web_sys::Crypto>().subtle();
@@ -217,25 +176,14 @@ impl RsaVerifier for WebCryptoRsa {
         set(&algorithm, "name", "RSASSA-PKCS1-v1_5")?;
         set(&algorithm, "hash", "SHA-256")?;
         let usages = Array::of1(&JsValue::from_str("verify"));
-        let import = subtle
-            .import_key_with_object("jwk", &jwk, &algorithm, false, &usages)
-            .map_err(|_| JwtError::UnknownKey)?;
-        let crypto_key: worker::web_sys::CryptoKey = JsFuture::from(import)
-            .await
-            .map_err(|_| JwtError::UnknownKey)?
-            .unchecked_into();
+        let import =
+            subtle.import_key_with_object("jwk", &jwk, &algorithm, false, &usages).map_err(|_| JwtError::UnknownKey)?;
+        let crypto_key: worker::web_sys::CryptoKey =
+            JsFuture::from(import).await.map_err(|_| JwtError::UnknownKey)?.unchecked_into();
         let verify = subtle
-            .verify_with_object_and_u8_array_and_u8_array(
-                &algorithm,
-                &crypto_key,
-                signature,
-                message,
-            )
+            .verify_with_object_and_u8_array_and_u8_array(&algorithm, &crypto_key, signature, message)
             .map_err(|_| JwtError::BadSignature)?;
-        Ok(JsFuture::from(verify)
-            .await
-            .map(|v| v.as_bool() == Some(true))
-            .unwrap_or(false))
+        Ok(JsFuture::from(verify).await.map(|v| v.as_bool() == Some(true)).unwrap_or(false))
     }
 }
 
@@ -256,22 +204,13 @@ pub async fn authenticate(
         leeway: jwt::DEFAULT_LEEWAY_SECONDS,
     };
     if policy.hs256_secret.is_none() && !policy.rs256 {
-        return Err(ApiError::server(
-            "no AUTH_JWT_SECRET and no AUTH_JWKS_URL: no token can be verified",
-        ));
+        return Err(ApiError::server("no AUTH_JWT_SECRET and no AUTH_JWKS_URL: no token can be verified"));
     }
-    let store = JwksStore {
-        url: cfg.jwks_url.as_deref().unwrap_or_default(),
-        kv,
-        now,
-        request_id,
-    };
-    jwt::verify(token, &policy, &store, &WebCryptoRsa, now)
-        .await
-        .map_err(|e| match e {
-            JwtError::KeysUnavailable => ApiError::server("JWKS unavailable and nothing cached"),
-            other => ApiError::AuthRequired(other.reason()),
-        })
+    let store = JwksStore { url: cfg.jwks_url.as_deref().unwrap_or_default(), kv, now, request_id };
+    jwt::verify(token, &policy, &store, &WebCryptoRsa, now).await.map_err(|e| match e {
+        JwtError::KeysUnavailable => ApiError::server("JWKS unavailable and nothing cached"),
+        other => ApiError::AuthRequired(other.reason()),
+    })
 }
 
 #[cfg(test)]
@@ -282,29 +221,15 @@ mod tests {
     fn the_bearer_scheme_is_required_and_case_insensitive() {
         assert_eq!(bearer_token(Some("Bearer abc")), Ok("abc"));
         assert_eq!(bearer_token(Some("bearer  abc ")), Ok("abc"));
-        for bad in [
-            None,
-            Some(""),
-            Some("Bearer"),
-            Some("Bearer   "),
-            Some("Basic abc"),
-            Some("abc"),
-        ] {
-            assert_eq!(
-                bearer_token(bad),
-                Err(ApiError::AuthRequired("missing bearer token")),
-                "{bad:?}"
-            );
+        for bad in [None, Some(""), Some("Bearer"), Some("Bearer   "), Some("Basic abc"), Some("abc")] {
+            assert_eq!(bearer_token(bad), Err(ApiError::AuthRequired("missing bearer token")), "{bad:?}");
         }
     }
 
     #[test]
     fn cache_control_sets_the_jwks_ttl_within_bounds() {
         assert_eq!(cache_ttl(None), 3600);
-        assert_eq!(
-            cache_ttl(Some("public, max-age=19845, must-revalidate, no-transform")),
-            19845
-        );
+        assert_eq!(cache_ttl(Some("public, max-age=19845, must-revalidate, no-transform")), 19845);
         assert_eq!(cache_ttl(Some("max-age=5")), 60);
         assert_eq!(cache_ttl(Some("max-age=999999")), 86400);
         assert_eq!(cache_ttl(Some("no-store")), 60);

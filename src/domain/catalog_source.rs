@@ -49,9 +49,7 @@ pub fn parse_catalog(text: &str) -> Result<Vec<TierSpec>, CatalogError> {
     };
     for key in doc.keys() {
         if key != "order" && key != "tiers" {
-            return err(format!(
-                "unknown top-level key `{key}` (expected `order` and `tiers`)"
-            ));
+            return err(format!("unknown top-level key `{key}` (expected `order` and `tiers`)"));
         }
     }
     let order = match doc.get("order") {
@@ -77,9 +75,7 @@ pub fn parse_catalog(text: &str) -> Result<Vec<TierSpec>, CatalogError> {
             None => return err(format!("`order[{rank}]` is not a string")),
         };
         if !valid_ident(id) {
-            return err(format!(
-                "tier id `{id}` must be lowercase letters, digits or `_`, starting with a letter"
-            ));
+            return err(format!("tier id `{id}` must be lowercase letters, digits or `_`, starting with a letter"));
         }
         if RESERVED_TIER_IDS.contains(&id) {
             return err(format!("tier id `{id}` is reserved"));
@@ -90,19 +86,13 @@ pub fn parse_catalog(text: &str) -> Result<Vec<TierSpec>, CatalogError> {
         let table = match tiers.get(id) {
             Some(toml::Value::Table(t)) => t,
             Some(_) => return err(format!("`tiers.{id}` must be a table")),
-            None => {
-                return err(format!(
-                    "unknown tier `{id}`: listed in `order` but no [tiers.{id}] section"
-                ))
-            }
+            None => return err(format!("unknown tier `{id}`: listed in `order` but no [tiers.{id}] section")),
         };
         out.push(parse_tier(id, table, rank == 0)?);
     }
     for id in tiers.keys() {
         if !seen.contains(id) {
-            return err(format!(
-                "unknown tier `{id}`: [tiers.{id}] is not listed in `order`"
-            ));
+            return err(format!("unknown tier `{id}`: [tiers.{id}] is not listed in `order`"));
         }
     }
     Ok(out)
@@ -123,15 +113,11 @@ fn parse_tier(id: &str, t: &toml::Table, is_default: bool) -> Result<TierSpec, C
         None => 0,
         Some(toml::Value::Integer(n)) if (0..=MAX_TRIAL_DAYS).contains(n) => *n as u32,
         Some(v) => {
-            return err(format!(
-            "tier `{id}`: `trial_days` must be a whole number from 0 to {MAX_TRIAL_DAYS}, not {v}"
-        ))
+            return err(format!("tier `{id}`: `trial_days` must be a whole number from 0 to {MAX_TRIAL_DAYS}, not {v}"))
         }
     };
     if is_default && trial_days != 0 {
-        return err(format!(
-            "tier `{id}` is the default (first) tier and cannot have a trial"
-        ));
+        return err(format!("tier `{id}` is the default (first) tier and cannot have a trial"));
     }
     let mut features: Vec<(String, Option<u64>)> = Vec::new();
     match t.get("features") {
@@ -140,11 +126,7 @@ fn parse_tier(id: &str, t: &toml::Table, is_default: bool) -> Result<TierSpec, C
             for f in a {
                 let f = match f.as_str() {
                     Some(s) if valid_ident(s) => s,
-                    _ => {
-                        return err(format!(
-                            "tier `{id}`: feature {f} is not a valid feature id"
-                        ))
-                    }
+                    _ => return err(format!("tier `{id}`: feature {f} is not a valid feature id")),
                 };
                 if features.iter().any(|(x, _)| x == f) {
                     return err(format!("tier `{id}`: duplicate feature `{f}`"));
@@ -152,11 +134,7 @@ fn parse_tier(id: &str, t: &toml::Table, is_default: bool) -> Result<TierSpec, C
                 features.push((f.to_string(), None));
             }
         }
-        Some(_) => {
-            return err(format!(
-                "tier `{id}`: `features` must be an array of feature ids"
-            ))
-        }
+        Some(_) => return err(format!("tier `{id}`: `features` must be an array of feature ids")),
     }
     match t.get("limits") {
         None => {}
@@ -172,32 +150,18 @@ fn parse_tier(id: &str, t: &toml::Table, is_default: bool) -> Result<TierSpec, C
                 };
                 match features.iter_mut().find(|(f, _)| f == feature) {
                     Some(slot) => slot.1 = Some(n),
-                    None => {
-                        return err(format!(
-                            "tier `{id}`: limit for `{feature}`, which is not in its `features`"
-                        ))
-                    }
+                    None => return err(format!("tier `{id}`: limit for `{feature}`, which is not in its `features`")),
                 }
             }
         }
-        Some(_) => {
-            return err(format!(
-                "tier `{id}`: `limits` must be a table of feature = number"
-            ))
-        }
+        Some(_) => return err(format!("tier `{id}`: `limits` must be a table of feature = number")),
     }
-    Ok(TierSpec {
-        id: id.to_string(),
-        name,
-        trial_days,
-        features,
-    })
+    Ok(TierSpec { id: id.to_string(), name, trial_days, features })
 }
 
 /// Renders the validated catalog as Rust source for `include!` in `domain::plans`.
 pub fn to_rust(tiers: &[TierSpec]) -> String {
-    let mut s =
-        String::from("// @generated by build.rs from plans.toml; edit plans.toml instead.\n");
+    let mut s = String::from("// @generated by build.rs from plans.toml; edit plans.toml instead.\n");
     s.push_str("pub static TIERS: &[TierDef] = &[\n");
     for t in tiers {
         s.push_str(&format!(
@@ -209,9 +173,7 @@ pub fn to_rust(tiers: &[TierSpec]) -> String {
                 Some(n) => format!("Some({n})"),
                 None => "None".to_string(),
             };
-            s.push_str(&format!(
-                "FeatureDef {{ id: {f:?}, monthly_limit: {limit} }}, "
-            ));
+            s.push_str(&format!("FeatureDef {{ id: {f:?}, monthly_limit: {limit} }}, "));
         }
         s.push_str("] },\n");
     }

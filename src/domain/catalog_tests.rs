@@ -39,37 +39,26 @@ fn a_valid_catalog_keeps_order_limits_and_trials() {
 #[test]
 fn the_repository_catalog_is_valid() {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/plans.toml")).unwrap();
-    assert_eq!(
-        parse_catalog(&text).unwrap().len(),
-        super::plans::Catalog::builtin().tiers().count()
-    );
+    assert_eq!(parse_catalog(&text).unwrap().len(), super::plans::Catalog::builtin().tiers().count());
 }
 
 #[test]
 fn an_unknown_tier_fails_with_its_name() {
-    let e = error_of(&VALID.replace(
-        r#"order = ["free", "essential", "pro"]"#,
-        r#"order = ["free", "essential", "pro", "gold"]"#,
-    ));
+    let e = error_of(
+        &VALID.replace(r#"order = ["free", "essential", "pro"]"#, r#"order = ["free", "essential", "pro", "gold"]"#),
+    );
     assert!(e.contains("unknown tier `gold`"), "{e}");
-    let e = error_of(&VALID.replace(
-        r#"order = ["free", "essential", "pro"]"#,
-        r#"order = ["free", "essential"]"#,
-    ));
+    let e = error_of(&VALID.replace(r#"order = ["free", "essential", "pro"]"#, r#"order = ["free", "essential"]"#));
     assert!(e.contains("unknown tier `pro`"), "{e}");
 }
 
 #[test]
 fn a_duplicate_tier_or_feature_fails() {
-    let e = error_of(&VALID.replace(
-        r#"order = ["free", "essential", "pro"]"#,
-        r#"order = ["free", "pro", "essential", "pro"]"#,
-    ));
+    let e = error_of(
+        &VALID.replace(r#"order = ["free", "essential", "pro"]"#, r#"order = ["free", "pro", "essential", "pro"]"#),
+    );
     assert!(e.contains("duplicate tier `pro`"), "{e}");
-    let e = error_of(&VALID.replace(
-        r#"features = ["a", "b", "c"]"#,
-        r#"features = ["a", "b", "a"]"#,
-    ));
+    let e = error_of(&VALID.replace(r#"features = ["a", "b", "c"]"#, r#"features = ["a", "b", "a"]"#));
     assert!(e.contains("duplicate feature `a`"), "{e}");
     // TOML itself refuses a second [tiers.pro] table.
     let e = error_of(&format!("{VALID}\n[tiers.pro]\nname = \"Again\"\n"));
@@ -78,12 +67,7 @@ fn a_duplicate_tier_or_feature_fails() {
 
 #[test]
 fn a_limit_that_is_not_a_number_fails() {
-    for bad in [
-        r#"{ a = "lots" }"#,
-        "{ a = -1 }",
-        "{ a = 2.5 }",
-        "{ a = true }",
-    ] {
+    for bad in [r#"{ a = "lots" }"#, "{ a = -1 }", "{ a = 2.5 }", "{ a = true }"] {
         let e = error_of(&VALID.replace("{ a = 3 }", bad));
         assert!(e.contains("limit `a` is not a number"), "{bad}: {e}");
     }
@@ -92,42 +76,18 @@ fn a_limit_that_is_not_a_number_fails() {
 #[test]
 fn other_mistakes_fail_with_a_clear_message() {
     let cases = [
+        (VALID.replace("limits = { a = 3 }", "limits = { z = 3 }"), "not in its `features`"),
+        (VALID.replace("trial_days = 3", "trial_days = \"3\""), "trial_days"),
         (
-            VALID.replace("limits = { a = 3 }", "limits = { z = 3 }"),
-            "not in its `features`",
-        ),
-        (
-            VALID.replace("trial_days = 3", "trial_days = \"3\""),
-            "trial_days",
-        ),
-        (
-            VALID.replace(
-                "[tiers.free]\nname = \"Free\"",
-                "[tiers.free]\nname = \"Free\"\ntrial_days = 7",
-            ),
+            VALID.replace("[tiers.free]\nname = \"Free\"", "[tiers.free]\nname = \"Free\"\ntrial_days = 7"),
             "cannot have a trial",
         ),
-        (
-            VALID.replace("name = \"Pro\"", "nam = \"Pro\""),
-            "unknown key `nam`",
-        ),
-        (
-            VALID.replace(r#""free", "essential", "pro""#, r#""free", "trial", "pro""#),
-            "reserved",
-        ),
-        (
-            VALID.replace(
-                r#""free", "essential", "pro""#,
-                r#""free", "Essential", "pro""#,
-            ),
-            "lowercase",
-        ),
+        (VALID.replace("name = \"Pro\"", "nam = \"Pro\""), "unknown key `nam`"),
+        (VALID.replace(r#""free", "essential", "pro""#, r#""free", "trial", "pro""#), "reserved"),
+        (VALID.replace(r#""free", "essential", "pro""#, r#""free", "Essential", "pro""#), "lowercase"),
         ("order = []".to_string(), "empty"),
         ("tiers = 3".to_string(), "missing `order`"),
-        (
-            format!("extra = 1\n{VALID}"),
-            "unknown top-level key `extra`",
-        ),
+        (format!("extra = 1\n{VALID}"), "unknown top-level key `extra`"),
         ("order = [".to_string(), "not valid TOML"),
     ];
     for (text, want) in cases {

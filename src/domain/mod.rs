@@ -6,6 +6,7 @@ mod catalog_source;
 pub mod plans;
 pub mod subscription;
 pub mod time;
+pub mod upgrade;
 
 #[cfg(test)]
 mod catalog_tests;

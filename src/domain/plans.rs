@@ -43,10 +43,7 @@ impl Catalog {
     }
 
     pub fn tiers(&self) -> impl Iterator<Item = (Tier, &'static TierDef)> {
-        self.tiers
-            .iter()
-            .enumerate()
-            .map(|(i, d)| (Tier(i as u8), d))
+        self.tiers.iter().enumerate().map(|(i, d)| (Tier(i as u8), d))
     }
 
     /// The plan of a user nobody has billed: the first tier.
@@ -55,10 +52,7 @@ impl Catalog {
     }
 
     pub fn parse(&self, id: &str) -> Option<Tier> {
-        self.tiers
-            .iter()
-            .position(|t| t.id == id)
-            .map(|i| Tier(i as u8))
+        self.tiers.iter().position(|t| t.id == id).map(|i| Tier(i as u8))
     }
 
     pub fn def(&self, tier: Tier) -> &'static TierDef {
@@ -83,14 +77,7 @@ impl Catalog {
                 rank: tier.0,
                 trial_days: d.trial_days,
                 features: d.features.iter().map(|f| f.id).collect(),
-                limits: d
-                    .features
-                    .iter()
-                    .map(|f| PublicLimit {
-                        feature: f.id,
-                        monthly: f.monthly_limit,
-                    })
-                    .collect(),
+                limits: d.features.iter().map(|f| PublicLimit { feature: f.id, monthly: f.monthly_limit }).collect(),
             })
             .collect()
     }
@@ -146,17 +133,9 @@ mod tests {
         assert_eq!(json[0]["id"], "free");
         assert_eq!(json[0]["rank"], 0);
         assert_eq!(json[1]["trialDays"], 3);
-        let free_ats = json[0]["limits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["feature"] == "ats_score");
+        let free_ats = json[0]["limits"].as_array().unwrap().iter().find(|l| l["feature"] == "ats_score");
         assert_eq!(free_ats.unwrap()["monthly"], 3);
-        let premium_ats = json[3]["limits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["feature"] == "ats_score");
+        let premium_ats = json[3]["limits"].as_array().unwrap().iter().find(|l| l["feature"] == "ats_score");
         assert!(premium_ats.unwrap()["monthly"].is_null());
     }
 }

@@ -53,10 +53,7 @@ impl SubStatus {
 
     /// Grants its tier.
     pub fn is_live(&self) -> bool {
-        matches!(
-            self,
-            SubStatus::Trialing | SubStatus::Active | SubStatus::PastDue
-        )
+        matches!(self, SubStatus::Trialing | SubStatus::Active | SubStatus::PastDue)
     }
 
     /// Preference among live subscriptions: active > trialing > past_due.
@@ -84,6 +81,10 @@ pub struct Subscription {
     pub customer: String,
     pub status: SubStatus,
     pub price_ids: Vec<String>,
+    /// The subscription item id of each entry of `price_ids` (same order).
+    pub item_ids: Vec<String>,
+    /// The id of the subscription schedule attached, if any.
+    pub schedule_id: Option<String>,
     pub current_period_end: Option<i64>,
     pub cancel_at_period_end: bool,
     pub cancel_at: Option<i64>,
@@ -115,36 +116,24 @@ impl PriceMap {
     }
 
     pub fn tier_of(&self, price_id: &str) -> Option<Tier> {
-        self.entries
-            .iter()
-            .find(|(p, _)| p == price_id)
-            .map(|(_, t)| *t)
+        self.entries.iter().find(|(p, _)| p == price_id).map(|(_, t)| *t)
     }
 
     pub fn price_of(&self, tier: Tier) -> Option<&str> {
-        self.entries
-            .iter()
-            .find(|(_, t)| *t == tier)
-            .map(|(p, _)| p.as_str())
+        self.entries.iter().find(|(_, t)| *t == tier).map(|(p, _)| p.as_str())
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MapError {
     /// A live subscription whose prices are none of the configured `STRIPE_PRICE_*`.
-    UnknownPrice {
-        subscription: String,
-        prices: Vec<String>,
-    },
+    UnknownPrice { subscription: String, prices: Vec<String> },
 }
 
 impl std::fmt::Display for MapError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            MapError::UnknownPrice {
-                subscription,
-                prices,
-            } => write!(
+            MapError::UnknownPrice { subscription, prices } => write!(
                 f,
                 "subscription {subscription} has price(s) {} that match no STRIPE_PRICE_<TIER> var",
                 prices.join(", ")
@@ -174,11 +163,7 @@ pub fn tier_of(sub: &Subscription, prices: &PriceMap) -> Option<Tier> {
 }
 
 /// The billing state one subscription grants.
-pub fn state_from(
-    sub: &Subscription,
-    catalog: &Catalog,
-    prices: &PriceMap,
-) -> Result<BillingState, MapError> {
+pub fn state_from(sub: &Subscription, catalog: &Catalog, prices: &PriceMap) -> Result<BillingState, MapError> {
     let trial_used = sub.trial_end.is_some() || sub.status == SubStatus::Trialing;
     if !sub.status.is_live() {
         return Ok(BillingState {
@@ -193,20 +178,11 @@ pub fn state_from(
             trial_used,
         });
     }
-    let tier = tier_of(sub, prices).ok_or_else(|| MapError::UnknownPrice {
-        subscription: sub.id.clone(),
-        prices: sub.price_ids.clone(),
-    })?;
-    let cancel_at = sub.cancel_at.or(if sub.cancel_at_period_end {
-        sub.current_period_end
-    } else {
-        None
-    });
+    let tier = tier_of(sub, prices)
+        .ok_or_else(|| MapError::UnknownPrice { subscription: sub.id.clone(), prices: sub.price_ids.clone() })?;
+    let cancel_at = sub.cancel_at.or(if sub.cancel_at_period_end { sub.current_period_end } else { None });
     let (scheduled_plan, scheduled_at) = match (cancel_at, &sub.next_phase) {
-        (Some(at), _) => (
-            Some(catalog.id(catalog.default_tier()).to_string()),
-            Some(at),
-        ),
+        (Some(at), _) => (Some(catalog.id(catalog.default_tier()).to_string()), Some(at)),
         (None, Some(next)) => match prices.tier_of(&next.price_id) {
             Some(t) if t != tier => (Some(catalog.id(t).to_string()), Some(next.starts_at)),
             _ => (None, None),
@@ -217,11 +193,7 @@ pub fn state_from(
         plan: catalog.id(tier).to_string(),
         subscription_id: Some(sub.id.clone()),
         status: Some(sub.status.as_str().to_string()),
-        trial_ends_at: if sub.status == SubStatus::Trialing {
-            sub.trial_end
-        } else {
-            None
-        },
+        trial_ends_at: if sub.status == SubStatus::Trialing { sub.trial_end } else { None },
         current_period_end: sub.current_period_end,
         cancel_at,
         scheduled_plan,
@@ -275,6 +247,8 @@ mod tests {
             customer: "cus_1".into(),
             status: SubStatus::parse(status),
             price_ids: vec![price.into()],
+            item_ids: vec![format!("si_{id}")],
+            schedule_id: None,
             current_period_end: Some(2_000_000),
             cancel_at_period_end: false,
             cancel_at: None,
@@ -302,16 +276,10 @@ mod tests {
     #[test]
     fn active_and_past_due_keep_the_tier() {
         let s = state(&sub("sub_1", "active", "price_pro"));
-        assert_eq!(
-            (s.plan.as_str(), s.status.as_deref()),
-            ("pro", Some("active"))
-        );
+        assert_eq!((s.plan.as_str(), s.status.as_deref()), ("pro", Some("active")));
         assert_eq!(s.current_period_end, Some(2_000_000));
         let s = state(&sub("sub_1", "past_due", "price_pro"));
-        assert_eq!(
-            (s.plan.as_str(), s.status.as_deref()),
-            ("pro", Some("past_due"))
-        );
+        assert_eq!((s.plan.as_str(), s.status.as_deref()), ("pro", Some("past_due")));
     }
 
     #[test]
@@ -332,36 +300,17 @@ mod tests {
 
     #[test]
     fn ended_or_unpaid_subscriptions_grant_the_free_tier() {
-        for status in [
-            "canceled",
-            "incomplete_expired",
-            "unpaid",
-            "incomplete",
-            "paused",
-            "some_future_status",
-        ] {
+        for status in ["canceled", "incomplete_expired", "unpaid", "incomplete", "paused", "some_future_status"] {
             let s = state(&sub("sub_1", status, "price_pro"));
             assert_eq!(s.plan, "free", "{status}");
             assert_eq!(s.status.as_deref(), Some(status));
-            assert_eq!(
-                (
-                    s.cancel_at,
-                    s.current_period_end,
-                    s.scheduled_plan.as_deref()
-                ),
-                (None, None, None)
-            );
+            assert_eq!((s.cancel_at, s.current_period_end, s.scheduled_plan.as_deref()), (None, None, None));
         }
     }
 
     #[test]
     fn an_unknown_price_on_a_live_subscription_is_an_error_not_a_downgrade() {
-        let e = state_from(
-            &sub("sub_9", "active", "price_other"),
-            &Catalog::builtin(),
-            &prices(),
-        )
-        .unwrap_err();
+        let e = state_from(&sub("sub_9", "active", "price_other"), &Catalog::builtin(), &prices()).unwrap_err();
         assert!(e.to_string().contains("price_other"));
         // …but a canceled one with an old price simply grants nothing.
         assert_eq!(state(&sub("sub_9", "canceled", "price_other")).plan, "free");
@@ -373,10 +322,7 @@ mod tests {
         s.cancel_at_period_end = true;
         let st = state(&s);
         assert_eq!(st.cancel_at, Some(2_000_000));
-        assert_eq!(
-            (st.scheduled_plan.as_deref(), st.scheduled_at),
-            (Some("free"), Some(2_000_000))
-        );
+        assert_eq!((st.scheduled_plan.as_deref(), st.scheduled_at), (Some("free"), Some(2_000_000)));
         s.cancel_at_period_end = false;
         s.cancel_at = Some(1_800_000);
         assert_eq!(state(&s).cancel_at, Some(1_800_000));
@@ -385,24 +331,11 @@ mod tests {
     #[test]
     fn a_schedule_phase_to_another_tier_is_the_scheduled_plan() {
         let mut s = sub("sub_1", "active", "price_pro");
-        s.next_phase = Some(NextPhase {
-            price_id: "price_ess".into(),
-            starts_at: 2_000_000,
-        });
+        s.next_phase = Some(NextPhase { price_id: "price_ess".into(), starts_at: 2_000_000 });
         let st = state(&s);
-        assert_eq!(
-            (st.scheduled_plan.as_deref(), st.scheduled_at),
-            (Some("essential"), Some(2_000_000))
-        );
-        s.next_phase = Some(NextPhase {
-            price_id: "price_pro".into(),
-            starts_at: 2_000_000,
-        });
-        assert_eq!(
-            state(&s).scheduled_plan,
-            None,
-            "a renewal on the same tier is not a change"
-        );
+        assert_eq!((st.scheduled_plan.as_deref(), st.scheduled_at), (Some("essential"), Some(2_000_000)));
+        s.next_phase = Some(NextPhase { price_id: "price_pro".into(), starts_at: 2_000_000 });
+        assert_eq!(state(&s).scheduled_plan, None, "a renewal on the same tier is not a change");
     }
 
     #[test]
@@ -426,17 +359,11 @@ mod tests {
         let subs = vec![active_ess.clone(), active_pro, canceled.clone()];
         assert_eq!(best(&subs, &p).unwrap().id, "sub_pro");
         let past_due = sub("sub_pd", "past_due", "price_prem");
-        assert_eq!(
-            best(&[past_due, trial_prem.clone()], &p).unwrap().id,
-            "sub_trial"
-        );
+        assert_eq!(best(&[past_due, trial_prem.clone()], &p).unwrap().id, "sub_trial");
         let mut newer_canceled = canceled.clone();
         newer_canceled.id = "sub_newer".into();
         newer_canceled.created = 9_999;
-        assert_eq!(
-            best(&[canceled, newer_canceled], &p).unwrap().id,
-            "sub_newer"
-        );
+        assert_eq!(best(&[canceled, newer_canceled], &p).unwrap().id, "sub_newer");
         assert!(best(&[], &p).is_none());
     }
 

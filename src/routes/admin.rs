@@ -14,22 +14,14 @@ use crate::stripe::events;
 /// Constant-time comparison of the presented token with `ADMIN_TOKEN` (both hashed
 /// first, so neither length nor content leaks through timing).
 fn tokens_match(presented: &str, expected: &str) -> bool {
-    let (a, b) = (
-        Sha256::digest(presented.as_bytes()),
-        Sha256::digest(expected.as_bytes()),
-    );
-    a.iter()
-        .zip(b.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-        == 0
+    let (a, b) = (Sha256::digest(presented.as_bytes()), Sha256::digest(expected.as_bytes()));
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 pub fn authorize(ctx: &Ctx<'_>) -> Result<(), ApiError> {
     let presented = crate::auth::bearer_token(ctx.authorization.as_deref())?;
     let Some(expected) = ctx.cfg.admin_token.as_deref() else {
-        return Err(ApiError::Forbidden(
-            "the admin API is disabled (no ADMIN_TOKEN)",
-        ));
+        return Err(ApiError::Forbidden("the admin API is disabled (no ADMIN_TOKEN)"));
     };
     if tokens_match(presented, expected) {
         Ok(())
@@ -43,9 +35,7 @@ pub async fn list_events(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     authorize(ctx)?;
     let status = ctx.query("status").unwrap_or_else(|| "failed".into());
     if !["failed", "dead", "processing", "processed"].contains(&status.as_str()) {
-        return Err(ApiError::InvalidRequest(
-            "status must be failed, dead, processing or processed".into(),
-        ));
+        return Err(ApiError::InvalidRequest("status must be failed, dead, processing or processed".into()));
     }
     let limit = match ctx.query("limit") {
         None => 50,
@@ -53,17 +43,11 @@ pub async fn list_events(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
             .parse::<i64>()
             .ok()
             .filter(|n| (1..=500).contains(n))
-            .ok_or_else(|| {
-                ApiError::InvalidRequest("limit must be a whole number from 1 to 500".into())
-            })?,
+            .ok_or_else(|| ApiError::InvalidRequest("limit must be a whole number from 1 to 500".into()))?,
     };
     let rows = webhooks::list(ctx.db, &status, limit).await?;
-    let kv_failures = state::get(ctx.db, "counter:kv_dual_write_failed")
-        .await?
-        .unwrap_or_else(|| "0".into());
-    Ok(Reply::ok(
-        json!({"ok": true, "status": status, "events": rows, "kvDualWriteFailures": kv_failures}),
-    ))
+    let kv_failures = state::get(ctx.db, "counter:kv_dual_write_failed").await?.unwrap_or_else(|| "0".into());
+    Ok(Reply::ok(json!({"ok": true, "status": status, "events": rows, "kvDualWriteFailures": kv_failures})))
 }
 
 /// `POST /api/admin/webhook-events/{id}/retry`: process a failed or dead event now.
@@ -71,11 +55,7 @@ pub async fn retry_event(ctx: &Ctx<'_>, id: &str) -> Result<Reply, ApiError> {
     authorize(ctx)?;
     let row = webhooks::get(ctx.db, id).await?.ok_or(ApiError::NotFound)?;
     if row.status == "processed" {
-        return Err(ApiError::coded(
-            409,
-            "ALREADY_PROCESSED",
-            format!("event {id} is already processed"),
-        ));
+        return Err(ApiError::coded(409, "ALREADY_PROCESSED", format!("event {id} is already processed")));
     }
     let value: serde_json::Value = serde_json::from_str(&row.payload).map_err(ApiError::server)?;
     let ev = events::envelope_from_value(value).map_err(ApiError::server)?;
@@ -86,9 +66,7 @@ pub async fn retry_event(ctx: &Ctx<'_>, id: &str) -> Result<Reply, ApiError> {
         Delivery::InProgress => ("in_progress", None),
         Delivery::Failed(cause) => ("failed", Some(cause)),
     };
-    Ok(Reply::ok(
-        json!({"ok": error.is_none(), "eventId": id, "status": status, "error": error}),
-    ))
+    Ok(Reply::ok(json!({"ok": error.is_none(), "eventId": id, "status": status, "error": error})))
 }
 
 #[derive(Deserialize)]
@@ -110,16 +88,10 @@ pub async fn resync(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let billing = Billing::new(ctx.db, ctx.cfg, ctx.app_kv(), ctx.now, ctx.request_id);
     match (body.user_id, body.all) {
         (Some(user_id), false) => {
-            let user = users::find_by_id(ctx.db, &user_id)
-                .await?
-                .ok_or(ApiError::NotFound)?;
+            let user = users::find_by_id(ctx.db, &user_id).await?.ok_or(ApiError::NotFound)?;
             let synced = billing.resync_user(&user, "admin").await?;
-            let user = users::find_by_id(ctx.db, &user_id)
-                .await?
-                .ok_or(ApiError::NotFound)?;
-            Ok(Reply::ok(
-                json!({"ok": true, "synced": synced, "plan": user.plan_view()}),
-            ))
+            let user = users::find_by_id(ctx.db, &user_id).await?.ok_or(ApiError::NotFound)?;
+            Ok(Reply::ok(json!({"ok": true, "synced": synced, "plan": user.plan_view()})))
         }
         (None, true) => {
             // status=all listing, paginated; grouped by customer so each user's best
@@ -130,23 +102,14 @@ pub async fn resync(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
             let mut complete = false;
             while pages < RESYNC_MAX_PAGES {
                 pages += 1;
-                let mut req = StripeRequest::get("/v1/subscriptions")
-                    .param("status", "all")
-                    .param("limit", "100");
+                let mut req = StripeRequest::get("/v1/subscriptions").param("status", "all").param("limit", "100");
                 req = req.param("expand[]", "data.schedule");
                 if let Some(a) = &after {
                     req = req.param("starting_after", a.as_str());
                 }
                 let page = billing.stripe.send(&req).await.map_err(ApiError::server)?;
-                let data = page
-                    .get("data")
-                    .and_then(|d| d.as_array())
-                    .cloned()
-                    .unwrap_or_default();
-                for s in data
-                    .iter()
-                    .filter_map(|s| events::parse_subscription(s, ctx.now))
-                {
+                let data = page.get("data").and_then(|d| d.as_array()).cloned().unwrap_or_default();
+                for s in data.iter().filter_map(|s| events::parse_subscription(s, ctx.now)) {
                     by_customer.entry(s.customer.clone()).or_default().push(s);
                 }
                 after = data.last().and_then(|s| events::id_of(s.get("id")));
@@ -170,9 +133,7 @@ pub async fn resync(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
                 "unlinkedCustomers": unlinked, "complete": complete
             })))
         }
-        _ => Err(ApiError::InvalidRequest(
-            "give either userId or all:true".into(),
-        )),
+        _ => Err(ApiError::InvalidRequest("give either userId or all:true".into())),
     }
 }
 

@@ -7,8 +7,6 @@ use crate::domain::plans::Catalog;
 use crate::error::ApiError;
 
 pub fn get() -> Result<Reply, ApiError> {
-    Ok(
-        Reply::ok(json!({"ok": true, "tiers": Catalog::builtin().public_view()}))
-            .header("Cache-Control", "public, max-age=300"),
-    )
+    Ok(Reply::ok(json!({"ok": true, "tiers": Catalog::builtin().public_view()}))
+        .header("Cache-Control", "public, max-age=300"))
 }

@@ -16,11 +16,7 @@ pub async fn get(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
         Ok(Some(One { ok: 1 })) => "ok",
         Ok(_) => "error",
         Err(e) => {
-            crate::log::error(
-                ctx.request_id,
-                "health.d1_failed",
-                json!({"error": e.to_string()}),
-            );
+            crate::log::error(ctx.request_id, "health.d1_failed", json!({"error": e.to_string()}));
             "error"
         }
     };

@@ -1,6 +1,7 @@
 //! Thin handlers: parse → domain → store → respond.
 
 pub mod admin;
+pub mod billing;
 pub mod catalog;
 pub mod health;
 pub mod plan;
@@ -43,25 +44,14 @@ impl Ctx<'_> {
 
     /// The body as JSON of type `T`; 400 `INVALID_REQUEST` saying what is wrong.
     pub fn json_body<T: serde::de::DeserializeOwned>(&self) -> Result<T, ApiError> {
-        let bytes: &[u8] = if self.body.iter().all(u8::is_ascii_whitespace) {
-            b"{}"
-        } else {
-            &self.body
-        };
-        serde_json::from_slice(bytes)
-            .map_err(|e| ApiError::InvalidRequest(format!("Invalid JSON body: {e}")))
+        let bytes: &[u8] = if self.body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &self.body };
+        serde_json::from_slice(bytes).map_err(|e| ApiError::InvalidRequest(format!("Invalid JSON body: {e}")))
     }
 
     /// The verified caller, or 401.
     pub async fn identity(&self) -> Result<crate::auth::jwt::Identity, ApiError> {
-        crate::auth::authenticate(
-            self.authorization.as_deref(),
-            self.cfg,
-            self.app_kv(),
-            self.now,
-            self.request_id,
-        )
-        .await
+        crate::auth::authenticate(self.authorization.as_deref(), self.cfg, self.app_kv(), self.now, self.request_id)
+            .await
     }
 }
 
@@ -74,11 +64,7 @@ pub struct Reply {
 
 impl Reply {
     pub fn ok(body: Value) -> Self {
-        Reply {
-            status: 200,
-            body,
-            headers: Vec::new(),
-        }
+        Reply { status: 200, body, headers: Vec::new() }
     }
 
     pub fn with_status(mut self, status: u16) -> Self {

@@ -10,10 +10,9 @@ pub async fn me(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let who = ctx.identity().await?;
     let catalog = Catalog::builtin();
     let default_plan = catalog.id(catalog.default_tier());
-    let user = users::get_or_create_by_auth_id(ctx.db, &who, default_plan, ctx.now, || {
-        Ok(format!("usr_{}", random_hex(12)?))
-    })
-    .await?;
+    let user =
+        users::get_or_create_by_auth_id(ctx.db, &who, default_plan, ctx.now, || Ok(format!("usr_{}", random_hex(12)?)))
+            .await?;
     let body = serde_json::to_value(user.plan_view()).map_err(ApiError::server)?;
     Ok(Reply::ok(body).header("Cache-Control", "private, no-store"))
 }

@@ -23,20 +23,8 @@ pub async fn stripe(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
         });
     }
     let header = ctx.header("Stripe-Signature");
-    signature::verify(
-        &ctx.body,
-        header.as_deref(),
-        &ctx.cfg.webhook_secrets,
-        ctx.cfg.webhook_tolerance,
-        ctx.now,
-    )
-    .map_err(|e| {
-        ApiError::coded(
-            400,
-            "INVALID_SIGNATURE",
-            format!("Invalid Stripe signature: {}", e.reason()),
-        )
-    })?;
+    signature::verify(&ctx.body, header.as_deref(), &ctx.cfg.webhook_secrets, ctx.cfg.webhook_tolerance, ctx.now)
+        .map_err(|e| ApiError::coded(400, "INVALID_SIGNATURE", format!("Invalid Stripe signature: {}", e.reason())))?;
     let payload = std::str::from_utf8(&ctx.body)
         .map_err(|_| ApiError::coded(400, "INVALID_PAYLOAD", "Webhook body is not UTF-8"))?;
     let ev = events::parse_envelope(payload.as_bytes())
@@ -44,17 +32,12 @@ pub async fn stripe(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
 
     let billing = Billing::new(ctx.db, ctx.cfg, ctx.app_kv(), ctx.now, ctx.request_id);
     match billing.deliver(&ev, payload, "webhook").await? {
-        Delivery::Processed => Ok(Reply::ok(
-            json!({"ok": true, "received": true, "status": "processed"}),
-        )),
-        Delivery::Duplicate => Ok(Reply::ok(
-            json!({"ok": true, "received": true, "status": "duplicate"}),
-        )),
+        Delivery::Processed => Ok(Reply::ok(json!({"ok": true, "received": true, "status": "processed"}))),
+        Delivery::Duplicate => Ok(Reply::ok(json!({"ok": true, "received": true, "status": "duplicate"}))),
         // Another delivery holds the lease; if it fails, the cron retries the event.
-        Delivery::InProgress => Ok(Reply::ok(
-            json!({"ok": true, "received": true, "status": "in_progress"}),
-        )
-        .with_status(202)),
+        Delivery::InProgress => {
+            Ok(Reply::ok(json!({"ok": true, "received": true, "status": "in_progress"})).with_status(202))
+        }
         Delivery::Failed(cause) => Err(ApiError::CodedServer {
             status: 500,
             code: "WEBHOOK_FAILED",

@@ -50,9 +50,7 @@ impl<T: Into<Param>> From<Option<T>> for Param {
 }
 
 fn decode_rows<T: DeserializeOwned>(rows: Vec<serde_json::Value>) -> Result<Vec<T>, ApiError> {
-    rows.into_iter()
-        .map(|r| serde_json::from_value(r).map_err(|e| ApiError::server(format!("d1 row: {e}"))))
-        .collect()
+    rows.into_iter().map(|r| serde_json::from_value(r).map_err(|e| ApiError::server(format!("d1 row: {e}")))).collect()
 }
 
 pub struct Db {
@@ -68,11 +66,7 @@ pub struct Stmt {
 
 impl Db {
     pub fn new(d1: D1Database) -> Self {
-        Db {
-            d1,
-            rows_read: Cell::new(0),
-            rows_written: Cell::new(0),
-        }
+        Db { d1, rows_read: Cell::new(0), rows_written: Cell::new(0) }
     }
 
     pub fn rows_read(&self) -> usize {
@@ -85,52 +79,31 @@ impl Db {
 
     fn prepare(&self, sql: &str, params: &[Param]) -> Result<D1PreparedStatement, ApiError> {
         let values: Vec<JsValue> = params.iter().map(Param::to_js).collect();
-        self.d1
-            .prepare(sql)
-            .bind(&values)
-            .map_err(|e| ApiError::server(format!("d1 bind: {e}")))
+        self.d1.prepare(sql).bind(&values).map_err(|e| ApiError::server(format!("d1 bind: {e}")))
     }
 
     fn account(&self, result: &D1Result) {
         if let Ok(Some(meta)) = result.meta() {
-            self.rows_read
-                .set(self.rows_read.get() + meta.rows_read.unwrap_or(0));
-            self.rows_written
-                .set(self.rows_written.get() + meta.rows_written.unwrap_or(0));
+            self.rows_read.set(self.rows_read.get() + meta.rows_read.unwrap_or(0));
+            self.rows_written.set(self.rows_written.get() + meta.rows_written.unwrap_or(0));
         }
     }
 
     /// Runs a statement; every returned row as JSON. Not generic, so the async code
     /// exists once in the Wasm rather than once per row type.
     async fn rows(&self, sql: &str, params: &[Param]) -> Result<Vec<serde_json::Value>, ApiError> {
-        let result = self
-            .prepare(sql, params)?
-            .all()
-            .await
-            .map_err(|e| ApiError::server(format!("d1 query: {e}")))?;
+        let result = self.prepare(sql, params)?.all().await.map_err(|e| ApiError::server(format!("d1 query: {e}")))?;
         self.account(&result);
-        result
-            .results::<serde_json::Value>()
-            .map_err(|e| ApiError::server(format!("d1 decode: {e}")))
+        result.results::<serde_json::Value>().map_err(|e| ApiError::server(format!("d1 decode: {e}")))
     }
 
     /// Runs a statement and deserializes every returned row.
-    pub async fn query<T: DeserializeOwned>(
-        &self,
-        sql: &str,
-        params: &[Param],
-    ) -> Result<Vec<T>, ApiError> {
+    pub async fn query<T: DeserializeOwned>(&self, sql: &str, params: &[Param]) -> Result<Vec<T>, ApiError> {
         decode_rows(self.rows(sql, params).await?)
     }
 
-    pub async fn query_one<T: DeserializeOwned>(
-        &self,
-        sql: &str,
-        params: &[Param],
-    ) -> Result<Option<T>, ApiError> {
-        Ok(decode_rows(self.rows(sql, params).await?)?
-            .into_iter()
-            .next())
+    pub async fn query_one<T: DeserializeOwned>(&self, sql: &str, params: &[Param]) -> Result<Option<T>, ApiError> {
+        Ok(decode_rows(self.rows(sql, params).await?)?.into_iter().next())
     }
 
     /// Runs a statement for its effect; returns how many rows it returned.
@@ -140,15 +113,8 @@ impl Db {
 
     /// Runs the statements as one transaction (D1 has no `BEGIN`; a batch is atomic).
     pub async fn batch(&self, stmts: Vec<Stmt>) -> Result<Vec<D1Result>, ApiError> {
-        let prepared = stmts
-            .iter()
-            .map(|s| self.prepare(s.sql, &s.params))
-            .collect::<Result<Vec<_>, _>>()?;
-        let results = self
-            .d1
-            .batch(prepared)
-            .await
-            .map_err(|e| ApiError::server(format!("d1 batch: {e}")))?;
+        let prepared = stmts.iter().map(|s| self.prepare(s.sql, &s.params)).collect::<Result<Vec<_>, _>>()?;
+        let results = self.d1.batch(prepared).await.map_err(|e| ApiError::server(format!("d1 batch: {e}")))?;
         for r in &results {
             self.account(r);
         }

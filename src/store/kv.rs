@@ -45,28 +45,13 @@ pub fn entitlements_key(user_id: &str) -> String {
 /// Values are the old system's plain strings: the reported plan (`trial` while
 /// trialing), the Stripe status (`none` without a subscription), the trial end in
 /// unix **milliseconds**, and `"true"` once a trial was used.
-pub fn legacy_plan_values(
-    user: &crate::domain::account::UserRecord,
-) -> Vec<(String, Option<String>)> {
+pub fn legacy_plan_values(user: &crate::domain::account::UserRecord) -> Vec<(String, Option<String>)> {
     let uid = user.auth_id.as_str();
     vec![
         (plan_key(uid), Some(user.reported_plan().to_string())),
-        (
-            billing_status_key(uid),
-            Some(
-                user.subscription_status
-                    .clone()
-                    .unwrap_or_else(|| "none".into()),
-            ),
-        ),
-        (
-            trial_end_key(uid),
-            user.trial_ends_at.map(|t| (t * 1000).to_string()),
-        ),
-        (
-            trial_used_key(uid),
-            (user.trial_used != 0).then(|| "true".to_string()),
-        ),
+        (billing_status_key(uid), Some(user.subscription_status.clone().unwrap_or_else(|| "none".into()))),
+        (trial_end_key(uid), user.trial_ends_at.map(|t| (t * 1000).to_string())),
+        (trial_used_key(uid), (user.trial_used != 0).then(|| "true".to_string())),
     ]
 }
 
@@ -93,18 +78,9 @@ mod legacy_tests {
             v,
             vec![
                 ("planByUid:fb-uid-1".to_string(), Some("trial".to_string())),
-                (
-                    "billingStatus:fb-uid-1".to_string(),
-                    Some("trialing".to_string())
-                ),
-                (
-                    "trialEndByUid:fb-uid-1".to_string(),
-                    Some("1700000000000".to_string())
-                ),
-                (
-                    "trialUsedByUid:fb-uid-1".to_string(),
-                    Some("true".to_string())
-                ),
+                ("billingStatus:fb-uid-1".to_string(), Some("trialing".to_string())),
+                ("trialEndByUid:fb-uid-1".to_string(), Some("1700000000000".to_string())),
+                ("trialUsedByUid:fb-uid-1".to_string(), Some("true".to_string())),
             ]
         );
         assert_eq!(entitlements_key("usr_1"), "entitlements:usr_1");

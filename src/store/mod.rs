@@ -2,6 +2,7 @@
 
 pub mod db;
 pub mod kv;
+pub mod locks;
 pub mod payments;
 pub mod state;
 pub mod users;

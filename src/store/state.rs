@@ -11,13 +11,7 @@ struct Value {
 }
 
 pub async fn get(db: &Db, name: &str) -> Result<Option<String>, ApiError> {
-    Ok(db
-        .query_one::<Value>(
-            "SELECT value FROM app_state WHERE name = ?1",
-            &[name.into()],
-        )
-        .await?
-        .map(|v| v.value))
+    Ok(db.query_one::<Value>("SELECT value FROM app_state WHERE name = ?1", &[name.into()]).await?.map(|v| v.value))
 }
 
 pub async fn set(db: &Db, name: &str, value: &str, now: i64) -> Result<(), ApiError> {

@@ -10,12 +10,11 @@ macro_rules! user_columns {
     () => {
         "id, auth_id, email, plan, stripe_customer_id, stripe_subscription_id, subscription_status, \
          trial_ends_at, current_period_end, cancel_at, scheduled_plan, scheduled_at, \
-         plan_updated_at, created_at, updated_at, stripe_synced_at, trial_used"
+         plan_updated_at, created_at, updated_at, stripe_synced_at, trial_used, billing_seq"
     };
 }
 
-const SELECT_BY_AUTH_ID: &str =
-    concat!("SELECT ", user_columns!(), " FROM users WHERE auth_id = ?1");
+const SELECT_BY_AUTH_ID: &str = concat!("SELECT ", user_columns!(), " FROM users WHERE auth_id = ?1");
 
 /// `ON CONFLICT DO NOTHING RETURNING`: exactly one of any number of concurrent first
 /// requests gets the row back; the others see no row and read the winner's.
@@ -46,24 +45,15 @@ pub async fn get_or_create_by_auth_id(
 ) -> Result<UserRecord, ApiError> {
     if let Some(user) = find_by_auth_id(db, &who.auth_id).await? {
         if user.email.is_none() && who.email.is_some() {
-            let params = [
-                who.auth_id.as_str().into(),
-                who.email.clone().into(),
-                Param::Int(now),
-            ];
+            let params = [who.auth_id.as_str().into(), who.email.clone().into(), Param::Int(now)];
             if let Some(updated) = db.query_one(FILL_EMAIL, &params).await? {
                 return Ok(updated);
             }
         }
         return Ok(user);
     }
-    let params = [
-        new_id()?.into(),
-        who.auth_id.as_str().into(),
-        who.email.clone().into(),
-        default_plan.into(),
-        Param::Int(now),
-    ];
+    let params =
+        [new_id()?.into(), who.auth_id.as_str().into(), who.email.clone().into(), default_plan.into(), Param::Int(now)];
     if let Some(created) = db.query_one::<UserRecord>(INSERT_NEW, &params).await? {
         return Ok(created);
     }
@@ -73,19 +63,14 @@ pub async fn get_or_create_by_auth_id(
 }
 
 const SELECT_BY_ID: &str = concat!("SELECT ", user_columns!(), " FROM users WHERE id = ?1");
-const SELECT_BY_CUSTOMER: &str = concat!(
-    "SELECT ",
-    user_columns!(),
-    " FROM users WHERE stripe_customer_id = ?1"
-);
+const SELECT_BY_CUSTOMER: &str = concat!("SELECT ", user_columns!(), " FROM users WHERE stripe_customer_id = ?1");
 
 pub async fn find_by_id(db: &Db, id: &str) -> Result<Option<UserRecord>, ApiError> {
     db.query_one(SELECT_BY_ID, &[id.into()]).await
 }
 
 pub async fn find_by_customer(db: &Db, customer_id: &str) -> Result<Option<UserRecord>, ApiError> {
-    db.query_one(SELECT_BY_CUSTOMER, &[customer_id.into()])
-        .await
+    db.query_one(SELECT_BY_CUSTOMER, &[customer_id.into()]).await
 }
 
 /// The statements that store `state` for `user_id`, as of `as_of` (unix seconds of the
@@ -157,4 +142,16 @@ pub fn set_email_by_customer_stmt(customer_id: &str, email: Option<&str>, now: i
         sql: "UPDATE users SET email = ?2, updated_at = ?3 WHERE stripe_customer_id = ?1 AND email IS NOT ?2",
         params: vec![customer_id.into(), email.into(), Param::Int(now)],
     }
+}
+
+/// Counts a successful billing action (see `billing_seq` in migrations/0003).
+pub fn bump_billing_seq_stmt(user_id: &str) -> Stmt {
+    Stmt { sql: "UPDATE users SET billing_seq = billing_seq + 1 WHERE id = ?1", params: vec![user_id.into()] }
+}
+
+/// Stores a Stripe customer created for a user who had none; returns the row after.
+pub async fn set_customer_if_missing(db: &Db, user_id: &str, customer_id: &str, now: i64) -> Result<(), ApiError> {
+    let stmt = link_customer_stmt(user_id, customer_id, now);
+    db.execute(stmt.sql, &stmt.params).await?;
+    Ok(())
 }

@@ -60,14 +60,9 @@ struct Status {
 /// Claims an event for processing: a new id is inserted as `processing`; a `failed` or
 /// `dead` one, or a `processing` one whose lease expired, is taken over. One statement,
 /// so concurrent deliveries of the same event cannot both win.
-pub async fn claim(
-    db: &Db,
-    ev: &Envelope,
-    payload: &str,
-    source: &str,
-    now: i64,
-) -> Result<Claim, ApiError> {
-    const SQL: &str = "INSERT INTO webhook_events (id, type, created, status, attempts, payload, received_at, lease_until, source) \
+pub async fn claim(db: &Db, ev: &Envelope, payload: &str, source: &str, now: i64) -> Result<Claim, ApiError> {
+    const SQL: &str =
+        "INSERT INTO webhook_events (id, type, created, status, attempts, payload, received_at, lease_until, source) \
          VALUES (?1, ?2, ?3, 'processing', 1, ?4, ?5, ?6, ?7) \
          ON CONFLICT(id) DO UPDATE SET status = 'processing', attempts = webhook_events.attempts + 1, \
            lease_until = excluded.lease_until, next_attempt_at = NULL \
@@ -84,16 +79,10 @@ pub async fn claim(
         source.into(),
     ];
     if let Some(row) = db.query_one::<Attempts>(SQL, &params).await? {
-        return Ok(Claim::Claimed {
-            attempts: row.attempts,
-        });
+        return Ok(Claim::Claimed { attempts: row.attempts });
     }
-    let status = db
-        .query_one::<Status>(
-            "SELECT status FROM webhook_events WHERE id = ?1",
-            &[ev.id.as_str().into()],
-        )
-        .await?;
+    let status =
+        db.query_one::<Status>("SELECT status FROM webhook_events WHERE id = ?1", &[ev.id.as_str().into()]).await?;
     Ok(match status.map(|s| s.status).as_deref() {
         Some("processed") => Claim::AlreadyProcessed,
         _ => Claim::InProgress,
@@ -110,13 +99,7 @@ pub fn processed_stmt(id: &str, now: i64) -> Stmt {
 }
 
 /// Marks the event failed (retry after backoff) or, past the limit, dead.
-pub async fn mark_failed(
-    db: &Db,
-    id: &str,
-    attempts: i64,
-    error: &str,
-    now: i64,
-) -> Result<(), ApiError> {
+pub async fn mark_failed(db: &Db, id: &str, attempts: i64, error: &str, now: i64) -> Result<(), ApiError> {
     let error: String = error.chars().take(1000).collect();
     db.execute(
         "UPDATE webhook_events SET status = CASE WHEN attempts >= ?3 THEN 'dead' ELSE 'failed' END, \
@@ -127,8 +110,7 @@ pub async fn mark_failed(
     Ok(())
 }
 
-const ROW_COLUMNS: &str =
-    "id, type, created, status, attempts, last_error, payload, received_at, processed_at, \
+const ROW_COLUMNS: &str = "id, type, created, status, attempts, last_error, payload, received_at, processed_at, \
                            next_attempt_at, source";
 
 pub async fn get(db: &Db, id: &str) -> Result<Option<EventRow>, ApiError> {

@@ -47,9 +47,7 @@ pub fn encode_component(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }
@@ -58,11 +56,7 @@ pub fn encode_component(s: &str) -> String {
 
 /// `application/x-www-form-urlencoded` body or query string.
 pub fn encode_form(params: &[(String, String)]) -> String {
-    params
-        .iter()
-        .map(|(k, v)| format!("{}={}", encode_component(k), encode_component(v)))
-        .collect::<Vec<_>>()
-        .join("&")
+    params.iter().map(|(k, v)| format!("{}={}", encode_component(k), encode_component(v))).collect::<Vec<_>>().join("&")
 }
 
 /// An idempotency key from stable ids, so the same logical action is the same Stripe
@@ -73,12 +67,7 @@ pub fn idempotency_key(parts: &[&str]) -> String {
 
 impl StripeRequest {
     pub fn get(path: impl Into<String>) -> Self {
-        StripeRequest {
-            method: HttpMethod::Get,
-            path: path.into(),
-            params: Vec::new(),
-            idempotency_key: None,
-        }
+        StripeRequest { method: HttpMethod::Get, path: path.into(), params: Vec::new(), idempotency_key: None }
     }
 
     pub fn post(path: impl Into<String>, idempotency_key: String) -> Self {
@@ -112,9 +101,7 @@ impl StripeRequest {
 
     /// Path segments must be ids, never user-controlled text: refuse anything else.
     pub fn is_safe_id(id: &str) -> bool {
-        !id.is_empty()
-            && id.len() <= 255
-            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        !id.is_empty() && id.len() <= 255 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
     }
 }
 
@@ -124,13 +111,7 @@ pub enum StripeError {
     /// Could not reach Stripe, or no answer within the timeout.
     Unreachable(String),
     /// Stripe answered with an error object.
-    Api {
-        status: u16,
-        kind: String,
-        code: Option<String>,
-        message: String,
-        decline_code: Option<String>,
-    },
+    Api { status: u16, kind: String, code: Option<String>, message: String, decline_code: Option<String> },
     /// A 2xx answer that is not the JSON we expect.
     Decode(String),
     /// Not configured (no `STRIPE_SECRET_KEY`).
@@ -159,13 +140,7 @@ impl std::fmt::Display for StripeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StripeError::Unreachable(e) => write!(f, "stripe unreachable: {e}"),
-            StripeError::Api {
-                status,
-                kind,
-                code,
-                message,
-                ..
-            } => {
+            StripeError::Api { status, kind, code, message, .. } => {
                 write!(f, "stripe {status} {kind}")?;
                 if let Some(c) = code {
                     write!(f, " ({c})")?;
@@ -182,15 +157,10 @@ impl std::fmt::Display for StripeError {
 pub fn parse_response(status: u16, body: &str) -> Result<Value, StripeError> {
     let json: Option<Value> = serde_json::from_str(body).ok();
     if (200..300).contains(&status) {
-        return json
-            .ok_or_else(|| StripeError::Decode(format!("status {status}, body is not JSON")));
+        return json.ok_or_else(|| StripeError::Decode(format!("status {status}, body is not JSON")));
     }
     let err = json.as_ref().and_then(|j| j.get("error"));
-    let field = |name: &str| {
-        err.and_then(|e| e.get(name))
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    };
+    let field = |name: &str| err.and_then(|e| e.get(name)).and_then(Value::as_str).map(str::to_string);
     Err(StripeError::Api {
         status,
         kind: field("type").unwrap_or_else(|| "api_error".into()),
@@ -209,10 +179,7 @@ pub struct StripeClient {
 
 impl StripeClient {
     pub async fn send(&self, req: &StripeRequest) -> Result<Value, StripeError> {
-        let key = self
-            .secret_key
-            .as_deref()
-            .ok_or(StripeError::NotConfigured)?;
+        let key = self.secret_key.as_deref().ok_or(StripeError::NotConfigured)?;
         let mut last = StripeError::Unreachable("not attempted".into());
         for attempt in 0..MAX_ATTEMPTS {
             if attempt > 0 {
@@ -230,11 +197,8 @@ impl StripeClient {
     async fn attempt(&self, key: &str, req: &StripeRequest) -> Result<Value, StripeError> {
         use worker::{Fetch, Headers, Method, Request, RequestInit};
         let headers = Headers::new();
-        let set = |k: &str, v: &str| {
-            headers
-                .set(k, v)
-                .map_err(|e| StripeError::Unreachable(format!("header {k}: {e}")))
-        };
+        let set =
+            |k: &str, v: &str| headers.set(k, v).map_err(|e| StripeError::Unreachable(format!("header {k}: {e}")));
         set("Authorization", &format!("Bearer {key}"))?;
         set("Stripe-Version", &self.api_version)?;
         let mut init = RequestInit::new();
@@ -254,15 +218,9 @@ impl StripeClient {
         let request = Request::new_with_init(&req.url(&self.base), &init)
             .map_err(|e| StripeError::Unreachable(format!("request: {e}")))?;
         let call = async {
-            let mut resp = Fetch::Request(request)
-                .send()
-                .await
-                .map_err(|e| StripeError::Unreachable(e.to_string()))?;
+            let mut resp = Fetch::Request(request).send().await.map_err(|e| StripeError::Unreachable(e.to_string()))?;
             let status = resp.status_code();
-            let text = resp
-                .text()
-                .await
-                .map_err(|e| StripeError::Unreachable(format!("body: {e}")))?;
+            let text = resp.text().await.map_err(|e| StripeError::Unreachable(format!("body: {e}")))?;
             parse_response(status, &text)
         };
         crate::util::with_timeout(call, ATTEMPT_TIMEOUT_MS)
@@ -277,30 +235,21 @@ mod tests {
 
     #[test]
     fn bracket_syntax_is_percent_encoded_in_the_body() {
-        let req = StripeRequest::post(
-            "/v1/checkout/sessions",
-            idempotency_key(&["checkout", "usr_1", "pro"]),
-        )
-        .param("mode", "subscription")
-        .param("line_items[0][price]", "price_123")
-        .param("line_items[0][quantity]", "1")
-        .param("metadata[user_id]", "usr_1")
-        .param("success_url", "https://app.example.com/ok?x=1&y=2")
-        .param("expand[]", "subscription");
+        let req = StripeRequest::post("/v1/checkout/sessions", idempotency_key(&["checkout", "usr_1", "pro"]))
+            .param("mode", "subscription")
+            .param("line_items[0][price]", "price_123")
+            .param("line_items[0][quantity]", "1")
+            .param("metadata[user_id]", "usr_1")
+            .param("success_url", "https://app.example.com/ok?x=1&y=2")
+            .param("expand[]", "subscription");
         assert_eq!(
             req.body().unwrap(),
             "mode=subscription&line_items%5B0%5D%5Bprice%5D=price_123&line_items%5B0%5D%5Bquantity%5D=1\
              &metadata%5Buser_id%5D=usr_1&success_url=https%3A%2F%2Fapp.example.com%2Fok%3Fx%3D1%26y%3D2\
              &expand%5B%5D=subscription"
         );
-        assert_eq!(
-            req.url("https://api.stripe.com/"),
-            "https://api.stripe.com/v1/checkout/sessions"
-        );
-        assert_eq!(
-            req.idempotency_key.as_deref(),
-            Some("plangate:checkout:usr_1:pro")
-        );
+        assert_eq!(req.url("https://api.stripe.com/"), "https://api.stripe.com/v1/checkout/sessions");
+        assert_eq!(req.idempotency_key.as_deref(), Some("plangate:checkout:usr_1:pro"));
     }
 
     #[test]
@@ -339,19 +288,9 @@ mod tests {
         );
         assert!(!e.is_transient());
         assert!(parse_response(500, "oops").unwrap_err().is_transient());
-        assert!(
-            parse_response(429, r#"{"error":{"type":"rate_limit_error"}}"#)
-                .unwrap_err()
-                .is_transient()
-        );
-        assert!(matches!(
-            parse_response(200, "not json"),
-            Err(StripeError::Decode(_))
-        ));
-        assert_eq!(
-            parse_response(200, r#"{"id":"sub_1"}"#).unwrap()["id"],
-            "sub_1"
-        );
+        assert!(parse_response(429, r#"{"error":{"type":"rate_limit_error"}}"#).unwrap_err().is_transient());
+        assert!(matches!(parse_response(200, "not json"), Err(StripeError::Decode(_))));
+        assert_eq!(parse_response(200, r#"{"id":"sub_1"}"#).unwrap()["id"], "sub_1");
         assert!(StripeError::Unreachable("timeout".into()).is_transient());
     }
 

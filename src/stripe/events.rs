@@ -54,10 +54,7 @@ impl EventKind {
 }
 
 fn safe_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 255
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Parses an event. Errors are safe to return to the sender.
@@ -68,53 +65,34 @@ pub fn parse_envelope(bytes: &[u8]) -> Result<Envelope, String> {
 
 pub fn envelope_from_value(v: Value) -> Result<Envelope, String> {
     let obj = v.as_object().ok_or("event is not a JSON object")?;
-    let id = obj
-        .get("id")
-        .and_then(Value::as_str)
-        .filter(|s| safe_id(s))
-        .ok_or("event has no valid `id`")?;
+    let id = obj.get("id").and_then(Value::as_str).filter(|s| safe_id(s)).ok_or("event has no valid `id`")?;
     let kind = obj
         .get("type")
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty() && s.len() <= 100 && s.bytes().all(|b| b.is_ascii_graphic()))
         .ok_or("event has no valid `type`")?;
-    let created = obj
-        .get("created")
-        .and_then(Value::as_i64)
-        .filter(|c| *c > 0)
-        .ok_or("event has no valid `created`")?;
+    let created =
+        obj.get("created").and_then(Value::as_i64).filter(|c| *c > 0).ok_or("event has no valid `created`")?;
     let object = obj
         .get("data")
         .and_then(|d| d.get("object"))
         .filter(|o| o.is_object())
         .cloned()
         .ok_or("event has no `data.object`")?;
-    Ok(Envelope {
-        id: id.to_string(),
-        kind: kind.to_string(),
-        created,
-        object,
-    })
+    Ok(Envelope { id: id.to_string(), kind: kind.to_string(), created, object })
 }
 
 /// An expandable field: `"cus_1"` or `{"id":"cus_1",…}`.
 pub fn id_of(v: Option<&Value>) -> Option<String> {
     match v? {
         Value::String(s) if safe_id(s) => Some(s.clone()),
-        Value::Object(o) => o
-            .get("id")
-            .and_then(Value::as_str)
-            .filter(|s| safe_id(s))
-            .map(str::to_string),
+        Value::Object(o) => o.get("id").and_then(Value::as_str).filter(|s| safe_id(s)).map(str::to_string),
         _ => None,
     }
 }
 
 fn str_field(v: &Value, name: &str) -> Option<String> {
-    v.get(name)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
+    v.get(name).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string)
 }
 
 fn int_field(v: &Value, name: &str) -> Option<i64> {
@@ -122,11 +100,7 @@ fn int_field(v: &Value, name: &str) -> Option<i64> {
 }
 
 fn items(v: &Value) -> impl Iterator<Item = &Value> {
-    v.get("items")
-        .and_then(|i| i.get("data"))
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
+    v.get("items").and_then(|i| i.get("data")).and_then(Value::as_array).into_iter().flatten()
 }
 
 /// The next phase of an expanded subscription schedule (`expand[]=schedule`).
@@ -136,49 +110,38 @@ fn next_phase(schedule: Option<&Value>, now: i64) -> Option<NextPhase> {
         .iter()
         .filter_map(|p| {
             let starts_at = int_field(p, "start_date")?;
-            let price = p
-                .get("items")?
-                .as_array()?
-                .first()
-                .and_then(|i| id_of(i.get("price")))?;
-            (starts_at > now).then_some(NextPhase {
-                price_id: price,
-                starts_at,
-            })
+            let price = p.get("items")?.as_array()?.first().and_then(|i| id_of(i.get("price")))?;
+            (starts_at > now).then_some(NextPhase { price_id: price, starts_at })
         })
         .min_by_key(|p| p.starts_at)
 }
 
 /// A subscription object, in any API version plangate has seen.
 pub fn parse_subscription(v: &Value, now: i64) -> Option<Subscription> {
-    if v.get("object")
-        .and_then(Value::as_str)
-        .is_some_and(|o| o != "subscription")
-    {
+    if v.get("object").and_then(Value::as_str).is_some_and(|o| o != "subscription") {
         return None;
     }
     let id = id_of(v.get("id"))?;
     let customer = id_of(v.get("customer"))?;
     let status = SubStatus::parse(v.get("status").and_then(Value::as_str)?);
-    let price_ids = items(v)
-        .filter_map(|i| id_of(i.get("price")).or_else(|| id_of(i.get("plan"))))
-        .collect();
+    let (item_ids, price_ids): (Vec<String>, Vec<String>) = items(v)
+        .filter_map(|i| {
+            let price = id_of(i.get("price")).or_else(|| id_of(i.get("plan")))?;
+            Some((id_of(i.get("id")).unwrap_or_default(), price))
+        })
+        .unzip();
     // Moved from the subscription to its items in API 2025-03-31.basil.
-    let current_period_end = int_field(v, "current_period_end").or_else(|| {
-        items(v)
-            .filter_map(|i| int_field(i, "current_period_end"))
-            .max()
-    });
+    let current_period_end = int_field(v, "current_period_end")
+        .or_else(|| items(v).filter_map(|i| int_field(i, "current_period_end")).max());
     Some(Subscription {
         id,
         customer,
         status,
         price_ids,
+        item_ids,
+        schedule_id: id_of(v.get("schedule")),
         current_period_end,
-        cancel_at_period_end: v
-            .get("cancel_at_period_end")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
+        cancel_at_period_end: v.get("cancel_at_period_end").and_then(Value::as_bool).unwrap_or(false),
         cancel_at: int_field(v, "cancel_at"),
         trial_end: int_field(v, "trial_end"),
         created: int_field(v, "created").unwrap_or(0),
@@ -222,19 +185,11 @@ pub fn parse_checkout_session(v: &Value) -> Option<CheckoutSession> {
 pub fn invoice_subscription(v: &Value) -> Option<String> {
     id_of(v.get("subscription"))
         .or_else(|| {
-            id_of(
-                v.get("parent")
-                    .and_then(|p| p.get("subscription_details"))
-                    .and_then(|s| s.get("subscription")),
-            )
+            id_of(v.get("parent").and_then(|p| p.get("subscription_details")).and_then(|s| s.get("subscription")))
         })
         .or_else(|| {
-            v.get("lines")
-                .and_then(|l| l.get("data"))
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .find_map(|line| {
+            v.get("lines").and_then(|l| l.get("data")).and_then(Value::as_array).into_iter().flatten().find_map(
+                |line| {
                     id_of(line.get("subscription")).or_else(|| {
                         id_of(
                             line.get("parent")
@@ -242,7 +197,8 @@ pub fn invoice_subscription(v: &Value) -> Option<String> {
                                 .and_then(|s| s.get("subscription")),
                         )
                     })
-                })
+                },
+            )
         })
 }
 
@@ -265,9 +221,7 @@ pub fn parse_payment_intent(v: &Value) -> Option<Payment> {
     Some(Payment {
         payment_intent: id_of(v.get("id"))?,
         customer: customer_of(v),
-        amount: int_field(v, "amount_received")
-            .filter(|a| *a > 0)
-            .or_else(|| int_field(v, "amount")),
+        amount: int_field(v, "amount_received").filter(|a| *a > 0).or_else(|| int_field(v, "amount")),
         amount_refunded: None,
         currency: str_field(v, "currency"),
         user_id: v.get("metadata").and_then(|m| str_field(m, "user_id")),
@@ -308,24 +262,14 @@ mod tests {
             br#"{"id":"evt_1","type":"x","created":1,"data":{"object":"sub_1"}}"#,
             br#"{"id":"evt_1","type":"x","created":1}"#,
         ] {
-            assert!(
-                parse_envelope(bad).is_err(),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
+            assert!(parse_envelope(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
     }
 
     #[test]
     fn event_kinds_map_and_unknown_types_are_kept_as_unknown() {
-        assert_eq!(
-            EventKind::of("invoice.payment_succeeded"),
-            EventKind::InvoicePaid
-        );
-        assert_eq!(
-            EventKind::of("customer.subscription.trial_will_end"),
-            EventKind::SubscriptionChanged
-        );
+        assert_eq!(EventKind::of("invoice.payment_succeeded"), EventKind::InvoicePaid);
+        assert_eq!(EventKind::of("customer.subscription.trial_will_end"), EventKind::SubscriptionChanged);
         assert_eq!(EventKind::of("product.created"), EventKind::Unknown);
     }
 
@@ -347,18 +291,11 @@ mod tests {
             ("cus_1", Some(1_810_000_000), Some(1_750_000_000))
         );
         assert_eq!(s.status, SubStatus::Trialing);
-        let weird =
-            json!({"id":"sub_1","customer":"cus_1","status":"frozen_solid","items":{"data":[]}});
-        assert_eq!(
-            parse_subscription(&weird, 0).unwrap().status,
-            SubStatus::Other("frozen_solid".into())
-        );
+        let weird = json!({"id":"sub_1","customer":"cus_1","status":"frozen_solid","items":{"data":[]}});
+        assert_eq!(parse_subscription(&weird, 0).unwrap().status, SubStatus::Other("frozen_solid".into()));
         assert!(parse_subscription(&json!({"id":"sub_1","status":"active"}), 0).is_none());
-        assert!(parse_subscription(
-            &json!({"object":"invoice","id":"in_1","customer":"cus_1","status":"paid"}),
-            0
-        )
-        .is_none());
+        assert!(parse_subscription(&json!({"object":"invoice","id":"in_1","customer":"cus_1","status":"paid"}), 0)
+            .is_none());
     }
 
     #[test]
@@ -368,37 +305,23 @@ mod tests {
                 {"start_date":100,"end_date":200,"items":[{"price":"price_pro"}]},
                 {"start_date":200,"items":[{"price":{"id":"price_ess"}}]}]}});
         let s = parse_subscription(&v, 150).unwrap();
-        assert_eq!(
-            s.next_phase,
-            Some(NextPhase {
-                price_id: "price_ess".into(),
-                starts_at: 200
-            })
-        );
-        let unexpanded =
-            json!({"id":"sub_1","customer":"cus_1","status":"active","schedule":"sub_sched_1"});
-        assert_eq!(
-            parse_subscription(&unexpanded, 150).unwrap().next_phase,
-            None
-        );
+        assert_eq!(s.next_phase, Some(NextPhase { price_id: "price_ess".into(), starts_at: 200 }));
+        let unexpanded = json!({"id":"sub_1","customer":"cus_1","status":"active","schedule":"sub_sched_1"});
+        assert_eq!(parse_subscription(&unexpanded, 150).unwrap().next_phase, None);
     }
 
     #[test]
     fn an_invoice_names_its_subscription_in_any_api_version() {
+        assert_eq!(invoice_subscription(&json!({"subscription":"sub_1"})).as_deref(), Some("sub_1"));
         assert_eq!(
-            invoice_subscription(&json!({"subscription":"sub_1"})).as_deref(),
-            Some("sub_1")
-        );
-        assert_eq!(
-            invoice_subscription(
-                &json!({"parent":{"subscription_details":{"subscription":"sub_2"}}})
-            )
-            .as_deref(),
+            invoice_subscription(&json!({"parent":{"subscription_details":{"subscription":"sub_2"}}})).as_deref(),
             Some("sub_2")
         );
         assert_eq!(
-            invoice_subscription(&json!({"lines":{"data":[{"parent":{"subscription_item_details":{"subscription":"sub_3"}}}]}}))
-                .as_deref(),
+            invoice_subscription(
+                &json!({"lines":{"data":[{"parent":{"subscription_item_details":{"subscription":"sub_3"}}}]}})
+            )
+            .as_deref(),
             Some("sub_3")
         );
         assert_eq!(invoice_subscription(&json!({"subscription":null})), None);
@@ -406,25 +329,16 @@ mod tests {
 
     #[test]
     fn checkout_sessions_and_payments_are_read_tolerantly() {
-        let cs = parse_checkout_session(
-            &json!({"id":"cs_1","mode":"subscription","customer":"cus_1",
-            "subscription":"sub_1","client_reference_id":"usr_1","metadata":{}}),
-        )
+        let cs = parse_checkout_session(&json!({"id":"cs_1","mode":"subscription","customer":"cus_1",
+            "subscription":"sub_1","client_reference_id":"usr_1","metadata":{}}))
         .unwrap();
         assert_eq!(cs.client_reference_id.as_deref(), Some("usr_1"));
         assert_eq!(cs.subscription.as_deref(), Some("sub_1"));
-        let pi = parse_payment_intent(
-            &json!({"id":"pi_1","amount":500,"amount_received":500,"currency":"eur"}),
-        )
-        .unwrap();
+        let pi =
+            parse_payment_intent(&json!({"id":"pi_1","amount":500,"amount_received":500,"currency":"eur"})).unwrap();
         assert_eq!((pi.payment_intent.as_str(), pi.amount), ("pi_1", Some(500)));
-        let ch = parse_charge(
-            &json!({"id":"ch_1","payment_intent":"pi_1","amount":500,"amount_refunded":200}),
-        )
-        .unwrap();
-        assert_eq!(
-            (ch.payment_intent.as_str(), ch.amount_refunded),
-            ("pi_1", Some(200))
-        );
+        let ch =
+            parse_charge(&json!({"id":"ch_1","payment_intent":"pi_1","amount":500,"amount_refunded":200})).unwrap();
+        assert_eq!((ch.payment_intent.as_str(), ch.amount_refunded), ("pi_1", Some(200)));
     }
 }

@@ -30,14 +30,10 @@ impl SignatureError {
     pub fn reason(self) -> &'static str {
         match self {
             SignatureError::MissingHeader => "missing Stripe-Signature header",
-            SignatureError::MalformedHeader => {
-                "unable to extract timestamp and signatures from header"
-            }
+            SignatureError::MalformedHeader => "unable to extract timestamp and signatures from header",
             SignatureError::NoSignatures => "no signatures found with expected scheme v1",
             SignatureError::TimestampOutsideTolerance => "timestamp outside the tolerance zone",
-            SignatureError::NoMatch => {
-                "no signatures found matching the expected signature for payload"
-            }
+            SignatureError::NoMatch => "no signatures found matching the expected signature for payload",
         }
     }
 }
@@ -75,8 +71,7 @@ fn parse_header(header: &str) -> Result<Header, SignatureError> {
 }
 
 fn mac(secret: &str, timestamp: i64, payload: &[u8]) -> Hmac<Sha256> {
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC accepts any key length");
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC accepts any key length");
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(payload);
@@ -92,18 +87,12 @@ pub fn verify(
     tolerance: i64,
     now: i64,
 ) -> Result<i64, SignatureError> {
-    let header = header
-        .map(str::trim)
-        .filter(|h| !h.is_empty())
-        .ok_or(SignatureError::MissingHeader)?;
+    let header = header.map(str::trim).filter(|h| !h.is_empty()).ok_or(SignatureError::MissingHeader)?;
     let parsed = parse_header(header)?;
-    let matched = secrets.iter().filter(|s| !s.is_empty()).any(|secret| {
-        parsed.v1.iter().any(|sig| {
-            mac(secret, parsed.timestamp, payload)
-                .verify_slice(sig)
-                .is_ok()
-        })
-    });
+    let matched = secrets
+        .iter()
+        .filter(|s| !s.is_empty())
+        .any(|secret| parsed.v1.iter().any(|sig| mac(secret, parsed.timestamp, payload).verify_slice(sig).is_ok()));
     if !matched {
         return Err(SignatureError::NoMatch);
     }
@@ -116,21 +105,13 @@ pub fn verify(
 
 /// `STRIPE_WEBHOOK_SECRET` may hold several secrets, comma-separated (rotation).
 pub fn parse_secrets(raw: Option<&str>) -> Vec<String> {
-    raw.unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect()
+    raw.unwrap_or_default().split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
 }
 
 /// A valid `Stripe-Signature` header for `payload`, as Stripe would send it. For tests
 /// and local tooling.
 pub fn sign_for_test(payload: &[u8], secret: &str, t: i64) -> String {
-    format!(
-        "t={t},v1={}",
-        hex::encode(mac(secret, t, payload).finalize().into_bytes())
-    )
+    format!("t={t},v1={}", hex::encode(mac(secret, t, payload).finalize().into_bytes()))
 }
 
 #[cfg(test)]
@@ -146,13 +127,7 @@ mod tests {
     }
 
     fn check(header: Option<&str>) -> Result<i64, SignatureError> {
-        verify(
-            PAYLOAD,
-            header,
-            &secrets(&[SECRET]),
-            DEFAULT_TOLERANCE_SECONDS,
-            NOW,
-        )
+        verify(PAYLOAD, header, &secrets(&[SECRET]), DEFAULT_TOLERANCE_SECONDS, NOW)
     }
 
     #[test]
@@ -169,16 +144,10 @@ mod tests {
 
     #[test]
     fn a_header_without_the_expected_format_is_refused() {
-        assert_eq!(
-            check(Some("bad_header")),
-            Err(SignatureError::MalformedHeader)
-        );
+        assert_eq!(check(Some("bad_header")), Err(SignatureError::MalformedHeader));
         assert_eq!(check(Some("t=")), Err(SignatureError::MalformedHeader));
         assert_eq!(check(Some("v1,t=1")), Err(SignatureError::NoSignatures));
-        assert_eq!(
-            check(Some("t=abc,v1=00")),
-            Err(SignatureError::MalformedHeader)
-        );
+        assert_eq!(check(Some("t=abc,v1=00")), Err(SignatureError::MalformedHeader));
     }
 
     #[test]
@@ -195,8 +164,7 @@ mod tests {
         let other_payload = sign_for_test(b"{}", SECRET, NOW);
         assert_eq!(check(Some(&other_payload)), Err(SignatureError::NoMatch));
         // The timestamp is signed too: changing it breaks the signature.
-        let moved = sign_for_test(PAYLOAD, SECRET, NOW)
-            .replace(&format!("t={NOW}"), &format!("t={}", NOW + 1));
+        let moved = sign_for_test(PAYLOAD, SECRET, NOW).replace(&format!("t={NOW}"), &format!("t={}", NOW + 1));
         assert_eq!(check(Some(&moved)), Err(SignatureError::NoMatch));
     }
 
@@ -205,16 +173,11 @@ mod tests {
         let valid = sign_for_test(PAYLOAD, SECRET, NOW);
         assert_eq!(check(Some(&format!("{valid},v1=potato"))), Ok(NOW));
         assert_eq!(
-            check(Some(&format!(
-                "{valid},v0=6ffbb59b2300aae63f272406069a9788598b792a944a07aba816edb039989a39"
-            ))),
+            check(Some(&format!("{valid},v0=6ffbb59b2300aae63f272406069a9788598b792a944a07aba816edb039989a39"))),
             Ok(NOW)
         );
         let sig = valid.split("v1=").nth(1).unwrap();
-        assert_eq!(
-            check(Some(&format!("t={NOW},v1=potato,v1={sig},x=y"))),
-            Ok(NOW)
-        );
+        assert_eq!(check(Some(&format!("t={NOW},v1=potato,v1={sig},x=y"))), Ok(NOW));
         assert_eq!(check(Some(&format!("t={NOW}, v1={sig}"))), Ok(NOW));
     }
 
@@ -226,18 +189,12 @@ mod tests {
             assert_eq!(verify(PAYLOAD, Some(&h), &both, 300, NOW), Ok(NOW), "{s}");
         }
         let h = sign_for_test(PAYLOAD, "whsec_third", NOW);
-        assert_eq!(
-            verify(PAYLOAD, Some(&h), &both, 300, NOW),
-            Err(SignatureError::NoMatch)
-        );
+        assert_eq!(verify(PAYLOAD, Some(&h), &both, 300, NOW), Err(SignatureError::NoMatch));
         // Stripe sends one v1 per secret while rolling: either one matching is enough.
         let old = sign_for_test(PAYLOAD, "whsec_old", NOW);
         let new_sig = sign_for_test(PAYLOAD, "whsec_new", NOW);
         let two = format!("{old},v1={}", new_sig.split("v1=").nth(1).unwrap());
-        assert_eq!(
-            verify(PAYLOAD, Some(&two), &secrets(&["whsec_new"]), 300, NOW),
-            Ok(NOW)
-        );
+        assert_eq!(verify(PAYLOAD, Some(&two), &secrets(&["whsec_new"]), 300, NOW), Ok(NOW));
     }
 
     #[test]
@@ -247,10 +204,7 @@ mod tests {
         let h300 = sign_for_test(PAYLOAD, SECRET, NOW - 300);
         assert_eq!(check(Some(&h300)), Ok(NOW - 300));
         let h301 = sign_for_test(PAYLOAD, SECRET, NOW - 301);
-        assert_eq!(
-            check(Some(&h301)),
-            Err(SignatureError::TimestampOutsideTolerance)
-        );
+        assert_eq!(check(Some(&h301)), Err(SignatureError::TimestampOutsideTolerance));
         // A tolerance of zero or less does not disable the check.
         assert_eq!(
             verify(PAYLOAD, Some(&h301), &secrets(&[SECRET]), 0, NOW),
@@ -260,20 +214,11 @@ mod tests {
 
     #[test]
     fn secrets_are_a_trimmed_comma_list() {
-        assert_eq!(
-            parse_secrets(Some(" whsec_a , whsec_b,,")),
-            ["whsec_a", "whsec_b"]
-        );
+        assert_eq!(parse_secrets(Some(" whsec_a , whsec_b,,")), ["whsec_a", "whsec_b"]);
         assert!(parse_secrets(Some("  ")).is_empty());
         assert!(parse_secrets(None).is_empty());
         assert_eq!(
-            verify(
-                PAYLOAD,
-                Some(&sign_for_test(PAYLOAD, SECRET, NOW)),
-                &[],
-                300,
-                NOW
-            ),
+            verify(PAYLOAD, Some(&sign_for_test(PAYLOAD, SECRET, NOW)), &[], 300, NOW),
             Err(SignatureError::NoMatch)
         );
     }

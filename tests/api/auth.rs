@@ -34,57 +34,26 @@ fn bad_tokens_get_401() {
     let claims = json!({"sub": who, "iat": now(), "exp": now() + 3600});
     assert_401(Some("not-a-jwt"), "garbage");
     assert_401(Some("a.b.c"), "three garbage segments");
-    assert_401(
-        Some(&hs256("another-secret-another-secret-0123456789", &claims)),
-        "wrong secret",
-    );
-    let none = format!(
-        "{}.{}.",
-        b64url(br#"{"alg":"none","typ":"JWT"}"#),
-        b64url(claims.to_string().as_bytes())
-    );
+    assert_401(Some(&hs256("another-secret-another-secret-0123456789", &claims)), "wrong secret");
+    let none = format!("{}.{}.", b64url(br#"{"alg":"none","typ":"JWT"}"#), b64url(claims.to_string().as_bytes()));
     assert_401(Some(&none), "alg none");
     let good = hs256(JWT_SECRET, &claims);
     let (input, _) = good.rsplit_once('.').unwrap();
     let forged = json!({"sub": "someone-else", "iat": now(), "exp": now() + 3600});
     let header = input.split('.').next().unwrap();
-    let tampered = format!(
-        "{header}.{}.{}",
-        b64url(forged.to_string().as_bytes()),
-        good.rsplit('.').next().unwrap()
-    );
+    let tampered = format!("{header}.{}.{}", b64url(forged.to_string().as_bytes()), good.rsplit('.').next().unwrap());
     assert_401(Some(&tampered), "tampered payload");
-    assert!(shared()
-        .app
-        .sql(&format!(
-            "SELECT id FROM users WHERE auth_id IN ('{who}', 'someone-else')"
-        ))
-        .is_empty());
+    assert!(shared().app.sql(&format!("SELECT id FROM users WHERE auth_id IN ('{who}', 'someone-else')")).is_empty());
 }
 
 #[test]
 fn expired_and_not_yet_valid_tokens_get_401() {
     let who = unique("expired");
-    assert_401(
-        Some(&hs256(
-            JWT_SECRET,
-            &json!({"sub": who, "iat": now() - 7200, "exp": now() - 3600}),
-        )),
-        "expired",
-    );
-    assert_401(
-        Some(&hs256(
-            JWT_SECRET,
-            &json!({"sub": who, "nbf": now() + 3600, "exp": now() + 7200}),
-        )),
-        "nbf",
-    );
+    assert_401(Some(&hs256(JWT_SECRET, &json!({"sub": who, "iat": now() - 7200, "exp": now() - 3600}))), "expired");
+    assert_401(Some(&hs256(JWT_SECRET, &json!({"sub": who, "nbf": now() + 3600, "exp": now() + 7200}))), "nbf");
     assert_401(Some(&hs256(JWT_SECRET, &json!({"sub": who}))), "no exp");
     // Within the 60 s leeway a just-expired token still works.
-    let r = plan_me(Some(&hs256(
-        JWT_SECRET,
-        &json!({"sub": who, "exp": now() - 20}),
-    )));
+    let r = plan_me(Some(&hs256(JWT_SECRET, &json!({"sub": who, "exp": now() - 20}))));
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
@@ -109,24 +78,12 @@ fn rs256_tokens_are_verified_against_the_cached_jwks_and_rotation_is_picked_up()
         assert_eq!(r.status, 200, "{}", r.body);
     }
     let hits = s.jwks.hits.load(std::sync::atomic::Ordering::SeqCst);
-    assert!(
-        hits - base_hits <= 1,
-        "JWKS fetched {} times for 5 requests: not cached",
-        hits - base_hits
-    );
+    assert!(hits - base_hits <= 1, "JWKS fetched {} times for 5 requests: not cached", hits - base_hits);
     assert!(hits >= 1);
-    assert_eq!(
-        s.app.count(&format!(
-            "SELECT count(*) FROM users WHERE auth_id = '{who}'"
-        )),
-        1
-    );
+    assert_eq!(s.app.count(&format!("SELECT count(*) FROM users WHERE auth_id = '{who}'")), 1);
 
     // The right kid but the wrong key: bad signature.
-    assert_401(
-        Some(&rs256(&key_b, "key-a", &claims)),
-        "signed by another key",
-    );
+    assert_401(Some(&rs256(&key_b, "key-a", &claims)), "signed by another key");
     // The public key used as an HS256 secret: refused.
     let public_as_secret = jwk(&key_a, "key-a").to_string();
     assert_401(Some(&hs256(&public_as_secret, &claims)), "HS/RS confusion");
@@ -139,15 +96,9 @@ fn rs256_tokens_are_verified_against_the_cached_jwks_and_rotation_is_picked_up()
     let before = s.jwks.hits.load(std::sync::atomic::Ordering::SeqCst);
     let r = plan_me(Some(&rs256(&key_b, "key-b", &claims)));
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(
-        s.jwks.hits.load(std::sync::atomic::Ordering::SeqCst),
-        before + 1
-    );
+    assert_eq!(s.jwks.hits.load(std::sync::atomic::Ordering::SeqCst), before + 1);
 
     // An unknown kid right after: refused, and no new fetch (refreshes are rate-limited).
     assert_401(Some(&rs256(&key_b, "key-unknown", &claims)), "unknown kid");
-    assert_eq!(
-        s.jwks.hits.load(std::sync::atomic::Ordering::SeqCst),
-        before + 1
-    );
+    assert_eq!(s.jwks.hits.load(std::sync::atomic::Ordering::SeqCst), before + 1);
 }

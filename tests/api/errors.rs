@@ -7,22 +7,13 @@ fn an_unknown_route_is_a_json_404() {
         let r = get(&shared().app.url(path), None);
         assert_eq!(r.status, 404, "{path}");
         assert_eq!(error_code(&r.json()), "NOT_FOUND");
-        assert!(r
-            .header("Content-Type")
-            .unwrap()
-            .starts_with("application/json"));
+        assert!(r.header("Content-Type").unwrap().starts_with("application/json"));
     }
 }
 
 #[test]
 fn a_wrong_method_is_a_json_405_with_allow() {
-    let r = send(
-        &agent(),
-        "DELETE",
-        &shared().app.url("/api/plan/me"),
-        &[],
-        None,
-    );
+    let r = send(&agent(), "DELETE", &shared().app.url("/api/plan/me"), &[], None);
     assert_eq!(r.status, 405);
     assert_eq!(error_code(&r.json()), "METHOD_NOT_ALLOWED");
     assert_eq!(r.header("Allow"), Some("GET"));
@@ -33,47 +24,23 @@ fn a_body_over_the_default_one_mebibyte_limit_is_413() {
     let t = token(&unique("big-body"));
     let auth = format!("Bearer {t}");
     let body = vec![b'x'; 1024 * 1024 + 1];
-    let r = send(
-        &agent(),
-        "POST",
-        &shared().app.url("/api/plan/me"),
-        &[("Authorization", &auth)],
-        Some(&body),
-    );
+    let r = send(&agent(), "POST", &shared().app.url("/api/plan/me"), &[("Authorization", &auth)], Some(&body));
     assert_eq!(r.status, 413, "{}", r.body);
     assert_eq!(error_code(&r.json()), "PAYLOAD_TOO_LARGE");
     // At the limit the body is not the problem (the method is).
     let body = vec![b'x'; 1024 * 1024];
-    let r = send(
-        &agent(),
-        "POST",
-        &shared().app.url("/api/plan/me"),
-        &[("Authorization", &auth)],
-        Some(&body),
-    );
+    let r = send(&agent(), "POST", &shared().app.url("/api/plan/me"), &[("Authorization", &auth)], Some(&body));
     assert_eq!(r.status, 405, "{}", r.body);
 }
 
 #[test]
 fn the_body_limit_is_configurable() {
     let app = broken();
-    let r = send(
-        &agent(),
-        "POST",
-        &app.url("/api/plan/me"),
-        &[],
-        Some(&[b'x'; 2048]),
-    );
+    let r = send(&agent(), "POST", &app.url("/api/plan/me"), &[], Some(&[b'x'; 2048]));
     assert_eq!(r.status, 413);
     assert_eq!(error_code(&r.json()), "PAYLOAD_TOO_LARGE");
     assert!(r.json()["message"].as_str().unwrap().contains("1024"));
-    let r = send(
-        &agent(),
-        "POST",
-        &app.url("/api/plan/me"),
-        &[],
-        Some(&[b'x'; 512]),
-    );
+    let r = send(&agent(), "POST", &app.url("/api/plan/me"), &[], Some(&[b'x'; 512]));
     assert_eq!(r.status, 405);
 }
 
@@ -84,21 +51,10 @@ fn a_database_failure_is_a_generic_500_and_its_cause_is_logged_with_the_request_
     assert_eq!(r.status, 500, "{}", r.body);
     assert_eq!(error_code(&r.json()), "SERVER_ERROR");
     let lower = r.body.to_ascii_lowercase();
-    for leak in [
-        "sqlite",
-        "no such table",
-        "d1",
-        "users",
-        "error:",
-        "stack",
-        "at ",
-    ] {
+    for leak in ["sqlite", "no such table", "d1", "users", "error:", "stack", "at "] {
         assert!(!lower.contains(leak), "response leaks {leak:?}: {}", r.body);
     }
-    let request_id = r
-        .header("X-Request-Id")
-        .expect("request id header")
-        .to_string();
+    let request_id = r.header("X-Request-Id").expect("request id header").to_string();
     // The cause is in the log, as one JSON line carrying the same request id.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
@@ -106,18 +62,11 @@ fn a_database_failure_is_a_generic_500_and_its_cause_is_logged_with_the_request_
         if let Some(line) = lines.iter().find(|l| l["requestId"] == request_id.as_str()) {
             assert_eq!(line["level"], "error");
             assert_eq!(line["status"], 500);
-            assert!(
-                line["error"].as_str().unwrap().contains("no such table"),
-                "{line}"
-            );
+            assert!(line["error"].as_str().unwrap().contains("no such table"), "{line}");
             assert!(!line.to_string().contains(crate::support::JWT_SECRET));
             break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no log line for {request_id}:\n{}",
-            app.log_tail()
-        );
+        assert!(std::time::Instant::now() < deadline, "no log line for {request_id}:\n{}", app.log_tail());
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     // Health still answers (D1 itself is up) and the public catalog does not need D1.

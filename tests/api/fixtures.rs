@@ -17,17 +17,10 @@ pub fn new_customer(app: &App, label: &str) -> Customer {
     let auth_id = unique(label);
     let r = get(&app.url("/api/plan/me"), Some(&token(&auth_id)));
     assert_eq!(r.status, 200, "{}", r.body);
-    let user_id = app.sql(&format!("SELECT id FROM users WHERE auth_id = '{auth_id}'"))[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let user_id =
+        app.sql(&format!("SELECT id FROM users WHERE auth_id = '{auth_id}'"))[0]["id"].as_str().unwrap().to_string();
     let tag = auth_id.replace('-', "");
-    Customer {
-        auth_id,
-        user_id,
-        customer: format!("cus_{tag}"),
-        subscription: format!("sub_{tag}"),
-    }
+    Customer { auth_id, user_id, customer: format!("cus_{tag}"), subscription: format!("sub_{tag}") }
 }
 
 /// A subscription object as Stripe's API (2024-06-20) returns it.
@@ -60,36 +53,21 @@ pub fn post_webhook(app: &App, body: &[u8], signature: Option<&str>) -> Resp {
     if let Some(s) = signature {
         headers.push(("Stripe-Signature", s));
     }
-    send(
-        &agent(),
-        "POST",
-        &app.url("/api/stripe-webhook"),
-        &headers,
-        Some(body),
-    )
+    send(&agent(), "POST", &app.url("/api/stripe-webhook"), &headers, Some(body))
 }
 
 /// Delivers `event` signed with the current secret.
 pub fn deliver(app: &App, event: &Value) -> Resp {
     let body = event.to_string();
-    post_webhook(
-        app,
-        body.as_bytes(),
-        Some(&sign(body.as_bytes(), WEBHOOK_SECRET)),
-    )
+    post_webhook(app, body.as_bytes(), Some(&sign(body.as_bytes(), WEBHOOK_SECRET)))
 }
 
 pub fn user_row(app: &App, user_id: &str) -> Value {
-    app.sql(&format!("SELECT * FROM users WHERE id = '{user_id}'"))
-        .remove(0)
+    app.sql(&format!("SELECT * FROM users WHERE id = '{user_id}'")).remove(0)
 }
 
 pub fn event_row(app: &App, event_id: &str) -> Option<Value> {
-    app.sql(&format!(
-        "SELECT * FROM webhook_events WHERE id = '{event_id}'"
-    ))
-    .into_iter()
-    .next()
+    app.sql(&format!("SELECT * FROM webhook_events WHERE id = '{event_id}'")).into_iter().next()
 }
 
 /// Runs the cron now (or at `at`, unix seconds) and waits for it to finish.
@@ -103,21 +81,12 @@ pub fn run_cron(app: &App, at: Option<i64>) {
 }
 
 /// A subscribed user: checkout + subscription delivered, fake holding `essential` active.
-pub fn subscribed(
-    app: &App,
-    stripe: &crate::support::stripe_fake::StripeFake,
-    label: &str,
-) -> Customer {
+pub fn subscribed(app: &App, stripe: &crate::support::stripe_fake::StripeFake, label: &str) -> Customer {
     let c = new_customer(app, label);
     stripe.put_subscription(subscription(&c, "active", PRICE_ESSENTIAL));
     let r = deliver(
         app,
-        &event(
-            &format!("evt_co_{}", c.subscription),
-            "checkout.session.completed",
-            now(),
-            checkout_completed(&c),
-        ),
+        &event(&format!("evt_co_{}", c.subscription), "checkout.session.completed", now(), checkout_completed(&c)),
     );
     assert_eq!(r.status, 200, "{}", r.body);
     c

@@ -11,9 +11,7 @@ fn health_reports_version_commit_and_a_working_d1() {
     assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
     let commit = body["commit"].as_str().unwrap();
     assert!(!commit.is_empty());
-    assert!(r
-        .header("X-Request-Id")
-        .is_some_and(|id| id.starts_with("req_")));
+    assert!(r.header("X-Request-Id").is_some_and(|id| id.starts_with("req_")));
 }
 
 #[test]
@@ -21,31 +19,18 @@ fn the_public_catalog_needs_no_token_and_lists_tiers_in_order() {
     let r = get(&shared().app.url("/api/plans"), None);
     assert_eq!(r.status, 200, "{}", r.body);
     let body = r.json();
-    let ids: Vec<&str> = body["tiers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["id"].as_str().unwrap())
-        .collect();
+    let ids: Vec<&str> = body["tiers"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["free", "essential", "pro", "premium"]);
     assert_eq!(body["tiers"][1]["trialDays"], 3);
-    assert!(body["tiers"][0]["limits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|l| l["monthly"].is_u64()));
+    assert!(body["tiers"][0]["limits"].as_array().unwrap().iter().any(|l| l["monthly"].is_u64()));
 }
 
 #[test]
 fn the_wasm_bundle_gzips_under_250_kib() {
     use std::io::Write;
-    let wasm = std::fs::read(crate::support::root().join("build/index_bg.wasm"))
-        .expect("built by make test");
+    let wasm = std::fs::read(crate::support::root().join("build/index_bg.wasm")).expect("built by make test");
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     enc.write_all(&wasm).unwrap();
     let gz = enc.finish().unwrap().len();
-    assert!(
-        gz < 250 * 1024,
-        "wasm is {gz} bytes gzipped, over the 250 KiB budget"
-    );
+    assert!(gz < 250 * 1024, "wasm is {gz} bytes gzipped, over the 250 KiB budget");
 }

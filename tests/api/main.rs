@@ -48,9 +48,7 @@ pub fn cron_app() -> &'static App {
 pub fn shared() -> &'static Shared {
     static SHARED: OnceLock<Shared> = OnceLock::new();
     SHARED.get_or_init(|| {
-        let jwks = JwksServer::start(
-            serde_json::json!({"keys": [support::jwk(&support::rsa_key("rsa_a"), "key-a")]}),
-        );
+        let jwks = JwksServer::start(serde_json::json!({"keys": [support::jwk(&support::rsa_key("rsa_a"), "key-a")]}));
         let stripe = StripeFake::start();
         let app = App::spawn(stripe_options(&stripe).var("AUTH_JWKS_URL", &jwks.url));
         Shared { app, jwks, stripe }
@@ -61,13 +59,7 @@ pub fn shared() -> &'static Shared {
 pub fn broken() -> &'static App {
     static BROKEN: OnceLock<App> = OnceLock::new();
     BROKEN.get_or_init(|| {
-        App::spawn(
-            AppOptions {
-                migrate: false,
-                ..AppOptions::default()
-            }
-            .var("MAX_BODY_BYTES", "1024"),
-        )
+        App::spawn(AppOptions { migrate: false, ..AppOptions::default() }.var("MAX_BODY_BYTES", "1024"))
     })
 }
 

@@ -4,9 +4,7 @@ use crate::shared;
 use crate::support::{get, token, unique};
 
 fn users_with(auth_id: &str) -> Vec<serde_json::Value> {
-    shared()
-        .app
-        .sql(&format!("SELECT * FROM users WHERE auth_id = '{auth_id}'"))
+    shared().app.sql(&format!("SELECT * FROM users WHERE auth_id = '{auth_id}'"))
 }
 
 #[test]
@@ -15,12 +13,7 @@ fn a_new_user_gets_the_free_plan_in_the_old_format_and_one_row() {
     let r = get(&shared().app.url("/api/plan/me"), Some(&token(&who)));
     assert_eq!(r.status, 200, "{}", r.body);
     let body = r.json();
-    let mut keys: Vec<&str> = body
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
+    let mut keys: Vec<&str> = body.as_object().unwrap().keys().map(String::as_str).collect();
     keys.sort();
     assert_eq!(
         keys,
@@ -38,21 +31,11 @@ fn a_new_user_gets_the_free_plan_in_the_old_format_and_one_row() {
     );
     assert_eq!(body["ok"], true);
     assert_eq!(body["plan"], "free");
-    for k in [
-        "subscriptionStatus",
-        "trialEndsAt",
-        "currentPeriodEnd",
-        "cancelAt",
-        "scheduledPlan",
-        "scheduledAt",
-    ] {
+    for k in ["subscriptionStatus", "trialEndsAt", "currentPeriodEnd", "cancelAt", "scheduledPlan", "scheduledAt"] {
         assert!(body[k].is_null(), "{k}");
     }
     let updated = body["planUpdatedAt"].as_str().unwrap();
-    assert!(
-        updated.len() == 20 && updated.ends_with('Z') && updated.contains('T'),
-        "{updated}"
-    );
+    assert!(updated.len() == 20 && updated.ends_with('Z') && updated.contains('T'), "{updated}");
     assert_eq!(r.header("Cache-Control"), Some("private, no-store"));
 
     let rows = users_with(&who);
@@ -104,13 +87,7 @@ fn twenty_concurrent_first_requests_create_exactly_one_row() {
 #[test]
 fn different_users_get_different_rows() {
     let (a, b) = (unique("user-a"), unique("user-b"));
-    assert_eq!(
-        get(&shared().app.url("/api/plan/me"), Some(&token(&a))).status,
-        200
-    );
-    assert_eq!(
-        get(&shared().app.url("/api/plan/me"), Some(&token(&b))).status,
-        200
-    );
+    assert_eq!(get(&shared().app.url("/api/plan/me"), Some(&token(&a))).status, 200);
+    assert_eq!(get(&shared().app.url("/api/plan/me"), Some(&token(&b))).status, 200);
     assert_ne!(users_with(&a)[0]["id"], users_with(&b)[0]["id"]);
 }

@@ -7,8 +7,8 @@ use serde_json::{json, Value};
 use crate::fixtures::*;
 use crate::support::{agent, now, send, unique};
 use crate::{
-    broken, cron_app, error_code, shared, ADMIN_TOKEN, PRICE_ESSENTIAL, PRICE_PREMIUM, PRICE_PRO,
-    WEBHOOK_SECRET, WEBHOOK_SECRET_OLD,
+    broken, cron_app, error_code, shared, ADMIN_TOKEN, PRICE_ESSENTIAL, PRICE_PREMIUM, PRICE_PRO, WEBHOOK_SECRET,
+    WEBHOOK_SECRET_OLD,
 };
 
 #[test]
@@ -20,26 +20,16 @@ fn checkout_then_subscription_events_put_the_user_on_the_paid_plan() {
     assert_eq!(row["subscription_status"], "active");
     assert_eq!(row["stripe_customer_id"], c.customer.as_str());
     assert_eq!(row["stripe_subscription_id"], c.subscription.as_str());
-    let audit = s.app.sql(&format!(
-        "SELECT * FROM plan_changes WHERE user_id = '{}'",
-        c.user_id
-    ));
+    let audit = s.app.sql(&format!("SELECT * FROM plan_changes WHERE user_id = '{}'", c.user_id));
     assert_eq!(audit.len(), 1);
     assert_eq!(audit[0]["old_plan"], "free");
     assert_eq!(audit[0]["new_plan"], "essential");
-    assert_eq!(
-        audit[0]["cause"],
-        format!("webhook:evt_co_{}", c.subscription)
-    );
+    assert_eq!(audit[0]["cause"], format!("webhook:evt_co_{}", c.subscription));
     // Every request to the fake carried the pinned version and the secret key.
     for r in s.stripe.requests_about(&c.subscription) {
         assert_eq!(r.header("Stripe-Version"), Some("2024-06-20"));
     }
-    let me = crate::support::get(
-        &s.app.url("/api/plan/me"),
-        Some(&crate::support::token(&c.auth_id)),
-    )
-    .json();
+    let me = crate::support::get(&s.app.url("/api/plan/me"), Some(&crate::support::token(&c.auth_id))).json();
     assert_eq!(me["plan"], "essential");
     assert_eq!(me["subscriptionStatus"], "active");
 }
@@ -48,8 +38,7 @@ fn checkout_then_subscription_events_put_the_user_on_the_paid_plan() {
 fn a_delivery_signed_with_the_previous_secret_is_accepted_during_rotation() {
     let s = shared();
     let c = new_customer(&s.app, "rotation");
-    s.stripe
-        .put_subscription(subscription(&c, "active", PRICE_PRO));
+    s.stripe.put_subscription(subscription(&c, "active", PRICE_PRO));
     let ev = event(
         &format!("evt_rot_{}", c.subscription),
         "customer.subscription.created",
@@ -57,11 +46,7 @@ fn a_delivery_signed_with_the_previous_secret_is_accepted_during_rotation() {
         subscription(&c, "active", PRICE_PRO),
     );
     let body = ev.to_string();
-    let r = post_webhook(
-        &s.app,
-        body.as_bytes(),
-        Some(&sign(body.as_bytes(), WEBHOOK_SECRET_OLD)),
-    );
+    let r = post_webhook(&s.app, body.as_bytes(), Some(&sign(body.as_bytes(), WEBHOOK_SECRET_OLD)));
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(user_row(&s.app, &c.user_id)["plan"], "pro");
 }
@@ -70,13 +55,8 @@ fn a_delivery_signed_with_the_previous_secret_is_accepted_during_rotation() {
 fn bad_signatures_get_400_and_write_nothing() {
     let s = shared();
     let id = format!("evt_{}", unique("badsig").replace('-', ""));
-    let body = event(
-        &id,
-        "customer.subscription.updated",
-        now(),
-        json!({"id": "sub_x", "object": "subscription"}),
-    )
-    .to_string();
+    let body = event(&id, "customer.subscription.updated", now(), json!({"id": "sub_x", "object": "subscription"}))
+        .to_string();
     let b = body.as_bytes();
     let stale = plangate::stripe::signature::sign_for_test(b, WEBHOOK_SECRET, now() - 301);
     let good = sign(b, WEBHOOK_SECRET);
@@ -97,11 +77,7 @@ fn bad_signatures_get_400_and_write_nothing() {
         assert_eq!(error_code(&r.json()), "INVALID_SIGNATURE", "{sig:?}");
     }
     // A valid signature over a different body.
-    let r = post_webhook(
-        &s.app,
-        body.replace("updated", "deleted").as_bytes(),
-        Some(&good),
-    );
+    let r = post_webhook(&s.app, body.replace("updated", "deleted").as_bytes(), Some(&good));
     assert_eq!(r.status, 400);
     assert!(event_row(&s.app, &id).is_none());
 }
@@ -109,16 +85,8 @@ fn bad_signatures_get_400_and_write_nothing() {
 #[test]
 fn a_valid_signature_over_invalid_json_is_invalid_payload_after_verification() {
     let s = shared();
-    for body in [
-        "{not json",
-        "[]",
-        r#"{"id":"evt_1","type":"x","created":"soon","data":{"object":{}}}"#,
-    ] {
-        let r = post_webhook(
-            &s.app,
-            body.as_bytes(),
-            Some(&sign(body.as_bytes(), WEBHOOK_SECRET)),
-        );
+    for body in ["{not json", "[]", r#"{"id":"evt_1","type":"x","created":"soon","data":{"object":{}}}"#] {
+        let r = post_webhook(&s.app, body.as_bytes(), Some(&sign(body.as_bytes(), WEBHOOK_SECRET)));
         assert_eq!(r.status, 400, "{body}: {}", r.body);
         assert_eq!(error_code(&r.json()), "INVALID_PAYLOAD");
     }
@@ -130,18 +98,8 @@ fn a_valid_signature_over_invalid_json_is_invalid_payload_after_verification() {
 #[test]
 fn an_endpoint_without_a_secret_refuses_every_delivery() {
     let app = broken(); // no STRIPE_WEBHOOK_SECRET
-    let body = event(
-        "evt_unconfigured",
-        "customer.subscription.updated",
-        now(),
-        json!({}),
-    )
-    .to_string();
-    let r = post_webhook(
-        app,
-        body.as_bytes(),
-        Some(&sign(body.as_bytes(), WEBHOOK_SECRET)),
-    );
+    let body = event("evt_unconfigured", "customer.subscription.updated", now(), json!({})).to_string();
+    let r = post_webhook(app, body.as_bytes(), Some(&sign(body.as_bytes(), WEBHOOK_SECRET)));
     assert_eq!(r.status, 500);
     assert_eq!(error_code(&r.json()), "WEBHOOK_NOT_CONFIGURED");
 }
@@ -150,15 +108,7 @@ fn an_endpoint_without_a_secret_refuses_every_delivery() {
 fn unknown_event_types_are_recorded_and_acknowledged() {
     let s = shared();
     let id = format!("evt_{}", unique("unknown").replace('-', ""));
-    let r = deliver(
-        &s.app,
-        &event(
-            &id,
-            "product.created",
-            now(),
-            json!({"id": "prod_1", "object": "product"}),
-        ),
-    );
+    let r = deliver(&s.app, &event(&id, "product.created", now(), json!({"id": "prod_1", "object": "product"})));
     assert_eq!(r.status, 200, "{}", r.body);
     let row = event_row(&s.app, &id).expect("recorded");
     assert_eq!(row["status"], "processed");
@@ -169,36 +119,19 @@ fn unknown_event_types_are_recorded_and_acknowledged() {
 fn the_same_event_delivered_fifty_times_at_once_has_one_effect() {
     let s = shared();
     let c = new_customer(&s.app, "fifty");
-    s.stripe
-        .put_subscription(subscription(&c, "active", PRICE_PREMIUM));
+    s.stripe.put_subscription(subscription(&c, "active", PRICE_PREMIUM));
     let id = format!("evt_50_{}", c.subscription);
-    let body = event(
-        &id,
-        "customer.subscription.created",
-        now(),
-        subscription(&c, "active", PRICE_PREMIUM),
-    )
-    .to_string();
+    let body =
+        event(&id, "customer.subscription.created", now(), subscription(&c, "active", PRICE_PREMIUM)).to_string();
     let signature = sign(body.as_bytes(), WEBHOOK_SECRET);
     let barrier = Arc::new(Barrier::new(50));
     let url = s.app.url("/api/stripe-webhook");
     let handles: Vec<_> = (0..50)
         .map(|_| {
-            let (body, signature, barrier, url) = (
-                body.clone(),
-                signature.clone(),
-                barrier.clone(),
-                url.clone(),
-            );
+            let (body, signature, barrier, url) = (body.clone(), signature.clone(), barrier.clone(), url.clone());
             std::thread::spawn(move || {
                 barrier.wait();
-                send(
-                    &agent(),
-                    "POST",
-                    &url,
-                    &[("Stripe-Signature", &signature)],
-                    Some(body.as_bytes()),
-                )
+                send(&agent(), "POST", &url, &[("Stripe-Signature", &signature)], Some(body.as_bytes()))
             })
         })
         .collect();
@@ -206,25 +139,14 @@ fn the_same_event_delivered_fifty_times_at_once_has_one_effect() {
     for a in &answers {
         assert!((200..300).contains(&a.status), "{} {}", a.status, a.body);
     }
-    let processed = answers
-        .iter()
-        .filter(|a| a.json()["status"] == "processed")
-        .count();
+    let processed = answers.iter().filter(|a| a.json()["status"] == "processed").count();
     assert_eq!(processed, 1, "exactly one delivery did the work");
     let row = event_row(&s.app, &id).unwrap();
     assert_eq!(row["status"], "processed");
     assert_eq!(row["attempts"], 1);
-    let audit = s.app.count(&format!(
-        "SELECT count(*) FROM plan_changes WHERE cause = 'webhook:{id}'"
-    ));
+    let audit = s.app.count(&format!("SELECT count(*) FROM plan_changes WHERE cause = 'webhook:{id}'"));
     assert_eq!(audit, 1);
-    assert_eq!(
-        s.stripe
-            .requests_about(&format!("/v1/subscriptions/{}", c.subscription))
-            .len(),
-        1,
-        "one re-fetch"
-    );
+    assert_eq!(s.stripe.requests_about(&format!("/v1/subscriptions/{}", c.subscription)).len(), 1, "one re-fetch");
     assert_eq!(user_row(&s.app, &c.user_id)["plan"], "premium");
 }
 
@@ -268,43 +190,18 @@ fn lifecycle(c: &Customer, t0: i64) -> (Vec<Value>, Value) {
     let invoice = |n: i64| json!({"id": format!("in_{}_{n}", c.subscription), "object": "invoice", "customer": c.customer, "subscription": c.subscription});
     let id = |n: usize| format!("evt_{}_{n:02}", c.subscription);
     let events = vec![
-        event(
-            &id(1),
-            "checkout.session.completed",
-            t0,
-            checkout_completed(c),
-        ),
-        event(
-            &id(2),
-            "customer.subscription.created",
-            t0,
-            trialing.clone(),
-        ),
+        event(&id(1), "checkout.session.completed", t0, checkout_completed(c)),
+        event(&id(2), "customer.subscription.created", t0, trialing.clone()),
         event(&id(3), "invoice.paid", t0 + 1, invoice(1)),
-        event(
-            &id(4),
-            "customer.subscription.trial_will_end",
-            t0 + 10,
-            trialing,
-        ),
+        event(&id(4), "customer.subscription.trial_will_end", t0 + 10, trialing),
         event(&id(5), "customer.subscription.updated", t0 + 20, active_ess),
         event(&id(6), "invoice.paid", t0 + 21, invoice(2)),
         event(&id(7), "customer.subscription.updated", t0 + 40, active_pro),
         event(&id(8), "invoice.payment_failed", t0 + 60, invoice(3)),
         event(&id(9), "customer.subscription.updated", t0 + 61, past_due),
         event(&id(10), "invoice.paid", t0 + 80, invoice(4)),
-        event(
-            &id(11),
-            "customer.subscription.updated",
-            t0 + 90,
-            cancelling,
-        ),
-        event(
-            &id(12),
-            "customer.subscription.deleted",
-            t0 + 110,
-            canceled.clone(),
-        ),
+        event(&id(11), "customer.subscription.updated", t0 + 90, cancelling),
+        event(&id(12), "customer.subscription.deleted", t0 + 110, canceled.clone()),
     ];
     (events, canceled)
 }
@@ -313,19 +210,9 @@ fn assert_matches_final(app: &crate::support::App, c: &Customer, ctx: &str) {
     let row = user_row(app, &c.user_id);
     assert_eq!(row["plan"], "free", "{ctx}: {row}");
     assert_eq!(row["subscription_status"], "canceled", "{ctx}: {row}");
-    assert_eq!(
-        row["stripe_subscription_id"],
-        c.subscription.as_str(),
-        "{ctx}"
-    );
+    assert_eq!(row["stripe_subscription_id"], c.subscription.as_str(), "{ctx}");
     assert_eq!(row["stripe_customer_id"], c.customer.as_str(), "{ctx}");
-    for col in [
-        "cancel_at",
-        "current_period_end",
-        "trial_ends_at",
-        "scheduled_plan",
-        "scheduled_at",
-    ] {
+    for col in ["cancel_at", "current_period_end", "trial_ends_at", "scheduled_plan", "scheduled_at"] {
         assert!(row[col].is_null(), "{ctx}: {col} = {}", row[col]);
     }
     assert_eq!(row["trial_used"], 1, "{ctx}");
@@ -392,34 +279,20 @@ fn with_stripe_unreachable_payloads_apply_only_when_newer_and_retries_confirm_la
         order.push(events[10].clone());
         for ev in &order {
             let r = deliver(app, ev);
-            assert!(
-                r.status == 200 || r.status == 500,
-                "seed {seed:#x}: {} {}",
-                r.status,
-                r.body
-            );
+            assert!(r.status == 200 || r.status == 500, "seed {seed:#x}: {} {}", r.status, r.body);
             if r.status == 500 {
                 assert_eq!(error_code(&r.json()), "WEBHOOK_FAILED");
-                assert!(
-                    !r.body.contains(&c.subscription),
-                    "no internals in the answer"
-                );
+                assert!(!r.body.contains(&c.subscription), "no internals in the answer");
             }
         }
         let row = user_row(app, &c.user_id);
         assert_eq!(row["plan"], "free", "seed {seed:#x}: {row}");
-        assert_eq!(
-            row["subscription_status"], "canceled",
-            "seed {seed:#x}: {row}"
-        );
+        assert_eq!(row["subscription_status"], "canceled", "seed {seed:#x}: {row}");
         let failed = app.count(&format!(
             "SELECT count(*) FROM webhook_events WHERE id LIKE 'evt_{}_%' AND status = 'failed'",
             c.subscription
         ));
-        assert!(
-            failed >= 7,
-            "seed {seed:#x}: subscription-bearing events stay failed, got {failed}"
-        );
+        assert!(failed >= 7, "seed {seed:#x}: subscription-bearing events stay failed, got {failed}");
         // Stripe recovers; the cron (run a few minutes later, past the backoff) retries.
         stripe.set_failing(&c.subscription, false);
         run_cron(app, Some(now() + 600));
@@ -427,10 +300,7 @@ fn with_stripe_unreachable_payloads_apply_only_when_newer_and_retries_confirm_la
             "SELECT count(*) FROM webhook_events WHERE id LIKE 'evt_{}_%' AND status != 'processed'",
             c.subscription
         ));
-        assert_eq!(
-            left, 0,
-            "seed {seed:#x}: every event processed after the retry"
-        );
+        assert_eq!(left, 0, "seed {seed:#x}: every event processed after the retry");
         assert_matches_final(app, &c, &format!("seed {seed:#x} after retry"));
     }
 }
@@ -467,15 +337,7 @@ fn a_failed_handler_answers_500_keeps_the_event_and_the_cron_retry_succeeds() {
     // The invoice named no user: the subscription's metadata.user_id links them.
     assert_eq!(user_row(app, &c.user_id)["plan"], "pro");
     // A redelivery by Stripe is now a no-op duplicate.
-    let r = deliver(
-        app,
-        &event(
-            &id,
-            "invoice.paid",
-            now(),
-            json!({"id": "in_1", "object": "invoice"}),
-        ),
-    );
+    let r = deliver(app, &event(&id, "invoice.paid", now(), json!({"id": "in_1", "object": "invoice"})));
     assert_eq!(r.json()["status"], "duplicate");
 }
 
@@ -491,21 +353,12 @@ fn an_event_whose_worker_crashed_mid_processing_is_taken_over_after_its_lease() 
     stripe.put_subscription(subscription(&c, "active", PRICE_PRO));
     stripe.set_hanging(&c.subscription, true);
     let id = format!("evt_crash_{}", c.subscription);
-    let body = event(
-        &id,
-        "customer.subscription.created",
-        now(),
-        subscription(&c, "active", PRICE_PRO),
-    )
-    .to_string();
+    let body = event(&id, "customer.subscription.created", now(), subscription(&c, "active", PRICE_PRO)).to_string();
     let signature = sign(body.as_bytes(), WEBHOOK_SECRET);
     let url = first.url("/api/stripe-webhook");
     // The delivery hangs on Stripe; the Worker dies under it.
     let inflight = std::thread::spawn(move || {
-        let _ = agent()
-            .post(&url)
-            .set("Stripe-Signature", &signature)
-            .send_bytes(body.as_bytes());
+        let _ = agent().post(&url).set("Stripe-Signature", &signature).send_bytes(body.as_bytes());
     });
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while event_row(&first, &id).map(|r| r["status"] == "processing") != Some(true) {
@@ -525,23 +378,12 @@ fn an_event_whose_worker_crashed_mid_processing_is_taken_over_after_its_lease() 
     });
     assert_eq!(event_row(&second, &id).unwrap()["status"], "processing");
     // Stripe redelivers while the lease holds: acknowledged, not processed twice.
-    let r = deliver(
-        &second,
-        &event(
-            &id,
-            "customer.subscription.created",
-            now(),
-            subscription(&c, "active", PRICE_PRO),
-        ),
-    );
+    let r =
+        deliver(&second, &event(&id, "customer.subscription.created", now(), subscription(&c, "active", PRICE_PRO)));
     assert_eq!(r.status, 202, "{}", r.body);
     assert_eq!(r.json()["status"], "in_progress");
     run_cron(&second, Some(now() + 30));
-    assert_eq!(
-        event_row(&second, &id).unwrap()["status"],
-        "processing",
-        "lease not yet expired"
-    );
+    assert_eq!(event_row(&second, &id).unwrap()["status"], "processing", "lease not yet expired");
     run_cron(&second, Some(now() + 120));
     let row = event_row(&second, &id).unwrap();
     assert_eq!(row["status"], "processed", "{row}");
@@ -580,10 +422,7 @@ fn a_missed_delivery_is_picked_up_by_reconciliation_from_the_events_api() {
 fn processed_events_older_than_thirty_days_are_deleted_by_the_cron() {
     let app = cron_app();
     let id = format!("evt_{}", unique("retention").replace('-', ""));
-    let r = deliver(
-        app,
-        &event(&id, "product.updated", now(), json!({"id": "prod_1"})),
-    );
+    let r = deliver(app, &event(&id, "product.updated", now(), json!({"id": "prod_1"})));
     assert_eq!(r.status, 200);
     run_cron(app, Some(now() + 29 * 86400));
     assert!(event_row(app, &id).is_some(), "kept within 30 days");
@@ -596,23 +435,15 @@ fn a_thousand_malformed_requests_get_only_4xx_and_write_nothing() {
     let s = shared();
     let before = s.app.count("SELECT count(*) FROM webhook_events");
     let marker = unique("malformed").replace('-', "");
-    let valid = event(
-        &format!("evt_{marker}"),
-        "customer.subscription.updated",
-        now(),
-        json!({"id": "sub_x"}),
-    )
-    .to_string();
+    let valid =
+        event(&format!("evt_{marker}"), "customer.subscription.updated", now(), json!({"id": "sub_x"})).to_string();
     let big = vec![b'{'; 1024 * 1024 + 10];
     let bodies: Vec<(Vec<u8>, Option<String>)> = (0..1000)
         .map(|i| {
             let b = valid.as_bytes();
             match i % 10 {
                 0 => (b.to_vec(), None),
-                1 => (
-                    b.to_vec(),
-                    Some(format!("t={},v1={}", now(), "z".repeat(64))),
-                ),
+                1 => (b.to_vec(), Some(format!("t={},v1={}", now(), "z".repeat(64)))),
                 2 => (b[..b.len() / 2].to_vec(), Some(sign(b, WEBHOOK_SECRET))),
                 3 => {
                     let t = &b[..(i % b.len()).max(1)];
@@ -620,15 +451,10 @@ fn a_thousand_malformed_requests_get_only_4xx_and_write_nothing() {
                 }
                 4 => (
                     format!("garbage {i} \u{0}\u{7f}").into_bytes(),
-                    Some(sign(
-                        format!("garbage {i} \u{0}\u{7f}").as_bytes(),
-                        WEBHOOK_SECRET,
-                    )),
+                    Some(sign(format!("garbage {i} \u{0}\u{7f}").as_bytes(), WEBHOOK_SECRET)),
                 ),
                 5 => {
-                    let wrong =
-                        json!({"id": i, "type": ["x"], "created": "now", "data": {"object": 5}})
-                            .to_string();
+                    let wrong = json!({"id": i, "type": ["x"], "created": "now", "data": {"object": 5}}).to_string();
                     let sig = sign(wrong.as_bytes(), WEBHOOK_SECRET);
                     (wrong.into_bytes(), Some(sig))
                 }
@@ -636,14 +462,7 @@ fn a_thousand_malformed_requests_get_only_4xx_and_write_nothing() {
                     vec![0xff, 0xfe, 0x00, (i % 256) as u8],
                     Some(sign(&[0xff, 0xfe, 0x00, (i % 256) as u8], WEBHOOK_SECRET)),
                 ),
-                7 => (
-                    b.to_vec(),
-                    Some(format!(
-                        "t={},v1={}",
-                        now() - 10_000,
-                        &sign(b, WEBHOOK_SECRET)[13..]
-                    )),
-                ),
+                7 => (b.to_vec(), Some(format!("t={},v1={}", now() - 10_000, &sign(b, WEBHOOK_SECRET)[13..]))),
                 8 if i % 100 == 8 => (big.clone(), Some("t=1,v1=00".into())),
                 _ => (b.to_vec(), Some(format!("v1={},t=", "a".repeat(i % 70)))),
             }
@@ -678,17 +497,12 @@ fn a_thousand_malformed_requests_get_only_4xx_and_write_nothing() {
     }
     assert_eq!(count, 1000);
     assert!(event_row(&s.app, &format!("evt_{marker}")).is_none());
-    let ours = s.app.count(
-        "SELECT count(*) FROM webhook_events WHERE typeof(id) != 'text' OR id NOT LIKE 'evt_%'",
-    );
+    let ours = s.app.count("SELECT count(*) FROM webhook_events WHERE typeof(id) != 'text' OR id NOT LIKE 'evt_%'");
     assert_eq!(ours, 0);
     // Nothing crashed: the worker still answers and its log has no panic.
     assert_eq!(crate::support::get(&s.app.url("/health"), None).status, 200);
     let log = s.app.log_text();
-    assert!(
-        !log.contains("panicked") && !log.contains("RuntimeError"),
-        "worker panicked"
-    );
+    assert!(!log.contains("panicked") && !log.contains("RuntimeError"), "worker panicked");
     let _ = before;
 }
 
@@ -712,90 +526,35 @@ fn admin_endpoints_list_failed_events_retry_one_and_resync_a_user() {
     assert_eq!(r.status, 500);
 
     // Auth: none → 401, wrong → 403.
-    let list_url = s
-        .app
-        .url("/api/admin/webhook-events?status=failed&limit=500");
+    let list_url = s.app.url("/api/admin/webhook-events?status=failed&limit=500");
     assert_eq!(send(&agent(), "GET", &list_url, &[], None).status, 401);
-    assert_eq!(
-        send(
-            &agent(),
-            "GET",
-            &list_url,
-            &[("Authorization", "Bearer nope")],
-            None
-        )
-        .status,
-        403
-    );
+    assert_eq!(send(&agent(), "GET", &list_url, &[("Authorization", "Bearer nope")], None).status, 403);
     let user_token = format!("Bearer {}", crate::support::token(&c.auth_id));
-    assert_eq!(
-        send(
-            &agent(),
-            "GET",
-            &list_url,
-            &[("Authorization", &user_token)],
-            None
-        )
-        .status,
-        403
-    );
+    assert_eq!(send(&agent(), "GET", &list_url, &[("Authorization", &user_token)], None).status, 403);
 
-    let list = send(
-        &agent(),
-        "GET",
-        &list_url,
-        &[("Authorization", &admin)],
-        None,
-    );
+    let list = send(&agent(), "GET", &list_url, &[("Authorization", &admin)], None);
     assert_eq!(list.status, 200, "{}", list.body);
     let events = list.json()["events"].as_array().unwrap().clone();
-    let mine = events
-        .iter()
-        .find(|e| e["id"] == id.as_str())
-        .expect("listed");
+    let mine = events.iter().find(|e| e["id"] == id.as_str()).expect("listed");
     assert_eq!(mine["status"], "failed");
     assert!(mine.get("payload").is_none(), "payloads are not listed");
-    let bad = send(
-        &agent(),
-        "GET",
-        &s.app.url("/api/admin/webhook-events?status=weird"),
-        &[("Authorization", &admin)],
-        None,
-    );
+    let bad =
+        send(&agent(), "GET", &s.app.url("/api/admin/webhook-events?status=weird"), &[("Authorization", &admin)], None);
     assert_eq!(bad.status, 400);
 
     // Retry now, while Stripe still fails: still failed, attempts 2.
     let retry_url = s.app.url(&format!("/api/admin/webhook-events/{id}/retry"));
-    let r = send(
-        &agent(),
-        "POST",
-        &retry_url,
-        &[("Authorization", &admin)],
-        None,
-    );
+    let r = send(&agent(), "POST", &retry_url, &[("Authorization", &admin)], None);
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["status"], "failed");
     assert_eq!(event_row(&s.app, &id).unwrap()["attempts"], 2);
     // Stripe recovers (and the plan changed meanwhile): retry succeeds.
-    s.stripe
-        .put_subscription(subscription(&c, "active", PRICE_PRO));
+    s.stripe.put_subscription(subscription(&c, "active", PRICE_PRO));
     s.stripe.set_failing(&c.subscription, false);
-    let r = send(
-        &agent(),
-        "POST",
-        &retry_url,
-        &[("Authorization", &admin)],
-        None,
-    );
+    let r = send(&agent(), "POST", &retry_url, &[("Authorization", &admin)], None);
     assert_eq!(r.json()["status"], "processed", "{}", r.body);
     assert_eq!(user_row(&s.app, &c.user_id)["plan"], "pro");
-    let r = send(
-        &agent(),
-        "POST",
-        &retry_url,
-        &[("Authorization", &admin)],
-        None,
-    );
+    let r = send(&agent(), "POST", &retry_url, &[("Authorization", &admin)], None);
     assert_eq!(r.status, 409);
     let r = send(
         &agent(),
@@ -807,41 +566,23 @@ fn admin_endpoints_list_failed_events_retry_one_and_resync_a_user() {
     assert_eq!(r.status, 404);
 
     // Resync one user: Stripe changed without telling us.
-    s.stripe
-        .put_subscription(subscription(&c, "past_due", PRICE_PREMIUM));
+    s.stripe.put_subscription(subscription(&c, "past_due", PRICE_PREMIUM));
     let body = json!({"userId": c.user_id}).to_string();
-    let r = send(
-        &agent(),
-        "POST",
-        &s.app.url("/api/admin/resync"),
-        &[("Authorization", &admin)],
-        Some(body.as_bytes()),
-    );
+    let r =
+        send(&agent(), "POST", &s.app.url("/api/admin/resync"), &[("Authorization", &admin)], Some(body.as_bytes()));
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["plan"]["plan"], "premium");
     let row = user_row(&s.app, &c.user_id);
+    assert_eq!((row["plan"].as_str(), row["subscription_status"].as_str()), (Some("premium"), Some("past_due")));
     assert_eq!(
-        (row["plan"].as_str(), row["subscription_status"].as_str()),
-        (Some("premium"), Some("past_due"))
-    );
-    assert_eq!(
-        s.app.count(&format!(
-            "SELECT count(*) FROM plan_changes WHERE user_id = '{}' AND cause = 'admin'",
-            c.user_id
-        )),
+        s.app.count(&format!("SELECT count(*) FROM plan_changes WHERE user_id = '{}' AND cause = 'admin'", c.user_id)),
         1
     );
 
     // Resync everyone: the status=all listing.
-    s.stripe
-        .put_subscription(subscription(&c, "active", PRICE_ESSENTIAL));
-    let r = send(
-        &agent(),
-        "POST",
-        &s.app.url("/api/admin/resync"),
-        &[("Authorization", &admin)],
-        Some(br#"{"all":true}"#),
-    );
+    s.stripe.put_subscription(subscription(&c, "active", PRICE_ESSENTIAL));
+    let r =
+        send(&agent(), "POST", &s.app.url("/api/admin/resync"), &[("Authorization", &admin)], Some(br#"{"all":true}"#));
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["complete"], true);
     assert_eq!(user_row(&s.app, &c.user_id)["plan"], "essential");
@@ -865,53 +606,23 @@ fn changes_are_dual_written_to_the_legacy_kv_keys() {
     s.stripe.put_subscription(trialing.clone());
     let r = deliver(
         &s.app,
-        &event(
-            &format!("evt_dw_{}", c.subscription),
-            "customer.subscription.created",
-            now(),
-            trialing,
-        ),
+        &event(&format!("evt_dw_{}", c.subscription), "customer.subscription.created", now(), trialing),
     );
     assert_eq!(r.status, 200, "{}", r.body);
     let kv = |key: &str| -> Option<String> {
         let out = crate::support::wrangler_command()
-            .args([
-                "kv",
-                "key",
-                "get",
-                "--binding",
-                "APP_KV",
-                "--local",
-                "--persist-to",
-            ])
+            .args(["kv", "key", "get", "--binding", "APP_KV", "--local", "--persist-to"])
             .arg(&s.app.persist)
             .arg(key)
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        (out.status.success() && !text.is_empty() && !text.contains("Value not found"))
-            .then_some(text)
+        (out.status.success() && !text.is_empty() && !text.contains("Value not found")).then_some(text)
     };
-    assert_eq!(
-        kv(&format!("planByUid:{}", c.auth_id)).as_deref(),
-        Some("trial")
-    );
-    assert_eq!(
-        kv(&format!("billingStatus:{}", c.auth_id)).as_deref(),
-        Some("trialing")
-    );
-    assert_eq!(
-        kv(&format!("trialEndByUid:{}", c.auth_id)),
-        Some((trial_end * 1000).to_string())
-    );
-    assert_eq!(
-        kv(&format!("trialUsedByUid:{}", c.auth_id)).as_deref(),
-        Some("true")
-    );
-    let me = crate::support::get(
-        &s.app.url("/api/plan/me"),
-        Some(&crate::support::token(&c.auth_id)),
-    )
-    .json();
+    assert_eq!(kv(&format!("planByUid:{}", c.auth_id)).as_deref(), Some("trial"));
+    assert_eq!(kv(&format!("billingStatus:{}", c.auth_id)).as_deref(), Some("trialing"));
+    assert_eq!(kv(&format!("trialEndByUid:{}", c.auth_id)), Some((trial_end * 1000).to_string()));
+    assert_eq!(kv(&format!("trialUsedByUid:{}", c.auth_id)).as_deref(), Some("true"));
+    let me = crate::support::get(&s.app.url("/api/plan/me"), Some(&crate::support::token(&c.auth_id))).json();
     assert_eq!(me["plan"], "trial");
 }

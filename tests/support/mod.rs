@@ -29,39 +29,22 @@ pub fn root() -> PathBuf {
 
 fn wrangler_bin() -> PathBuf {
     let bin = root().join("node_modules/.bin/wrangler");
-    assert!(
-        bin.exists(),
-        "wrangler is not installed: run `make test` (it runs `npm ci`)"
-    );
+    assert!(bin.exists(), "wrangler is not installed: run `make test` (it runs `npm ci`)");
     bin
 }
 
 pub fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
 pub fn unique(prefix: &str) -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "{prefix}-{}-{}-{nanos}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    )
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{prefix}-{}-{}-{nanos}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 // ------------------------------------------------------------------------------------
@@ -82,11 +65,7 @@ pub fn b64url(data: &[u8]) -> String {
 }
 
 pub fn hs256(secret: &str, claims: &Value) -> String {
-    let input = format!(
-        "{}.{}",
-        b64url(br#"{"alg":"HS256","typ":"JWT"}"#),
-        b64url(claims.to_string().as_bytes())
-    );
+    let input = format!("{}.{}", b64url(br#"{"alg":"HS256","typ":"JWT"}"#), b64url(claims.to_string().as_bytes()));
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(input.as_bytes());
     format!("{input}.{}", b64url(&mac.finalize().into_bytes()))
@@ -94,10 +73,7 @@ pub fn hs256(secret: &str, claims: &Value) -> String {
 
 /// A valid development token for `sub`.
 pub fn token(sub: &str) -> String {
-    hs256(
-        JWT_SECRET,
-        &json!({"sub": sub, "email": format!("{sub}@example.test"), "iat": now(), "exp": now() + 3600}),
-    )
+    hs256(JWT_SECRET, &json!({"sub": sub, "email": format!("{sub}@example.test"), "iat": now(), "exp": now() + 3600}))
 }
 
 pub fn rsa_key(name: &str) -> RsaPrivateKey {
@@ -106,11 +82,7 @@ pub fn rsa_key(name: &str) -> RsaPrivateKey {
 }
 
 pub fn rs256(key: &RsaPrivateKey, kid: &str, claims: &Value) -> String {
-    let header = b64url(
-        json!({"alg":"RS256","typ":"JWT","kid":kid})
-            .to_string()
-            .as_bytes(),
-    );
+    let header = b64url(json!({"alg":"RS256","typ":"JWT","kid":kid}).to_string().as_bytes());
     let input = format!("{header}.{}", b64url(claims.to_string().as_bytes()));
     let sig: Signature = SigningKey::<Sha256>::new(key.clone()).sign(input.as_bytes());
     format!("{input}.{}", b64url(&sig.to_bytes()))
@@ -143,24 +115,12 @@ impl JwksServer {
                 h.fetch_add(1, Ordering::SeqCst);
                 let body = k.lock().unwrap().to_string();
                 let resp = tiny_http::Response::from_string(body)
-                    .with_header(
-                        "Content-Type: application/json"
-                            .parse::<tiny_http::Header>()
-                            .unwrap(),
-                    )
-                    .with_header(
-                        "Cache-Control: public, max-age=300"
-                            .parse::<tiny_http::Header>()
-                            .unwrap(),
-                    );
+                    .with_header("Content-Type: application/json".parse::<tiny_http::Header>().unwrap())
+                    .with_header("Cache-Control: public, max-age=300".parse::<tiny_http::Header>().unwrap());
                 let _ = req.respond(resp);
             }
         });
-        JwksServer {
-            url: format!("http://127.0.0.1:{port}/jwks"),
-            hits,
-            keys,
-        }
+        JwksServer { url: format!("http://127.0.0.1:{port}/jwks"), hits, keys }
     }
 }
 
@@ -176,11 +136,7 @@ pub struct AppOptions {
 
 impl Default for AppOptions {
     fn default() -> Self {
-        AppOptions {
-            vars: Vec::new(),
-            migrate: true,
-            persist: None,
-        }
+        AppOptions { vars: Vec::new(), migrate: true, persist: None }
     }
 }
 
@@ -243,10 +199,7 @@ impl App {
             "build/index.js is missing: run `make test` (it builds the worker first)"
         );
         let keep = opts.persist.is_some();
-        let persist = opts
-            .persist
-            .clone()
-            .unwrap_or_else(|| std::env::temp_dir().join(unique("plangate-e2e")));
+        let persist = opts.persist.clone().unwrap_or_else(|| std::env::temp_dir().join(unique("plangate-e2e")));
         std::fs::create_dir_all(&persist).unwrap();
         if opts.migrate {
             apply_migrations(&persist);
@@ -287,10 +240,7 @@ impl App {
             args.push("--var".into());
             args.push(format!("{k}:{v}"));
         }
-        let quoted: Vec<String> = args
-            .iter()
-            .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
-            .collect();
+        let quoted: Vec<String> = args.iter().map(|a| format!("'{}'", a.replace('\'', r"'\''"))).collect();
         let script = format!(
             "'{}' {} >'{}' 2>&1 & pid=$!; cat >/dev/null; kill -INT $pid; wait $pid; {}",
             wrangler_bin().display(),
@@ -331,9 +281,7 @@ impl App {
 
     fn wait_ready(&self, limit: Duration) {
         let start = Instant::now();
-        let agent = ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(2))
-            .build();
+        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(2)).build();
         while start.elapsed() < limit {
             if let Ok(r) = agent.get(&format!("{}/health", self.base)).call() {
                 if r.status() == 200 {
@@ -347,10 +295,7 @@ impl App {
             }
             std::thread::sleep(Duration::from_millis(250));
         }
-        panic!(
-            "wrangler dev not ready after {limit:?}:\n{}",
-            self.log_tail()
-        );
+        panic!("wrangler dev not ready after {limit:?}:\n{}", self.log_tail());
     }
 
     pub fn log_tail(&self) -> String {
@@ -359,11 +304,7 @@ impl App {
             let _ = f.read_to_string(&mut s);
         }
         let start = s.len().saturating_sub(4000);
-        s[s.char_indices()
-            .map(|(i, _)| i)
-            .find(|&i| i >= start)
-            .unwrap_or(0)..]
-            .to_string()
+        s[s.char_indices().map(|(i, _)| i).find(|&i| i >= start).unwrap_or(0)..].to_string()
     }
 
     /// The full worker log so far (structured JSON lines among wrangler's own output).
@@ -381,10 +322,7 @@ impl App {
         let db = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("no local D1 at {}: {e}", dir.display()))
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| {
-                p.extension().is_some_and(|x| x == "sqlite")
-                    && !p.to_string_lossy().contains("metadata")
-            })
+            .find(|p| p.extension().is_some_and(|x| x == "sqlite") && !p.to_string_lossy().contains("metadata"))
             .expect("a .sqlite file");
         let script = r#"
 import json, sqlite3, sys
@@ -392,29 +330,13 @@ con = sqlite3.connect("file:" + sys.argv[1] + "?mode=ro", uri=True, timeout=10)
 con.row_factory = sqlite3.Row
 print(json.dumps([dict(r) for r in con.execute(sys.argv[2]).fetchall()]))
 "#;
-        let out = Command::new("python3")
-            .args(["-c", script])
-            .arg(&db)
-            .arg(query)
-            .output()
-            .expect("python3");
-        assert!(
-            out.status.success(),
-            "sql failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = Command::new("python3").args(["-c", script]).arg(&db).arg(query).output().expect("python3");
+        assert!(out.status.success(), "sql failed: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
     }
 
     pub fn count(&self, query: &str) -> i64 {
-        self.sql(query)[0]
-            .as_object()
-            .unwrap()
-            .values()
-            .next()
-            .unwrap()
-            .as_i64()
-            .unwrap()
+        self.sql(query)[0].as_object().unwrap().values().next().unwrap().as_i64().unwrap()
     }
 
     pub fn stop(&self) {
@@ -452,22 +374,16 @@ pub struct Resp {
 
 impl Resp {
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
 pub fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(60))
-        .build()
+    ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build()
 }
 
 fn to_resp(r: ureq::Response) -> Resp {
@@ -475,30 +391,15 @@ fn to_resp(r: ureq::Response) -> Resp {
     let headers = r
         .headers_names()
         .into_iter()
-        .flat_map(|n| {
-            r.all(&n)
-                .into_iter()
-                .map(|v| (n.clone(), v.to_string()))
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|n| r.all(&n).into_iter().map(|v| (n.clone(), v.to_string())).collect::<Vec<_>>())
         .collect();
     let mut body = String::new();
     let _ = BufReader::new(r.into_reader()).read_to_string(&mut body);
-    Resp {
-        status,
-        headers,
-        body,
-    }
+    Resp { status, headers, body }
 }
 
 /// Sends a request and returns the response whatever its status.
-pub fn send(
-    agent: &ureq::Agent,
-    method: &str,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: Option<&[u8]>,
-) -> Resp {
+pub fn send(agent: &ureq::Agent, method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
     let mut req = agent.request(method, url);
     for (k, v) in headers {
         req = req.set(k, v);
@@ -530,8 +431,6 @@ pub fn json_log_lines(log: &str) -> Vec<Value> {
 }
 
 pub fn read_lines(path: &Path) -> Vec<String> {
-    std::fs::File::open(path)
-        .map(|f| BufReader::new(f).lines().map_while(Result::ok).collect())
-        .unwrap_or_default()
+    std::fs::File::open(path).map(|f| BufReader::new(f).lines().map_while(Result::ok).collect()).unwrap_or_default()
 }
 pub mod stripe_fake;

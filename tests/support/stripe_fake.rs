@@ -26,10 +26,7 @@ pub struct Recorded {
 
 impl Recorded {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -53,10 +50,7 @@ pub struct StripeFake {
 }
 
 fn error(status: u16, kind: &str, code: &str, message: &str) -> (u16, Value) {
-    (
-        status,
-        json!({"error": {"type": kind, "code": code, "message": message}}),
-    )
+    (status, json!({"error": {"type": kind, "code": code, "message": message}}))
 }
 
 fn query_pairs(q: &str) -> Vec<(String, String)> {
@@ -76,9 +70,7 @@ pub fn decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'%' if i + 2 < bytes.len() => {
-                let h = std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                let h = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
                 match h {
                     Some(b) => {
                         out.push(b);
@@ -104,17 +96,9 @@ pub fn decode(s: &str) -> String {
 }
 
 fn list(items: Vec<Value>, params: &[(String, String)]) -> Value {
-    let limit = params
-        .iter()
-        .find(|(k, _)| k == "limit")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(10usize);
+    let limit = params.iter().find(|(k, _)| k == "limit").and_then(|(_, v)| v.parse().ok()).unwrap_or(10usize);
     let start = match params.iter().find(|(k, _)| k == "starting_after") {
-        Some((_, after)) => items
-            .iter()
-            .position(|i| i["id"] == after.as_str())
-            .map(|p| p + 1)
-            .unwrap_or(items.len()),
+        Some((_, after)) => items.iter().position(|i| i["id"] == after.as_str()).map(|p| p + 1).unwrap_or(items.len()),
         None => 0,
     };
     let page: Vec<Value> = items.iter().skip(start).take(limit).cloned().collect();
@@ -128,10 +112,7 @@ impl StripeFake {
         super::AppOptions::default()
             .var("STRIPE_API_BASE", &self.base)
             .var("STRIPE_SECRET_KEY", SECRET_KEY)
-            .var(
-                "STRIPE_WEBHOOK_SECRET",
-                &format!("{WEBHOOK_SECRET_OLD},{WEBHOOK_SECRET}"),
-            )
+            .var("STRIPE_WEBHOOK_SECRET", &format!("{WEBHOOK_SECRET_OLD},{WEBHOOK_SECRET}"))
             .var("STRIPE_PRICE_ESSENTIAL", PRICE_ESSENTIAL)
             .var("STRIPE_PRICE_PRO", PRICE_PRO)
             .var("STRIPE_PRICE_PREMIUM", PRICE_PREMIUM)
@@ -142,10 +123,8 @@ impl StripeFake {
     pub fn start() -> StripeFake {
         let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
         let port = server.server_addr().to_ip().unwrap().port();
-        let fake = StripeFake {
-            base: format!("http://127.0.0.1:{port}"),
-            state: Arc::new(Mutex::new(FakeState::default())),
-        };
+        let fake =
+            StripeFake { base: format!("http://127.0.0.1:{port}"), state: Arc::new(Mutex::new(FakeState::default())) };
         let state = fake.state.clone();
         std::thread::spawn(move || {
             for mut req in server.incoming_requests() {
@@ -158,25 +137,10 @@ impl StripeFake {
                         .split_once('?')
                         .map(|(p, q)| (p.to_string(), q.to_string()))
                         .unwrap_or((url.clone(), String::new()));
-                    let headers = req
-                        .headers()
-                        .iter()
-                        .map(|h| (h.field.to_string(), h.value.to_string()))
-                        .collect();
-                    let rec = Recorded {
-                        method: req.method().to_string(),
-                        path,
-                        query,
-                        headers,
-                        body,
-                    };
+                    let headers = req.headers().iter().map(|h| (h.field.to_string(), h.value.to_string())).collect();
+                    let rec = Recorded { method: req.method().to_string(), path, query, headers, body };
                     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-                    while state
-                        .lock()
-                        .unwrap()
-                        .hanging
-                        .iter()
-                        .any(|id| rec.path.ends_with(id.as_str()))
+                    while state.lock().unwrap().hanging.iter().any(|id| rec.path.ends_with(id.as_str()))
                         && std::time::Instant::now() < deadline
                     {
                         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -185,11 +149,7 @@ impl StripeFake {
                     state.lock().unwrap().requests.push(rec);
                     let resp = tiny_http::Response::from_string(value.to_string())
                         .with_status_code(status)
-                        .with_header(
-                            "Content-Type: application/json"
-                                .parse::<tiny_http::Header>()
-                                .unwrap(),
-                        );
+                        .with_header("Content-Type: application/json".parse::<tiny_http::Header>().unwrap());
                     let _ = req.respond(resp);
                 });
             }
@@ -236,9 +196,7 @@ impl StripeFake {
             .unwrap()
             .requests
             .iter()
-            .filter(|r| {
-                r.path.contains(needle) || r.query.contains(needle) || r.body.contains(needle)
-            })
+            .filter(|r| r.path.contains(needle) || r.query.contains(needle) || r.body.contains(needle))
             .cloned()
             .collect()
     }
@@ -246,12 +204,7 @@ impl StripeFake {
 
 fn handle(state: &Arc<Mutex<FakeState>>, r: &Recorded) -> (u16, Value) {
     if r.header("Authorization") != Some(&format!("Bearer {SECRET_KEY}")) {
-        return error(
-            401,
-            "invalid_request_error",
-            "api_key_invalid",
-            "Invalid API Key provided",
-        );
+        return error(401, "invalid_request_error", "api_key_invalid", "Invalid API Key provided");
     }
     let params = query_pairs(&r.query);
     let s = state.lock().unwrap();
@@ -263,30 +216,18 @@ fn handle(state: &Arc<Mutex<FakeState>>, r: &Recorded) -> (u16, Value) {
             }
             match s.subscriptions.get(*id) {
                 Some(v) => (200, v.clone()),
-                None => error(
-                    404,
-                    "invalid_request_error",
-                    "resource_missing",
-                    "No such subscription",
-                ),
+                None => error(404, "invalid_request_error", "resource_missing", "No such subscription"),
             }
         }
         ("GET", ["v1", "subscriptions"]) => {
-            let customer = params
-                .iter()
-                .find(|(k, _)| k == "customer")
-                .map(|(_, v)| v.clone());
+            let customer = params.iter().find(|(k, _)| k == "customer").map(|(_, v)| v.clone());
             if customer.as_ref().is_some_and(|c| s.failing.contains(c)) {
                 return error(500, "api_error", "", "injected failure");
             }
             let items: Vec<Value> = s
                 .subscriptions
                 .values()
-                .filter(|v| {
-                    customer
-                        .as_ref()
-                        .is_none_or(|c| v["customer"] == c.as_str())
-                })
+                .filter(|v| customer.as_ref().is_none_or(|c| v["customer"] == c.as_str()))
                 .cloned()
                 .collect();
             (200, list(items, &params))
@@ -297,34 +238,17 @@ fn handle(state: &Arc<Mutex<FakeState>>, r: &Recorded) -> (u16, Value) {
             }
             match s.customers.get(*id) {
                 Some(v) => (200, v.clone()),
-                None => error(
-                    404,
-                    "invalid_request_error",
-                    "resource_missing",
-                    "No such customer",
-                ),
+                None => error(404, "invalid_request_error", "resource_missing", "No such customer"),
             }
         }
         ("GET", ["v1", "events"]) => {
-            let gte = params
-                .iter()
-                .find(|(k, _)| k == "created[gte]")
-                .and_then(|(_, v)| v.parse::<i64>().ok())
-                .unwrap_or(0);
-            let mut items: Vec<Value> = s
-                .undelivered
-                .iter()
-                .filter(|e| e["created"].as_i64().unwrap_or(0) >= gte)
-                .cloned()
-                .collect();
+            let gte =
+                params.iter().find(|(k, _)| k == "created[gte]").and_then(|(_, v)| v.parse::<i64>().ok()).unwrap_or(0);
+            let mut items: Vec<Value> =
+                s.undelivered.iter().filter(|e| e["created"].as_i64().unwrap_or(0) >= gte).cloned().collect();
             items.sort_by_key(|e| std::cmp::Reverse(e["created"].as_i64().unwrap_or(0)));
             (200, list(items, &params))
         }
-        _ => error(
-            404,
-            "invalid_request_error",
-            "",
-            &format!("Unrecognized request URL ({} {})", r.method, r.path),
-        ),
+        _ => error(404, "invalid_request_error", "", &format!("Unrecognized request URL ({} {})", r.method, r.path)),
     }
 }
