@@ -204,6 +204,8 @@ struct UpgradeBody {
 pub async fn upgrade_plan(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let body: UpgradeBody = ctx.json_body()?;
     let target = parse_tier(&body.target_plan, false)?;
+    // Validated before anything happens: bad input changes nothing.
+    let given_return = body.return_url.as_deref().map(|u| return_url(ctx, Some(u))).transpose()?;
     let source = body.source.as_deref().map(|s| s.chars().take(64).collect::<String>());
     let user = caller(ctx).await?;
     let billing = Billing::new(ctx.db, ctx.cfg, ctx.app_kv(), ctx.now, ctx.request_id);
@@ -220,7 +222,10 @@ pub async fn upgrade_plan(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
         }
         match decision {
             Upgrade::Checkout { price } => {
-                let return_url = return_url(ctx, body.return_url.as_deref())?;
+                let return_url = match given_return {
+                    Some(u) => u,
+                    None => return_url(ctx, None)?,
+                };
                 let spec = CheckoutSpec { price: &price, trial_days: 0, return_url, source: source.as_deref() };
                 let url = create_checkout(&billing, &user, &customer, spec).await?;
                 Ok(Reply::ok(json!({"ok": true, "action": "redirect", "url": url})))

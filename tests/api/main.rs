@@ -8,6 +8,7 @@
 mod support;
 
 mod auth;
+mod billing;
 mod cors;
 mod errors;
 mod fixtures;
@@ -24,6 +25,9 @@ use support::{App, AppOptions, JwksServer};
 pub use support::stripe_fake::{
     ADMIN_TOKEN, PRICE_ESSENTIAL, PRICE_PREMIUM, PRICE_PRO, WEBHOOK_SECRET, WEBHOOK_SECRET_OLD,
 };
+
+/// The browser origin the test apps allow (returnUrl must be on it).
+pub const ALLOWED_ORIGIN_FOR_TESTS: &str = support::ALLOWED_ORIGIN;
 
 pub struct Shared {
     pub app: App,

@@ -33,6 +33,16 @@ fn wrangler_bin() -> PathBuf {
     bin
 }
 
+/// Unix seconds → `2023-11-14T22:13:20Z`, as the API formats times.
+pub fn iso(t: i64) -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import sys,datetime;print(datetime.datetime.fromtimestamp(int(sys.argv[1]),datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ'))"])
+        .arg(t.to_string())
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 pub fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
 }

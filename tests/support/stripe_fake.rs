@@ -40,6 +40,13 @@ pub struct FakeState {
     pub failing: BTreeSet<String>,
     /// Ids whose reads do not answer until released (a hung Stripe).
     pub hanging: BTreeSet<String>,
+    /// (path fragment, count): the next `count` POSTs whose path contains it answer 500.
+    pub fail_posts: Vec<(String, usize)>,
+    pub checkout_sessions: BTreeMap<String, Value>,
+    pub schedules: BTreeMap<String, Value>,
+    /// Idempotency-Key → the answer given, replayed for the same key.
+    pub idempotent: BTreeMap<String, (u16, Value)>,
+    pub counter: u64,
     pub requests: Vec<Recorded>,
 }
 
@@ -47,6 +54,10 @@ pub struct FakeState {
 pub struct StripeFake {
     pub base: String,
     pub state: Arc<Mutex<FakeState>>,
+}
+
+fn fake_event(id: &str, kind: &str, created: i64, object: Value) -> Value {
+    json!({"id": id, "object": "event", "type": kind, "created": created, "data": {"object": object}})
 }
 
 fn error(status: u16, kind: &str, code: &str, message: &str) -> (u16, Value) {
@@ -157,6 +168,92 @@ impl StripeFake {
         fake
     }
 
+    /// The next `count` POSTs whose path contains `fragment` answer 500.
+    pub fn fail_next_posts(&self, fragment: &str, count: usize) {
+        self.state.lock().unwrap().fail_posts.push((fragment.to_string(), count));
+    }
+
+    pub fn subscription(&self, id: &str) -> Option<Value> {
+        self.state.lock().unwrap().subscriptions.get(id).cloned()
+    }
+
+    pub fn subscriptions_of(&self, customer: &str) -> Vec<Value> {
+        self.state.lock().unwrap().subscriptions.values().filter(|s| s["customer"] == customer).cloned().collect()
+    }
+
+    pub fn sessions_of(&self, customer: &str) -> Vec<Value> {
+        self.state.lock().unwrap().checkout_sessions.values().filter(|s| s["customer"] == customer).cloned().collect()
+    }
+
+    pub fn session_by_url(&self, url: &str) -> Option<Value> {
+        self.state.lock().unwrap().checkout_sessions.values().find(|s| s["url"] == url).cloned()
+    }
+
+    /// The customer pays: the session's subscription is created (trialing when the
+    /// session had trial days). Returns the events Stripe would send.
+    pub fn complete_checkout(&self, session_id: &str) -> Vec<Value> {
+        let mut s = self.state.lock().unwrap();
+        let session = s.checkout_sessions.get(session_id).cloned().expect("no such session");
+        s.counter += 1;
+        let n = s.counter;
+        let t = now();
+        let sub_id = format!("sub_fake{n}");
+        let trial_days = session["trial_period_days"].as_i64().unwrap_or(0);
+        let trial_end = (trial_days > 0).then(|| t + trial_days * 86400);
+        let sub = json!({
+            "id": sub_id, "object": "subscription", "customer": session["customer"],
+            "status": if trial_end.is_some() { "trialing" } else { "active" },
+            "created": t, "current_period_start": t, "current_period_end": trial_end.unwrap_or(t + 30 * 86400),
+            "cancel_at_period_end": false, "cancel_at": null, "trial_end": trial_end, "schedule": null,
+            "metadata": {"user_id": session["subscription_user_id"]},
+            "items": {"object": "list", "data": [{"id": format!("si_fake{n}"), "price": {"id": session["price"]}}]}
+        });
+        s.subscriptions.insert(sub_id.clone(), sub.clone());
+        let mut completed = session.clone();
+        completed["subscription"] = json!(sub_id);
+        completed["payment_status"] = json!("paid");
+        completed["status"] = json!("complete");
+        s.checkout_sessions.insert(session_id.to_string(), completed.clone());
+        vec![
+            fake_event(&format!("evt_fake{n}_a"), "checkout.session.completed", t, completed),
+            fake_event(&format!("evt_fake{n}_b"), "customer.subscription.created", t, sub),
+        ]
+    }
+
+    /// Time passes to the end of the current period: a pending cancellation ends the
+    /// subscription, a schedule's next phase takes effect, else it renews. Returns the
+    /// event Stripe would send.
+    pub fn advance_period(&self, sub_id: &str) -> Value {
+        let mut s = self.state.lock().unwrap();
+        s.counter += 1;
+        let n = s.counter;
+        let mut sub = s.subscriptions.get(sub_id).cloned().expect("no such subscription");
+        let end = sub["current_period_end"].as_i64().unwrap_or(now());
+        let kind = if sub["cancel_at_period_end"] == true {
+            sub["status"] = json!("canceled");
+            sub["ended_at"] = json!(end);
+            "customer.subscription.deleted"
+        } else {
+            if let Some(sched_id) = sub["schedule"].as_str().map(str::to_string) {
+                if let Some(next) = s.schedules.get(&sched_id).and_then(|sc| sc["phases"].get(1).cloned()) {
+                    sub["items"]["data"][0]["price"] = json!({"id": next["items"][0]["price"]});
+                }
+                s.schedules.remove(&sched_id);
+                sub["schedule"] = Value::Null;
+            }
+            sub["status"] = json!("active");
+            sub["current_period_start"] = json!(end);
+            sub["current_period_end"] = json!(end + 30 * 86400);
+            "customer.subscription.updated"
+        };
+        s.subscriptions.insert(sub_id.to_string(), sub.clone());
+        fake_event(&format!("evt_fake{n}_period"), kind, now(), sub)
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
     pub fn set_hanging(&self, id: &str, hanging: bool) {
         let mut s = self.state.lock().unwrap();
         if hanging {
@@ -206,6 +303,177 @@ fn handle(state: &Arc<Mutex<FakeState>>, r: &Recorded) -> (u16, Value) {
     if r.header("Authorization") != Some(&format!("Bearer {SECRET_KEY}")) {
         return error(401, "invalid_request_error", "api_key_invalid", "Invalid API Key provided");
     }
+    if r.method == "POST" {
+        let mut s = state.lock().unwrap();
+        if let Some(slot) = s.fail_posts.iter_mut().find(|(frag, n)| *n > 0 && r.path.contains(frag.as_str())) {
+            slot.1 -= 1;
+            return error(500, "api_error", "", "injected failure");
+        }
+        if s.failing.iter().any(|id| r.path.contains(id.as_str())) {
+            return error(500, "api_error", "", "injected failure");
+        }
+        let key = r.header("Idempotency-Key").map(str::to_string);
+        if let Some(k) = &key {
+            if let Some(answer) = s.idempotent.get(k) {
+                return answer.clone();
+            }
+        }
+        let answer = handle_post(&mut s, r);
+        if let Some(k) = key {
+            if answer.0 < 500 {
+                s.idempotent.insert(k, answer.clone());
+            }
+        }
+        return answer;
+    }
+    handle_get(state, r)
+}
+
+fn form(r: &Recorded) -> Vec<(String, String)> {
+    query_pairs(&r.body)
+}
+
+fn param<'a>(f: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    f.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+fn with_schedule(s: &FakeState, mut sub: Value) -> Value {
+    if let Some(id) = sub["schedule"].as_str() {
+        if let Some(sched) = s.schedules.get(id) {
+            sub["schedule"] = sched.clone();
+        }
+    }
+    sub
+}
+
+fn handle_post(s: &mut FakeState, r: &Recorded) -> (u16, Value) {
+    let f = form(r);
+    let segs: Vec<&str> = r.path.trim_start_matches('/').split('/').collect();
+    s.counter += 1;
+    let n = s.counter;
+    match segs.as_slice() {
+        ["v1", "customers"] => {
+            let id = format!("cus_fake{n}");
+            let c = json!({"id": id, "object": "customer", "email": param(&f, "email"),
+                           "metadata": {"user_id": param(&f, "metadata[user_id]")}});
+            s.customers.insert(id, c.clone());
+            (200, c)
+        }
+        ["v1", "checkout", "sessions"] => {
+            let Some(customer) = param(&f, "customer").filter(|c| s.customers.contains_key(*c)) else {
+                return error(400, "invalid_request_error", "resource_missing", "No such customer");
+            };
+            let id = format!("cs_fake{n}");
+            let session = json!({
+                "id": id, "object": "checkout.session", "url": format!("https://checkout.stripe.test/c/pay/{id}"),
+                "mode": param(&f, "mode"), "customer": customer, "client_reference_id": param(&f, "client_reference_id"),
+                "price": param(&f, "line_items[0][price]"),
+                "trial_period_days": param(&f, "subscription_data[trial_period_days]").and_then(|d| d.parse::<i64>().ok()),
+                "metadata": {"user_id": param(&f, "metadata[user_id]")},
+                "subscription_user_id": param(&f, "subscription_data[metadata][user_id]"),
+                "success_url": param(&f, "success_url"), "cancel_url": param(&f, "cancel_url"),
+            });
+            s.checkout_sessions.insert(id, session.clone());
+            (200, session)
+        }
+        ["v1", "billing_portal", "sessions"] => match param(&f, "customer") {
+            Some(c) if s.customers.contains_key(c) => (
+                200,
+                json!({"id": format!("bps_fake{n}"), "url": format!("https://billing.stripe.test/p/session/{n}"), "return_url": param(&f, "return_url")}),
+            ),
+            _ => error(400, "invalid_request_error", "resource_missing", "No such customer"),
+        },
+        ["v1", "subscriptions", id] => {
+            let Some(mut sub) = s.subscriptions.get(*id).cloned() else {
+                return error(404, "invalid_request_error", "resource_missing", "No such subscription");
+            };
+            if let (Some(item), Some(price)) = (param(&f, "items[0][id]"), param(&f, "items[0][price]")) {
+                let items = sub["items"]["data"].as_array_mut().unwrap();
+                let Some(it) = items.iter_mut().find(|i| i["id"] == item) else {
+                    return error(400, "invalid_request_error", "resource_missing", "No such subscription item");
+                };
+                it["price"] = json!({"id": price});
+            }
+            if param(&f, "trial_end") == Some("now") {
+                sub["trial_end"] = json!(now());
+                if sub["status"] == "trialing" {
+                    sub["status"] = json!("active");
+                }
+            }
+            if let Some(flag) = param(&f, "cancel_at_period_end") {
+                sub["cancel_at_period_end"] = json!(flag == "true");
+            }
+            s.subscriptions.insert(id.to_string(), sub.clone());
+            (200, with_schedule(s, sub))
+        }
+        ["v1", "subscription_schedules"] => {
+            let Some(sub_id) = param(&f, "from_subscription") else {
+                return error(400, "invalid_request_error", "parameter_missing", "from_subscription required");
+            };
+            let Some(sub) = s.subscriptions.get(sub_id).cloned() else {
+                return error(404, "invalid_request_error", "resource_missing", "No such subscription");
+            };
+            if sub["schedule"].is_string() {
+                return error(400, "invalid_request_error", "", "subscription already has a schedule");
+            }
+            let id = format!("sub_sched_fake{n}");
+            let price = sub["items"]["data"][0]["price"]["id"].clone();
+            let sched = json!({"id": id, "object": "subscription_schedule", "subscription": sub_id, "end_behavior": "release",
+                "status": "active",
+                "phases": [{"start_date": sub["created"], "end_date": sub["current_period_end"], "items": [{"price": price, "quantity": 1}]}]});
+            s.schedules.insert(id.clone(), sched.clone());
+            let mut sub = sub;
+            sub["schedule"] = json!(id);
+            s.subscriptions.insert(sub_id.to_string(), sub);
+            (200, sched)
+        }
+        ["v1", "subscription_schedules", id] => {
+            let Some(mut sched) = s.schedules.get(*id).cloned() else {
+                return error(404, "invalid_request_error", "resource_missing", "No such schedule");
+            };
+            let mut phases = Vec::new();
+            for i in 0..10 {
+                let Some(price) = param(&f, &format!("phases[{i}][items][0][price]")) else { break };
+                let num = |k: &str| param(&f, &format!("phases[{i}][{k}]")).and_then(|v| v.parse::<i64>().ok());
+                phases.push(json!({"start_date": num("start_date"), "end_date": num("end_date"), "items": [{"price": price, "quantity": 1}]}));
+            }
+            // Contiguous phases: a phase without start_date starts when the previous ends.
+            for i in 1..phases.len() {
+                if phases[i]["start_date"].is_null() {
+                    phases[i]["start_date"] = phases[i - 1]["end_date"].clone();
+                }
+            }
+            if !phases.is_empty() {
+                sched["phases"] = json!(phases);
+            }
+            if let Some(b) = param(&f, "end_behavior") {
+                sched["end_behavior"] = json!(b);
+            }
+            s.schedules.insert(id.to_string(), sched.clone());
+            (200, sched)
+        }
+        ["v1", "subscription_schedules", id, "release"] => {
+            let Some(mut sched) = s.schedules.get(*id).cloned() else {
+                return error(404, "invalid_request_error", "resource_missing", "No such schedule");
+            };
+            sched["status"] = json!("released");
+            if let Some(sub_id) = sched["subscription"].as_str() {
+                if let Some(sub) = s.subscriptions.get_mut(sub_id) {
+                    sub["schedule"] = Value::Null;
+                }
+            }
+            s.schedules.remove(*id);
+            (200, sched)
+        }
+        _ => error(404, "invalid_request_error", "", &format!("Unrecognized request URL (POST {})", r.path)),
+    }
+}
+
+fn handle_get(state: &Arc<Mutex<FakeState>>, r: &Recorded) -> (u16, Value) {
     let params = query_pairs(&r.query);
     let s = state.lock().unwrap();
     let segs: Vec<&str> = r.path.trim_start_matches('/').split('/').collect();
@@ -215,7 +483,7 @@ fn handle(state: &Arc<Mutex<FakeState>>, r: &Recorded) -> (u16, Value) {
                 return error(500, "api_error", "", "injected failure");
             }
             match s.subscriptions.get(*id) {
-                Some(v) => (200, v.clone()),
+                Some(v) => (200, with_schedule(&s, v.clone())),
                 None => error(404, "invalid_request_error", "resource_missing", "No such subscription"),
             }
         }
@@ -228,7 +496,7 @@ fn handle(state: &Arc<Mutex<FakeState>>, r: &Recorded) -> (u16, Value) {
                 .subscriptions
                 .values()
                 .filter(|v| customer.as_ref().is_none_or(|c| v["customer"] == c.as_str()))
-                .cloned()
+                .map(|v| with_schedule(&s, v.clone()))
                 .collect();
             (200, list(items, &params))
         }
