@@ -114,7 +114,7 @@ impl<'a> Billing<'a> {
                 log::info(
                     self.request_id,
                     "stripe.event_processed",
-                    json!({"eventId": ev.id, "type": ev.kind, "source": source, "note": outcome.note}),
+                    json!({"eventId": ev.id, "type": ev.kind, "source": source, "note": outcome.note, "ownRequest": ev.caused_by_plangate()}),
                 );
                 Ok(Delivery::Processed)
             }

@@ -13,6 +13,16 @@ pub struct Envelope {
     pub kind: String,
     pub created: i64,
     pub object: Value,
+    /// `request.idempotency_key`: set when an API request caused the event. A
+    /// `plangate:` prefix marks plangate's own calls.
+    pub idempotency_key: Option<String>,
+}
+
+impl Envelope {
+    /// Caused by one of plangate's own Stripe calls (already applied from the answer).
+    pub fn caused_by_plangate(&self) -> bool {
+        self.idempotency_key.as_deref().is_some_and(|k| k.starts_with(crate::stripe::client::IDEMPOTENCY_PREFIX))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,7 +89,13 @@ pub fn envelope_from_value(v: Value) -> Result<Envelope, String> {
         .filter(|o| o.is_object())
         .cloned()
         .ok_or("event has no `data.object`")?;
-    Ok(Envelope { id: id.to_string(), kind: kind.to_string(), created, object })
+    let idempotency_key = obj
+        .get("request")
+        .and_then(|r| r.get("idempotency_key"))
+        .and_then(Value::as_str)
+        .filter(|k| k.len() <= 255)
+        .map(str::to_string);
+    Ok(Envelope { id: id.to_string(), kind: kind.to_string(), created, object, idempotency_key })
 }
 
 /// An expandable field: `"cus_1"` or `{"id":"cus_1",…}`.
@@ -264,6 +280,17 @@ mod tests {
         ] {
             assert!(parse_envelope(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn events_caused_by_plangate_are_recognised_by_their_idempotency_key() {
+        let own = br#"{"id":"evt_2","type":"x","created":1,"data":{"object":{}},"request":{"id":"req_1","idempotency_key":"plangate:upgrade:usr_1:0:sub_1:price_pro"}}"#;
+        assert!(parse_envelope(own).unwrap().caused_by_plangate());
+        let dashboard = br#"{"id":"evt_3","type":"x","created":1,"data":{"object":{}},"request":{"id":null,"idempotency_key":null}}"#;
+        assert!(!parse_envelope(dashboard).unwrap().caused_by_plangate());
+        let other =
+            br#"{"id":"evt_4","type":"x","created":1,"data":{"object":{}},"request":{"idempotency_key":"abc"}}"#;
+        assert!(!parse_envelope(other).unwrap().caused_by_plangate());
     }
 
     #[test]
