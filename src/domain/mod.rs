@@ -10,3 +10,5 @@ pub mod upgrade;
 
 #[cfg(test)]
 mod catalog_tests;
+#[cfg(test)]
+mod test_support;
