@@ -30,6 +30,8 @@ pub enum Delivery {
     Processed,
     Duplicate,
     InProgress,
+    /// Left dead after too many failures; only an admin retry processes it.
+    Dead,
     /// Failed and recorded for retry; the cause is for the log.
     Failed(String),
 }
@@ -96,18 +98,20 @@ impl<'a> Billing<'a> {
 
     /// Claims, processes and records one event.
     pub async fn deliver(&self, ev: &Envelope, payload: &str, source: &str) -> Result<Delivery, ApiError> {
-        let attempts = match webhooks::claim(self.db, ev, payload, source, self.now).await? {
+        let token = self.request_id;
+        let attempts = match webhooks::claim(self.db, ev, payload, source, token, self.now).await? {
             webhooks::Claim::Claimed { attempts } => attempts,
             webhooks::Claim::AlreadyProcessed => return Ok(Delivery::Duplicate),
             webhooks::Claim::InProgress => return Ok(Delivery::InProgress),
+            webhooks::Claim::Dead => return Ok(Delivery::Dead),
         };
         match self.process(ev).await {
             Ok(outcome) => {
                 let mut stmts = outcome.stmts;
-                stmts.push(webhooks::processed_stmt(&ev.id, self.now));
+                stmts.push(webhooks::processed_stmt(&ev.id, token, self.now));
                 if let Err(e) = self.db.batch(stmts).await {
                     let cause = e.to_string();
-                    webhooks::mark_failed(self.db, &ev.id, attempts, &cause, self.now).await?;
+                    webhooks::mark_failed(self.db, &ev.id, token, attempts, &cause, false, self.now).await?;
                     return Ok(Delivery::Failed(cause));
                 }
                 self.refresh_copies(&outcome.users).await;
@@ -129,7 +133,7 @@ impl<'a> Billing<'a> {
                         ),
                     }
                 }
-                webhooks::mark_failed(self.db, &ev.id, attempts, &failure.cause, self.now).await?;
+                webhooks::mark_failed(self.db, &ev.id, token, attempts, &failure.cause, false, self.now).await?;
                 log::error(
                     self.request_id,
                     "stripe.event_failed",
@@ -253,22 +257,32 @@ impl<'a> Billing<'a> {
         hint: Option<&str>,
         customer: &str,
     ) -> Result<Option<(UserRecord, Option<String>)>, ApiError> {
+        // A hint (client_reference_id / metadata.user_id) is trusted only for a user
+        // without a customer yet, or with this very customer: it must never move
+        // another customer's subscription onto someone else's row.
         if let Some(user_id) = hint {
             if let Some(user) = users::find_by_id(self.db, user_id).await? {
-                if user.stripe_customer_id.is_some() {
-                    return Ok(Some((user, None)));
-                }
-                if let Some(owner) = users::find_by_customer(self.db, customer).await? {
-                    if owner.id != user.id {
-                        log::warn(
-                            self.request_id,
-                            "stripe.customer_owned_by_another_user",
-                            json!({"customer": customer, "hintUser": user.id, "owner": owner.id}),
-                        );
-                        return Ok(Some((user, None)));
+                match user.stripe_customer_id.as_deref() {
+                    Some(c) if c == customer => return Ok(Some((user, None))),
+                    None => {
+                        return Ok(match users::find_by_customer(self.db, customer).await? {
+                            Some(owner) if owner.id != user.id => {
+                                log::warn(
+                                    self.request_id,
+                                    "stripe.hint_ignored_customer_owned_by_another_user",
+                                    json!({"customer": customer, "hintUser": user.id, "owner": owner.id}),
+                                );
+                                Some((owner, None))
+                            }
+                            _ => Some((user, Some(customer.to_string()))),
+                        });
                     }
+                    Some(other) => log::warn(
+                        self.request_id,
+                        "stripe.hint_ignored_user_has_another_customer",
+                        json!({"customer": customer, "hintUser": user.id, "userCustomer": other}),
+                    ),
                 }
-                return Ok(Some((user, Some(customer.to_string()))));
             }
         }
         Ok(users::find_by_customer(self.db, customer).await?.map(|u| (u, None)))
@@ -455,8 +469,8 @@ impl<'a> Billing<'a> {
 
 impl Billing<'_> {
     /// Stores the subscription Stripe answered with after one of plangate's own
-    /// calls, at once (not only when the webhook arrives): audit row, billing_seq
-    /// bump, KV copies. Returns the state stored.
+    /// calls, at once (not only when the webhook arrives): audit row, KV copies.
+    /// Returns the state stored.
     pub async fn apply_answer(
         &self,
         user: &UserRecord,
@@ -466,8 +480,7 @@ impl Billing<'_> {
         let sub = events::parse_subscription(answer, self.now)
             .ok_or_else(|| ApiError::server("Stripe answered with something that is not a subscription"))?;
         let state = state_from(&sub, &self.catalog, &self.cfg.prices).map_err(ApiError::server)?;
-        let mut stmts = users::apply_state_stmts(&user.id, &state, self.now, cause, Some(&sub.customer), self.now);
-        stmts.push(users::bump_billing_seq_stmt(&user.id));
+        let stmts = users::apply_state_stmts(&user.id, &state, self.now, cause, Some(&sub.customer), self.now);
         self.db.batch(stmts).await?;
         self.refresh_copies(std::slice::from_ref(&user.id)).await;
         Ok(state)

@@ -36,7 +36,7 @@ impl Tally {
         match d {
             Delivery::Processed => self.processed += 1,
             Delivery::Failed(_) => self.failed += 1,
-            Delivery::Duplicate | Delivery::InProgress => self.skipped += 1,
+            Delivery::Duplicate | Delivery::InProgress | Delivery::Dead => self.skipped += 1,
         }
     }
 }
@@ -87,14 +87,7 @@ async fn retry_due(billing: &Billing<'_>) -> Result<Tally, ApiError> {
             Ok(ev) => tally.add(&billing.deliver(&ev, &row.payload, "retry").await?),
             Err(e) => {
                 // A stored payload that cannot be parsed will never succeed.
-                webhooks::mark_failed(
-                    billing.db,
-                    &row.id,
-                    webhooks::MAX_ATTEMPTS,
-                    &format!("unparsable payload: {e}"),
-                    billing.now,
-                )
-                .await?;
+                webhooks::give_up(billing.db, &row.id, &format!("unparsable payload: {e}")).await?;
                 tally.failed += 1;
             }
         }
@@ -109,6 +102,7 @@ async fn reconcile(billing: &Billing<'_>) -> Result<Tally, ApiError> {
     let mut tally = Tally::default();
     let mut newest: Option<i64> = None;
     let mut after: Option<String> = None;
+    let mut complete = false;
     for _ in 0..RECONCILE_PAGES {
         let mut req = StripeRequest::get("/v1/events")
             .param("delivery_success", "false")
@@ -128,10 +122,15 @@ async fn reconcile(billing: &Billing<'_>) -> Result<Tally, ApiError> {
         }
         after = data.last().and_then(|e| events::id_of(e.get("id")));
         if page.get("has_more").and_then(Value::as_bool) != Some(true) || after.is_none() {
+            complete = true;
             break;
         }
     }
-    let next = cursor.max(newest.unwrap_or(now).min(now) - OVERLAP_SECONDS);
-    state::set(billing.db, CURSOR, &next.to_string(), now).await?;
+    // The Events API lists newest first: while older pages remain unread the cursor
+    // stays, so the next run reads them (the ones processed now are skipped cheaply).
+    if complete {
+        let next = cursor.max(newest.unwrap_or(now).min(now) - OVERLAP_SECONDS);
+        state::set(billing.db, CURSOR, &next.to_string(), now).await?;
+    }
     Ok(tally)
 }

@@ -27,8 +27,6 @@ pub struct UserRecord {
     pub stripe_synced_at: Option<i64>,
     #[serde(default)]
     pub trial_used: i64,
-    #[serde(default)]
-    pub billing_seq: i64,
 }
 
 /// The body of `GET /api/plan/me`, field for field the old endpoint's format.

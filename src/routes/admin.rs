@@ -64,6 +64,7 @@ pub async fn retry_event(ctx: &Ctx<'_>, id: &str) -> Result<Reply, ApiError> {
         Delivery::Processed => ("processed", None),
         Delivery::Duplicate => ("processed", None),
         Delivery::InProgress => ("in_progress", None),
+        Delivery::Dead => ("dead", None),
         Delivery::Failed(cause) => ("failed", Some(cause)),
     };
     Ok(Reply::ok(json!({"ok": error.is_none(), "eventId": id, "status": status, "error": error})))
@@ -117,6 +118,15 @@ pub async fn resync(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
                     complete = true;
                     break;
                 }
+            }
+            if !complete {
+                // A customer's subscriptions may sit on unread pages: applying a
+                // partial list could downgrade a paying user. Re-sync users one by one.
+                return Err(ApiError::coded(
+                    409,
+                    "RESYNC_INCOMPLETE",
+                    format!("More than {} subscriptions: re-sync users by userId instead", RESYNC_MAX_PAGES * 100),
+                ));
             }
             let (mut synced, mut unlinked) = (0, 0);
             for (customer, subs) in &by_customer {

@@ -33,21 +33,22 @@ async fn caller(ctx: &Ctx<'_>) -> Result<UserRecord, ApiError> {
     .await
 }
 
-/// Runs `action` holding the user's billing lock.
-async fn locked<T>(
+/// Runs `action` holding the user's billing lock; it gets the action's sequence
+/// number, which every idempotency key it sends includes.
+async fn locked<T, F: std::future::Future<Output = Result<T, ApiError>>>(
     ctx: &Ctx<'_>,
     user: &UserRecord,
     name: &str,
-    action: impl std::future::Future<Output = Result<T, ApiError>>,
+    action: impl FnOnce(i64) -> F,
 ) -> Result<T, ApiError> {
-    if !locks::acquire(ctx.db, &user.id, ctx.request_id, name, ctx.now).await? {
+    let Some(seq) = locks::acquire(ctx.db, &user.id, ctx.request_id, name, ctx.now).await? else {
         return Err(ApiError::coded(
             409,
             "BILLING_IN_PROGRESS",
             "Another billing action for this account is in progress; try again in a moment",
         ));
-    }
-    let result = action.await;
+    };
+    let result = action(seq).await;
     if let Err(e) = locks::release(ctx.db, &user.id, ctx.request_id).await {
         log::error(ctx.request_id, "billing.lock_release_failed", json!({"userId": user.id, "error": e.to_string()}));
     }
@@ -109,11 +110,11 @@ fn with_param(url: &str, param: &str) -> String {
 
 /// The user's Stripe customer, created once (metadata `user_id`). Concurrent first
 /// calls share one idempotency key, so Stripe creates one customer for all of them.
-async fn ensure_customer(billing: &Billing<'_>, user: &UserRecord) -> Result<String, ApiError> {
+async fn ensure_customer(billing: &Billing<'_>, user: &UserRecord, seq: i64) -> Result<String, ApiError> {
     if let Some(c) = &user.stripe_customer_id {
         return Ok(c.clone());
     }
-    let mut req = StripeRequest::post("/v1/customers", idempotency_key(&["customer", &user.id]))
+    let mut req = StripeRequest::post("/v1/customers", key(user, seq, &["customer"]))
         .param("metadata[user_id]", user.id.as_str());
     if let Some(email) = &user.email {
         req = req.param("email", email.as_str());
@@ -142,9 +143,9 @@ async fn post(billing: &Billing<'_>, req: StripeRequest, code: &'static str, wha
     billing.stripe.send(&req).await.map_err(|e| stripe_failure(code, what, e))
 }
 
-/// A key for one action in the user's current billing state.
-fn key(user: &UserRecord, parts: &[&str]) -> String {
-    let seq = user.billing_seq.to_string();
+/// A key for one request of the user's action number `seq` (see migrations/0003).
+fn key(user: &UserRecord, seq: i64, parts: &[&str]) -> String {
+    let seq = seq.to_string();
     let mut all = vec![parts[0], user.id.as_str(), seq.as_str()];
     all.extend_from_slice(&parts[1..]);
     idempotency_key(&all)
@@ -157,27 +158,60 @@ struct CheckoutSpec<'a> {
     source: Option<&'a str>,
 }
 
+/// What a checkout session is for, recorded in its metadata so an open one can be
+/// recognised: same offer → reuse its URL; another offer → expire it first.
+fn offer(spec: &CheckoutSpec<'_>) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{}|{}|{}", spec.price, spec.trial_days, spec.return_url));
+    hex::encode(&digest[..8])
+}
+
+/// A Checkout Session for `spec`. At most one open session per customer: paying two
+/// open sessions would make two subscriptions.
 async fn create_checkout(
     billing: &Billing<'_>,
     user: &UserRecord,
+    seq: i64,
     customer: &str,
     spec: CheckoutSpec<'_>,
 ) -> Result<String, ApiError> {
-    use sha2::{Digest, Sha256};
-    let day = (billing.now / 86_400).to_string();
-    let fingerprint =
-        hex::encode(&Sha256::digest(format!("{}|{}|{:?}", spec.return_url, spec.trial_days, spec.source))[..6]);
-    let mut req =
-        StripeRequest::post("/v1/checkout/sessions", key(user, &["checkout", spec.price, &day, &fingerprint]))
-            .param("mode", "subscription")
-            .param("customer", customer)
-            .param("client_reference_id", user.id.as_str())
-            .param("line_items[0][price]", spec.price)
-            .param("line_items[0][quantity]", "1")
-            .param("success_url", with_param(&spec.return_url, "checkout=success"))
-            .param("cancel_url", with_param(&spec.return_url, "checkout=cancel"))
-            .param("metadata[user_id]", user.id.as_str())
-            .param("subscription_data[metadata][user_id]", user.id.as_str());
+    let offer = offer(&spec);
+    let open = StripeRequest::get("/v1/checkout/sessions")
+        .param("customer", customer)
+        .param("status", "open")
+        .param("limit", "100");
+    let listed =
+        billing.stripe.send(&open).await.map_err(|e| stripe_failure("CHECKOUT_FAILED", "list checkout sessions", e))?;
+    for session in listed.get("data").and_then(Value::as_array).into_iter().flatten() {
+        let url = session.get("url").and_then(Value::as_str);
+        let same = session.get("metadata").and_then(|m| m.get("offer")).and_then(Value::as_str) == Some(offer.as_str());
+        match (same, url) {
+            (true, Some(url)) => return Ok(url.to_string()),
+            _ => {
+                let Some(id) = events::id_of(session.get("id")).filter(|id| StripeRequest::is_safe_id(id)) else {
+                    continue;
+                };
+                let req =
+                    StripeRequest::post(format!("/v1/checkout/sessions/{id}/expire"), key(user, seq, &["expire", &id]));
+                match billing.stripe.send(&req).await {
+                    // Already completed or expired meanwhile: nothing left to expire.
+                    Ok(_) | Err(StripeError::Api { status: 400, .. }) => {}
+                    Err(e) => return Err(stripe_failure("CHECKOUT_FAILED", "expire checkout session", e)),
+                }
+            }
+        }
+    }
+    let mut req = StripeRequest::post("/v1/checkout/sessions", key(user, seq, &["checkout", &offer]))
+        .param("mode", "subscription")
+        .param("customer", customer)
+        .param("client_reference_id", user.id.as_str())
+        .param("line_items[0][price]", spec.price)
+        .param("line_items[0][quantity]", "1")
+        .param("success_url", with_param(&spec.return_url, "checkout=success"))
+        .param("cancel_url", with_param(&spec.return_url, "checkout=cancel"))
+        .param("metadata[user_id]", user.id.as_str())
+        .param("metadata[offer]", offer.as_str())
+        .param("subscription_data[metadata][user_id]", user.id.as_str());
     if spec.trial_days > 0 {
         req = req.param("subscription_data[trial_period_days]", spec.trial_days.to_string());
     }
@@ -208,9 +242,10 @@ pub async fn upgrade_plan(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let given_return = body.return_url.as_deref().map(|u| return_url(ctx, Some(u))).transpose()?;
     let source = body.source.as_deref().map(|s| s.chars().take(64).collect::<String>());
     let user = caller(ctx).await?;
+    let user = &user;
     let billing = Billing::new(ctx.db, ctx.cfg, ctx.app_kv(), ctx.now, ctx.request_id);
-    locked(ctx, &user, "upgrade", async {
-        let customer = ensure_customer(&billing, &user).await?;
+    locked(ctx, user, "upgrade", move |seq| async move {
+        let customer = ensure_customer(&billing, user, seq).await?;
         let subs = subscriptions(&billing, &customer, "UPDATE_FAILED").await?;
         let (decision, others) = upgrade::decide_upgrade(&subs, &billing.catalog, &ctx.cfg.prices, target);
         if !others.is_empty() {
@@ -227,25 +262,26 @@ pub async fn upgrade_plan(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
                     None => return_url(ctx, None)?,
                 };
                 let spec = CheckoutSpec { price: &price, trial_days: 0, return_url, source: source.as_deref() };
-                let url = create_checkout(&billing, &user, &customer, spec).await?;
+                let url = create_checkout(&billing, user, seq, &customer, spec).await?;
                 Ok(Reply::ok(json!({"ok": true, "action": "redirect", "url": url})))
             }
             Upgrade::Update { subscription_id, item_id, price, end_trial, release_schedule } => {
                 if let Some(schedule) = release_schedule {
                     let req = StripeRequest::post(
                         format!("/v1/subscription_schedules/{schedule}/release"),
-                        key(&user, &["release", &schedule]),
+                        key(user, seq, &["release", &schedule]),
                     );
                     post(&billing, req, "UPDATE_FAILED", "release schedule").await?;
                 }
                 let mut req = StripeRequest::post(
                     format!("/v1/subscriptions/{subscription_id}"),
-                    key(&user, &["upgrade", &subscription_id, &price]),
+                    key(user, seq, &["upgrade", &subscription_id, &price]),
                 )
                 .param("items[0][id]", item_id.as_str())
                 .param("items[0][price]", price.as_str())
                 .param("proration_behavior", "always_invoice")
-                .param("payment_behavior", "pending_if_incomplete");
+                .param("payment_behavior", "pending_if_incomplete")
+                .param("expand[]", "schedule");
                 if end_trial {
                     req = req.param("trial_end", "now");
                 }
@@ -296,15 +332,16 @@ pub async fn stripe_checkout(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let target = if want_trial { None } else { Some(parse_tier(&body.plan, false)?) };
     let return_url = return_url(ctx, body.return_url.as_deref())?;
     let user = caller(ctx).await?;
+    let user = &user;
     let billing = Billing::new(ctx.db, ctx.cfg, ctx.app_kv(), ctx.now, ctx.request_id);
-    locked(ctx, &user, "checkout", async {
-        let customer = ensure_customer(&billing, &user).await?;
+    locked(ctx, user, "checkout", move |seq| async move {
+        let customer = ensure_customer(&billing, user, seq).await?;
         let subs = subscriptions(&billing, &customer, "CHECKOUT_FAILED").await?;
         let trial_used = user.trial_used != 0 || subs.iter().any(|s| s.trial_end.is_some());
         match upgrade::guard_checkout(&subs, &billing.catalog, &ctx.cfg.prices, target, want_trial, trial_used) {
             CheckoutGuard::Proceed { price, trial_days } => {
                 let spec = CheckoutSpec { price: &price, trial_days, return_url, source: None };
-                let url = create_checkout(&billing, &user, &customer, spec).await?;
+                let url = create_checkout(&billing, user, seq, &customer, spec).await?;
                 Ok(Reply::ok(json!({"ok": true, "url": url})))
             }
             CheckoutGuard::AlreadySubscribed { plan } => Err(ApiError::CodedPlan {
@@ -333,10 +370,11 @@ pub async fn billing_portal(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let body: PortalBody = ctx.json_body()?;
     let return_url = return_url(ctx, body.return_url.as_deref())?;
     let user = caller(ctx).await?;
+    let user = &user;
     let billing = Billing::new(ctx.db, ctx.cfg, ctx.app_kv(), ctx.now, ctx.request_id);
-    locked(ctx, &user, "portal", async {
-        let customer = ensure_customer(&billing, &user).await?;
-        let req = StripeRequest::post("/v1/billing_portal/sessions", key(&user, &["portal", ctx.request_id]))
+    locked(ctx, user, "portal", move |seq| async move {
+        let customer = ensure_customer(&billing, user, seq).await?;
+        let req = StripeRequest::post("/v1/billing_portal/sessions", key(user, seq, &["portal", ctx.request_id]))
             .param("customer", customer.as_str())
             .param("return_url", return_url.as_str());
         let session = post(&billing, req, "PORTAL_FAILED", "create portal session").await?;
@@ -363,16 +401,31 @@ async fn live_subscription(
 async fn set_cancel_at_period_end(
     billing: &Billing<'_>,
     user: &UserRecord,
+    seq: i64,
     sub: &Subscription,
     cancel: bool,
     cause: &str,
 ) -> Result<Value, ApiError> {
+    // Stripe refuses cancellation changes on a subscription a schedule manages (e.g.
+    // a scheduled downgrade): cancelling supersedes the schedule, so release it first.
+    if let Some(schedule) = &sub.schedule_id {
+        let req = StripeRequest::post(
+            format!("/v1/subscription_schedules/{schedule}/release"),
+            key(user, seq, &["release", schedule]),
+        );
+        post(billing, req, "UPDATE_FAILED", "release schedule").await?;
+    }
     let flag = if cancel { "true" } else { "false" };
-    let req = StripeRequest::post(
+    let mut req = StripeRequest::post(
         format!("/v1/subscriptions/{}", sub.id),
-        key(user, &["cancel_at_period_end", &sub.id, flag]),
+        key(user, seq, &["cancel_at_period_end", &sub.id, flag]),
     )
-    .param("cancel_at_period_end", flag);
+    .param("cancel_at_period_end", flag)
+    .param("expand[]", "schedule");
+    if !cancel && sub.cancel_at.is_some() && !sub.cancel_at_period_end {
+        // A cancellation set for a date (not the period end) is undone by unsetting it.
+        req = req.param("cancel_at", "");
+    }
     let answer = post(billing, req, "UPDATE_FAILED", "update cancel_at_period_end").await?;
     billing.apply_answer(user, &answer, cause).await?;
     Ok(answer)
@@ -390,11 +443,12 @@ async fn plan_reply(ctx: &Ctx<'_>, user_id: &str, extra: Value) -> Result<Reply,
 /// `POST /api/cancel-subscription`: cancel at the end of the current period.
 pub async fn cancel_subscription(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let user = caller(ctx).await?;
+    let user = &user;
     let billing = Billing::new(ctx.db, ctx.cfg, ctx.app_kv(), ctx.now, ctx.request_id);
-    locked(ctx, &user, "cancel", async {
+    locked(ctx, user, "cancel", move |seq| async move {
         let (sub, _) = live_subscription(&billing, &user).await?;
         if !(sub.cancel_at_period_end || sub.cancel_at.is_some()) {
-            set_cancel_at_period_end(&billing, &user, &sub, true, "api:cancel").await?;
+            set_cancel_at_period_end(&billing, user, seq, &sub, true, "api:cancel").await?;
         }
         plan_reply(ctx, &user.id, json!({"action": "cancel_scheduled"})).await
     })
@@ -404,11 +458,12 @@ pub async fn cancel_subscription(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
 /// `POST /api/resume-subscription`: undo a pending cancellation before the period ends.
 pub async fn resume_subscription(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let user = caller(ctx).await?;
+    let user = &user;
     let billing = Billing::new(ctx.db, ctx.cfg, ctx.app_kv(), ctx.now, ctx.request_id);
-    locked(ctx, &user, "resume", async {
+    locked(ctx, user, "resume", move |seq| async move {
         let (sub, _) = live_subscription(&billing, &user).await?;
         if sub.cancel_at_period_end || sub.cancel_at.is_some() {
-            set_cancel_at_period_end(&billing, &user, &sub, false, "api:resume").await?;
+            set_cancel_at_period_end(&billing, user, seq, &sub, false, "api:resume").await?;
         }
         plan_reply(ctx, &user.id, json!({"action": "resumed"})).await
     })
@@ -427,8 +482,9 @@ pub async fn downgrade_plan(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let body: DowngradeBody = ctx.json_body()?;
     let target = parse_tier(&body.target_plan, true)?;
     let user = caller(ctx).await?;
+    let user = &user;
     let billing = Billing::new(ctx.db, ctx.cfg, ctx.app_kv(), ctx.now, ctx.request_id);
-    locked(ctx, &user, "downgrade", async {
+    locked(ctx, user, "downgrade", move |seq| async move {
         let (_, subs) = live_subscription(&billing, &user).await?;
         match upgrade::decide_downgrade(&subs, &billing.catalog, &ctx.cfg.prices, target) {
             Downgrade::CancelAtPeriodEnd { subscription_id } => {
@@ -438,7 +494,7 @@ pub async fn downgrade_plan(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
                     .cloned()
                     .ok_or_else(|| ApiError::server("chosen subscription missing"))?;
                 if !(sub.cancel_at_period_end || sub.cancel_at.is_some()) {
-                    set_cancel_at_period_end(&billing, &user, &sub, true, "api:downgrade").await?;
+                    set_cancel_at_period_end(&billing, user, seq, &sub, true, "api:downgrade").await?;
                 }
                 plan_reply(ctx, &user.id, json!({"action": "cancel_scheduled"})).await
             }
@@ -446,13 +502,13 @@ pub async fn downgrade_plan(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
                 if let Some(schedule) = existing_schedule {
                     let req = StripeRequest::post(
                         format!("/v1/subscription_schedules/{schedule}/release"),
-                        key(&user, &["release", &schedule]),
+                        key(user, seq, &["release", &schedule]),
                     );
                     post(&billing, req, "UPDATE_FAILED", "release schedule").await?;
                 }
                 let req = StripeRequest::post(
                     "/v1/subscription_schedules",
-                    key(&user, &["schedule", &subscription_id, &target_price]),
+                    key(user, seq, &["schedule", &subscription_id, &target_price]),
                 )
                 .param("from_subscription", subscription_id.as_str());
                 let schedule = post(&billing, req, "UPDATE_FAILED", "create schedule").await?;
@@ -466,7 +522,7 @@ pub async fn downgrade_plan(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
                     .ok_or_else(|| ApiError::server("schedule without a current phase"))?;
                 let req = StripeRequest::post(
                     format!("/v1/subscription_schedules/{schedule_id}"),
-                    key(&user, &["phases", &schedule_id, &target_price]),
+                    key(user, seq, &["phases", &schedule_id, &target_price]),
                 )
                 .param("end_behavior", "release")
                 .param("phases[0][items][0][price]", current_price.as_str())
@@ -506,8 +562,9 @@ pub async fn downgrade_plan(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
 /// store the truth (the same path the webhook re-fetch and admin re-sync use).
 pub async fn sync_stripe_plan(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let user = caller(ctx).await?;
+    let user = &user;
     let billing = Billing::new(ctx.db, ctx.cfg, ctx.app_kv(), ctx.now, ctx.request_id);
-    locked(ctx, &user, "sync", async {
+    locked(ctx, user, "sync", move |_seq| async move {
         if let Some(customer) = user.stripe_customer_id.as_deref() {
             let subs = subscriptions(&billing, customer, "UPDATE_FAILED").await?;
             billing.apply_best(&user, &subs, "api:sync").await?;

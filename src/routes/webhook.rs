@@ -34,6 +34,8 @@ pub async fn stripe(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     match billing.deliver(&ev, payload, "webhook").await? {
         Delivery::Processed => Ok(Reply::ok(json!({"ok": true, "received": true, "status": "processed"}))),
         Delivery::Duplicate => Ok(Reply::ok(json!({"ok": true, "received": true, "status": "duplicate"}))),
+        // Given up after too many failures: listed for an admin, who retries it.
+        Delivery::Dead => Ok(Reply::ok(json!({"ok": true, "received": true, "status": "dead"}))),
         // Another delivery holds the lease; if it fails, the cron retries the event.
         Delivery::InProgress => {
             Ok(Reply::ok(json!({"ok": true, "received": true, "status": "in_progress"})).with_status(202))

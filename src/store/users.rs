@@ -10,7 +10,7 @@ macro_rules! user_columns {
     () => {
         "id, auth_id, email, plan, stripe_customer_id, stripe_subscription_id, subscription_status, \
          trial_ends_at, current_period_end, cancel_at, scheduled_plan, scheduled_at, \
-         plan_updated_at, created_at, updated_at, stripe_synced_at, trial_used, billing_seq"
+         plan_updated_at, created_at, updated_at, stripe_synced_at, trial_used"
     };
 }
 
@@ -142,11 +142,6 @@ pub fn set_email_by_customer_stmt(customer_id: &str, email: Option<&str>, now: i
         sql: "UPDATE users SET email = ?2, updated_at = ?3 WHERE stripe_customer_id = ?1 AND email IS NOT ?2",
         params: vec![customer_id.into(), email.into(), Param::Int(now)],
     }
-}
-
-/// Counts a successful billing action (see `billing_seq` in migrations/0003).
-pub fn bump_billing_seq_stmt(user_id: &str) -> Stmt {
-    Stmt { sql: "UPDATE users SET billing_seq = billing_seq + 1 WHERE id = ?1", params: vec![user_id.into()] }
 }
 
 /// Stores a Stripe customer created for a user who had none; returns the row after.

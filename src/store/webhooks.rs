@@ -7,7 +7,9 @@ use crate::error::ApiError;
 use crate::stripe::events::Envelope;
 
 /// How long a claimed event is ours before another delivery (or the cron) may take it.
-pub const LEASE_SECONDS: i64 = 60;
+/// Longer than the worst case of one delivery (a few Stripe calls, each up to three
+/// 10 s attempts).
+pub const LEASE_SECONDS: i64 = 180;
 /// Failed attempts before an event is left `dead` (admin retry only).
 pub const MAX_ATTEMPTS: i64 = 8;
 /// Processed events are kept this long, then deleted by the cron.
@@ -28,6 +30,8 @@ pub enum Claim {
     AlreadyProcessed,
     /// Another delivery holds an unexpired lease.
     InProgress,
+    /// Gave up on it; only an admin retry takes it again.
+    Dead,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -57,16 +61,24 @@ struct Status {
     status: String,
 }
 
-/// Claims an event for processing: a new id is inserted as `processing`; a `failed` or
-/// `dead` one, or a `processing` one whose lease expired, is taken over. One statement,
-/// so concurrent deliveries of the same event cannot both win.
-pub async fn claim(db: &Db, ev: &Envelope, payload: &str, source: &str, now: i64) -> Result<Claim, ApiError> {
-    const SQL: &str =
-        "INSERT INTO webhook_events (id, type, created, status, attempts, payload, received_at, lease_until, source) \
-         VALUES (?1, ?2, ?3, 'processing', 1, ?4, ?5, ?6, ?7) \
+/// Claims an event for processing as `token` (the request id): a new id is inserted
+/// as `processing`; a `failed` one, a `processing` one whose lease expired, or — for an
+/// admin retry only — a `dead` one is taken over. One statement, so concurrent
+/// deliveries of the same event cannot both win.
+pub async fn claim(
+    db: &Db,
+    ev: &Envelope,
+    payload: &str,
+    source: &str,
+    token: &str,
+    now: i64,
+) -> Result<Claim, ApiError> {
+    const SQL: &str = "INSERT INTO webhook_events (id, type, created, status, attempts, payload, received_at, lease_until, source, claim_token) \
+         VALUES (?1, ?2, ?3, 'processing', 1, ?4, ?5, ?6, ?7, ?8) \
          ON CONFLICT(id) DO UPDATE SET status = 'processing', attempts = webhook_events.attempts + 1, \
-           lease_until = excluded.lease_until, next_attempt_at = NULL \
-         WHERE webhook_events.status IN ('failed', 'dead') \
+           lease_until = excluded.lease_until, next_attempt_at = NULL, claim_token = excluded.claim_token \
+         WHERE webhook_events.status = 'failed' \
+            OR (webhook_events.status = 'dead' AND ?7 = 'admin') \
             OR (webhook_events.status = 'processing' AND webhook_events.lease_until < ?5) \
          RETURNING attempts";
     let params = [
@@ -77,6 +89,7 @@ pub async fn claim(db: &Db, ev: &Envelope, payload: &str, source: &str, now: i64
         Param::Int(now),
         Param::Int(now + LEASE_SECONDS),
         source.into(),
+        token.into(),
     ];
     if let Some(row) = db.query_one::<Attempts>(SQL, &params).await? {
         return Ok(Claim::Claimed { attempts: row.attempts });
@@ -85,26 +98,55 @@ pub async fn claim(db: &Db, ev: &Envelope, payload: &str, source: &str, now: i64
         db.query_one::<Status>("SELECT status FROM webhook_events WHERE id = ?1", &[ev.id.as_str().into()]).await?;
     Ok(match status.map(|s| s.status).as_deref() {
         Some("processed") => Claim::AlreadyProcessed,
+        Some("dead") => Claim::Dead,
         _ => Claim::InProgress,
     })
 }
 
-/// Marks the event processed; batched with the writes it caused.
-pub fn processed_stmt(id: &str, now: i64) -> Stmt {
+/// Marks the event processed (if `token` still holds it); batched with its effects.
+pub fn processed_stmt(id: &str, token: &str, now: i64) -> Stmt {
     Stmt {
         sql: "UPDATE webhook_events SET status = 'processed', processed_at = ?2, lease_until = NULL, \
-              next_attempt_at = NULL, last_error = NULL WHERE id = ?1",
-        params: vec![id.into(), Param::Int(now)],
+              next_attempt_at = NULL, last_error = NULL WHERE id = ?1 AND claim_token = ?3 AND status = 'processing'",
+        params: vec![id.into(), Param::Int(now), token.into()],
     }
 }
 
-/// Marks the event failed (retry after backoff) or, past the limit, dead.
-pub async fn mark_failed(db: &Db, id: &str, attempts: i64, error: &str, now: i64) -> Result<(), ApiError> {
+/// Marks the event failed (retried after backoff) or, past the limit or when `give_up`,
+/// dead — if `token` still holds it.
+pub async fn mark_failed(
+    db: &Db,
+    id: &str,
+    token: &str,
+    attempts: i64,
+    error: &str,
+    give_up: bool,
+    now: i64,
+) -> Result<(), ApiError> {
     let error: String = error.chars().take(1000).collect();
     db.execute(
-        "UPDATE webhook_events SET status = CASE WHEN attempts >= ?3 THEN 'dead' ELSE 'failed' END, \
-         last_error = ?2, lease_until = NULL, next_attempt_at = ?4 WHERE id = ?1",
-        &[id.into(), error.into(), Param::Int(MAX_ATTEMPTS), Param::Int(now + backoff_seconds(attempts))],
+        "UPDATE webhook_events SET status = CASE WHEN ?5 = 1 OR attempts >= ?3 THEN 'dead' ELSE 'failed' END, \
+         last_error = ?2, lease_until = NULL, next_attempt_at = ?4 \
+         WHERE id = ?1 AND claim_token = ?6 AND status = 'processing'",
+        &[
+            id.into(),
+            error.into(),
+            Param::Int(MAX_ATTEMPTS),
+            Param::Int(now + backoff_seconds(attempts)),
+            Param::Int(give_up as i64),
+            token.into(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Gives up on an event nobody can process (e.g. an unparsable stored payload).
+pub async fn give_up(db: &Db, id: &str, error: &str) -> Result<(), ApiError> {
+    db.execute(
+        "UPDATE webhook_events SET status = 'dead', last_error = ?2, lease_until = NULL, next_attempt_at = NULL \
+         WHERE id = ?1 AND status IN ('failed', 'processing')",
+        &[id.into(), error.into()],
     )
     .await?;
     Ok(())

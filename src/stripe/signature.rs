@@ -11,6 +11,10 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 pub const DEFAULT_TOLERANCE_SECONDS: i64 = 300;
+/// `v1` signatures considered per header (Stripe sends one per active secret).
+const MAX_SIGNATURES: usize = 8;
+/// Secrets tried per delivery.
+const MAX_SECRETS: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SignatureError {
@@ -55,9 +59,13 @@ fn parse_header(header: &str) -> Result<Header, SignatureError> {
             "t" => timestamp = value.parse::<i64>().ok(),
             "v1" => {
                 saw_v1 = true;
-                // A signature that is not hex can never match: skip it, keep the others.
+                // A signature that is not 32 bytes of hex can never match: skip it, keep
+                // the others. A bounded number are kept so a header stuffed with
+                // signatures cannot multiply the work.
                 if let Ok(bytes) = hex::decode(value) {
-                    v1.push(bytes);
+                    if bytes.len() == 32 && v1.len() < MAX_SIGNATURES {
+                        v1.push(bytes);
+                    }
                 }
             }
             _ => {}
@@ -68,6 +76,11 @@ fn parse_header(header: &str) -> Result<Header, SignatureError> {
         return Err(SignatureError::NoSignatures);
     }
     Ok(Header { timestamp, v1 })
+}
+
+/// Equal length and content, in time independent of where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn mac(secret: &str, timestamp: i64, payload: &[u8]) -> Hmac<Sha256> {
@@ -89,10 +102,11 @@ pub fn verify(
 ) -> Result<i64, SignatureError> {
     let header = header.map(str::trim).filter(|h| !h.is_empty()).ok_or(SignatureError::MissingHeader)?;
     let parsed = parse_header(header)?;
-    let matched = secrets
-        .iter()
-        .filter(|s| !s.is_empty())
-        .any(|secret| parsed.v1.iter().any(|sig| mac(secret, parsed.timestamp, payload).verify_slice(sig).is_ok()));
+    // One HMAC over the body per secret, compared in constant time with each `v1`.
+    let matched = secrets.iter().filter(|s| !s.is_empty()).take(MAX_SECRETS).any(|secret| {
+        let expected = mac(secret, parsed.timestamp, payload).finalize().into_bytes();
+        parsed.v1.iter().any(|sig| constant_time_eq(&expected, sig))
+    });
     if !matched {
         return Err(SignatureError::NoMatch);
     }
@@ -210,6 +224,17 @@ mod tests {
             verify(PAYLOAD, Some(&h301), &secrets(&[SECRET]), 0, NOW),
             Err(SignatureError::TimestampOutsideTolerance)
         );
+    }
+
+    #[test]
+    fn a_header_stuffed_with_signatures_only_has_its_first_few_considered() {
+        let valid = sign_for_test(PAYLOAD, SECRET, NOW);
+        let sig = valid.split("v1=").nth(1).unwrap();
+        let junk: String = (0..50).map(|i| format!(",v1={:064x}", i)).collect();
+        assert_eq!(check(Some(&format!("t={NOW}{junk},v1={sig}"))), Err(SignatureError::NoMatch));
+        assert_eq!(check(Some(&format!("t={NOW},v1={sig}{junk}"))), Ok(NOW));
+        // Empty or short hex never matches.
+        assert_eq!(check(Some(&format!("t={NOW},v1=,v1=00"))), Err(SignatureError::NoMatch));
     }
 
     #[test]

@@ -180,6 +180,24 @@ fn invalid_input_is_refused_with_a_clear_code_and_changes_nothing() {
 }
 
 #[test]
+fn a_customer_never_has_two_open_checkout_sessions() {
+    let s = shared();
+    let c = new_customer(&s.app, "two-sessions");
+    let first = call(&c, "/api/stripe-checkout", json!({"plan": "pro"}));
+    assert_eq!(first.status, 200, "{}", first.body);
+    let again = call(&c, "/api/stripe-checkout", json!({"plan": "pro"}));
+    assert_eq!(again.json()["url"], first.json()["url"], "the same offer reuses the open session");
+    let other = call(&c, "/api/stripe-checkout", json!({"plan": "premium"}));
+    assert_eq!(other.status, 200, "{}", other.body);
+    assert_ne!(other.json()["url"], first.json()["url"]);
+    let sessions = s.stripe.sessions_of(&customer_of(&c));
+    let open: Vec<_> = sessions.iter().filter(|x| x["status"] == "open").collect();
+    assert_eq!(open.len(), 1, "{sessions:?}");
+    assert_eq!(open[0]["price"], PRICE_PREMIUM);
+    assert_eq!(sessions.iter().filter(|x| x["status"] == "expired").count(), 1);
+}
+
+#[test]
 fn ten_concurrent_clicks_create_exactly_one_subscription() {
     let s = shared();
     let c = Arc::new(new_customer(&s.app, "ten-clicks"));

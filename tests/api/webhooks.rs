@@ -384,7 +384,7 @@ fn an_event_whose_worker_crashed_mid_processing_is_taken_over_after_its_lease() 
     assert_eq!(r.json()["status"], "in_progress");
     run_cron(&second, Some(now() + 30));
     assert_eq!(event_row(&second, &id).unwrap()["status"], "processing", "lease not yet expired");
-    run_cron(&second, Some(now() + 120));
+    run_cron(&second, Some(now() + 240));
     let row = event_row(&second, &id).unwrap();
     assert_eq!(row["status"], "processed", "{row}");
     assert_eq!(row["attempts"], 2);
@@ -625,4 +625,45 @@ fn changes_are_dual_written_to_the_legacy_kv_keys() {
     assert_eq!(kv(&format!("trialUsedByUid:{}", c.auth_id)).as_deref(), Some("true"));
     let me = crate::support::get(&s.app.url("/api/plan/me"), Some(&crate::support::token(&c.auth_id))).json();
     assert_eq!(me["plan"], "trial");
+}
+
+#[test]
+fn a_user_id_hint_never_moves_another_customers_subscription_onto_someone_else() {
+    let s = shared();
+    let owner = subscribed(&s.app, &s.stripe, "hint-owner");
+    let victim = new_customer(&s.app, "hint-victim");
+    // A session for the owner's customer naming the victim (e.g. a client-set
+    // client_reference_id on a payment link).
+    let mut session = checkout_completed(&owner);
+    session["client_reference_id"] = json!(victim.user_id);
+    let r = deliver(
+        &s.app,
+        &event(&format!("evt_hint1_{}", owner.subscription), "checkout.session.completed", now(), session),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = user_row(&s.app, &victim.user_id);
+    assert_eq!((v["plan"].as_str(), v["stripe_customer_id"].as_str()), (Some("free"), None));
+    assert_eq!(user_row(&s.app, &owner.user_id)["plan"], "essential");
+
+    // A subscription of an unknown customer whose metadata names a user who already
+    // has their own customer: not applied to that user.
+    let stranger = Customer {
+        auth_id: "nobody".into(),
+        user_id: owner.user_id.clone(),
+        customer: format!("cus_stranger{}", unique("x").replace('-', "")),
+        subscription: format!("sub_stranger{}", unique("x").replace('-', "")),
+    };
+    s.stripe.put_subscription(subscription(&stranger, "canceled", PRICE_PREMIUM));
+    let ev = event(
+        &format!("evt_hint2_{}", stranger.subscription),
+        "customer.subscription.deleted",
+        now(),
+        subscription(&stranger, "canceled", PRICE_PREMIUM),
+    );
+    assert_eq!(deliver(&s.app, &ev).status, 200);
+    let o = user_row(&s.app, &owner.user_id);
+    assert_eq!(
+        (o["plan"].as_str(), o["stripe_customer_id"].as_str()),
+        (Some("essential"), Some(owner.customer.as_str()))
+    );
 }

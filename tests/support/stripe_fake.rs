@@ -346,13 +346,22 @@ fn handle_post(s: &mut FakeState, r: &Recorded) -> (u16, Value) {
                 "mode": param(&f, "mode"), "customer": customer, "client_reference_id": param(&f, "client_reference_id"),
                 "price": param(&f, "line_items[0][price]"),
                 "trial_period_days": param(&f, "subscription_data[trial_period_days]").and_then(|d| d.parse::<i64>().ok()),
-                "metadata": {"user_id": param(&f, "metadata[user_id]")},
+                "status": "open",
+                "metadata": f.iter().filter_map(|(k, v)| Some((k.strip_prefix("metadata[")?.strip_suffix(']')?.to_string(), json!(v)))).collect::<serde_json::Map<String, Value>>(),
                 "subscription_user_id": param(&f, "subscription_data[metadata][user_id]"),
                 "success_url": param(&f, "success_url"), "cancel_url": param(&f, "cancel_url"),
             });
             s.checkout_sessions.insert(id, session.clone());
             (200, session)
         }
+        ["v1", "checkout", "sessions", id, "expire"] => match s.checkout_sessions.get_mut(*id) {
+            Some(session) if session["status"] == "open" => {
+                session["status"] = json!("expired");
+                (200, session.clone())
+            }
+            Some(_) => error(400, "invalid_request_error", "", "Only open sessions can be expired"),
+            None => error(404, "invalid_request_error", "resource_missing", "No such checkout session"),
+        },
         ["v1", "billing_portal", "sessions"] => match param(&f, "customer") {
             Some(c) if s.customers.contains_key(c) => (
                 200,
@@ -470,6 +479,18 @@ fn handle_get(state: &Arc<Mutex<FakeState>>, r: &Recorded) -> (u16, Value) {
                 .values()
                 .filter(|v| customer.as_ref().is_none_or(|c| v["customer"] == c.as_str()))
                 .map(|v| with_schedule(&s, v.clone()))
+                .collect();
+            (200, list(items, &params))
+        }
+        ("GET", ["v1", "checkout", "sessions"]) => {
+            let customer = params.iter().find(|(k, _)| k == "customer").map(|(_, v)| v.clone());
+            let status = params.iter().find(|(k, _)| k == "status").map(|(_, v)| v.clone());
+            let items: Vec<Value> = s
+                .checkout_sessions
+                .values()
+                .filter(|v| customer.as_ref().is_none_or(|c| v["customer"] == c.as_str()))
+                .filter(|v| status.as_ref().is_none_or(|st| v["status"] == st.as_str()))
+                .cloned()
                 .collect();
             (200, list(items, &params))
         }
