@@ -286,7 +286,7 @@ pub async fn upgrade_plan(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
                     req = req.param("trial_end", "now");
                 }
                 let answer = post(&billing, req, "UPDATE_FAILED", "update subscription").await?;
-                let state = billing.apply_answer(&user, &answer, "api:upgrade").await?;
+                let state = billing.apply_answer(user, &answer, "api:upgrade").await?;
                 let pending = answer.get("pending_update").is_some_and(|p| !p.is_null());
                 Ok(Reply::ok(json!({
                     "ok": true, "action": "updated", "plan": state.plan, "subscriptionId": subscription_id,
@@ -446,7 +446,7 @@ pub async fn cancel_subscription(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let user = &user;
     let billing = Billing::new(ctx.db, ctx.cfg, ctx.app_kv(), ctx.now, ctx.request_id);
     locked(ctx, user, "cancel", move |seq| async move {
-        let (sub, _) = live_subscription(&billing, &user).await?;
+        let (sub, _) = live_subscription(&billing, user).await?;
         if !(sub.cancel_at_period_end || sub.cancel_at.is_some()) {
             set_cancel_at_period_end(&billing, user, seq, &sub, true, "api:cancel").await?;
         }
@@ -461,7 +461,7 @@ pub async fn resume_subscription(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let user = &user;
     let billing = Billing::new(ctx.db, ctx.cfg, ctx.app_kv(), ctx.now, ctx.request_id);
     locked(ctx, user, "resume", move |seq| async move {
-        let (sub, _) = live_subscription(&billing, &user).await?;
+        let (sub, _) = live_subscription(&billing, user).await?;
         if sub.cancel_at_period_end || sub.cancel_at.is_some() {
             set_cancel_at_period_end(&billing, user, seq, &sub, false, "api:resume").await?;
         }
@@ -485,7 +485,7 @@ pub async fn downgrade_plan(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let user = &user;
     let billing = Billing::new(ctx.db, ctx.cfg, ctx.app_kv(), ctx.now, ctx.request_id);
     locked(ctx, user, "downgrade", move |seq| async move {
-        let (_, subs) = live_subscription(&billing, &user).await?;
+        let (_, subs) = live_subscription(&billing, user).await?;
         match upgrade::decide_downgrade(&subs, &billing.catalog, &ctx.cfg.prices, target) {
             Downgrade::CancelAtPeriodEnd { subscription_id } => {
                 let sub = subs
@@ -541,7 +541,7 @@ pub async fn downgrade_plan(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
                     .send(&fetched)
                     .await
                     .map_err(|e| stripe_failure("UPDATE_FAILED", "read subscription", e))?;
-                billing.apply_answer(&user, &answer, "api:downgrade").await?;
+                billing.apply_answer(user, &answer, "api:downgrade").await?;
                 plan_reply(ctx, &user.id, json!({"action": "downgrade_scheduled"})).await
             }
             Downgrade::NotLower => Err(ApiError::coded(
@@ -567,7 +567,7 @@ pub async fn sync_stripe_plan(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     locked(ctx, user, "sync", move |_seq| async move {
         if let Some(customer) = user.stripe_customer_id.as_deref() {
             let subs = subscriptions(&billing, customer, "UPDATE_FAILED").await?;
-            billing.apply_best(&user, &subs, "api:sync").await?;
+            billing.apply_best(user, &subs, "api:sync").await?;
         }
         plan_reply(ctx, &user.id, json!({"synced": user.stripe_customer_id.is_some()})).await
     })
