@@ -66,7 +66,7 @@ fn stripe_failure(code: &'static str, what: &str, e: StripeError) -> ApiError {
         _ => ApiError::CodedServer {
             status: 502,
             code,
-            public: "Stripe could not complete the request; nothing was changed",
+            public: "Stripe could not complete the request; try again or sync the plan",
             cause: format!("{what}: {e}"),
         },
     }
