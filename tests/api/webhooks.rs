@@ -667,3 +667,42 @@ fn a_user_id_hint_never_moves_another_customers_subscription_onto_someone_else()
         (Some("essential"), Some(owner.customer.as_str()))
     );
 }
+
+#[test]
+fn one_off_payments_and_refunds_are_recorded_in_any_order_and_customer_emails_sync() {
+    let s = shared();
+    let c = subscribed(&s.app, &s.stripe, "payments");
+    let pi = format!("pi_{}", c.subscription);
+    let intent = json!({"id": pi, "object": "payment_intent", "customer": c.customer, "amount": 500,
+                        "amount_received": 500, "currency": "eur", "metadata": {}});
+    let charge = json!({"id": format!("ch_{}", c.subscription), "object": "charge", "payment_intent": pi,
+                        "customer": c.customer, "amount": 500, "amount_refunded": 500, "currency": "eur"});
+    // The refund arrives before the success it refunds.
+    let t = now();
+    assert_eq!(deliver(&s.app, &event(&format!("evt_ref_{pi}"), "charge.refunded", t + 10, charge)).status, 200);
+    assert_eq!(deliver(&s.app, &event(&format!("evt_pi_{pi}"), "payment_intent.succeeded", t, intent)).status, 200);
+    let row = s.app.sql(&format!("SELECT * FROM stripe_payments WHERE id = '{pi}'")).remove(0);
+    assert_eq!(row["status"], "refunded", "the older success does not overwrite the refund: {row}");
+    assert_eq!((row["amount"].as_i64(), row["amount_refunded"].as_i64()), (Some(500), Some(500)));
+    assert_eq!(row["user_id"], c.user_id.as_str(), "linked through the stored customer id");
+
+    // A payment-mode checkout is recorded too.
+    let cs = json!({"id": format!("cs_pay_{}", c.subscription), "object": "checkout.session", "mode": "payment",
+                    "customer": c.customer, "client_reference_id": c.user_id, "payment_intent": format!("pi_pay_{}", c.subscription),
+                    "amount_total": 1200, "currency": "eur", "payment_status": "paid"});
+    assert_eq!(
+        deliver(&s.app, &event(&format!("evt_cspay_{}", c.subscription), "checkout.session.completed", t, cs)).status,
+        200
+    );
+    let row = s.app.sql(&format!("SELECT * FROM stripe_payments WHERE id = 'pi_pay_{}'", c.subscription)).remove(0);
+    assert_eq!((row["status"].as_str(), row["amount"].as_i64()), (Some("succeeded"), Some(1200)));
+
+    // customer.updated: the email is taken from Stripe's current customer, not the payload.
+    s.stripe.put_customer(json!({"id": c.customer, "object": "customer", "email": "new-address@example.test"}));
+    let stale = json!({"id": c.customer, "object": "customer", "email": "stale@example.test"});
+    assert_eq!(
+        deliver(&s.app, &event(&format!("evt_cu_{}", c.subscription), "customer.updated", t, stale)).status,
+        200
+    );
+    assert_eq!(user_row(&s.app, &c.user_id)["email"], "new-address@example.test");
+}
