@@ -267,11 +267,7 @@ pub async fn upgrade_plan(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
             }
             Upgrade::Update { subscription_id, item_id, price, end_trial, release_schedule } => {
                 if let Some(schedule) = release_schedule {
-                    let req = StripeRequest::post(
-                        format!("/v1/subscription_schedules/{schedule}/release"),
-                        key(user, seq, &["release", &schedule]),
-                    );
-                    post(&billing, req, "UPDATE_FAILED", "release schedule").await?;
+                    release_schedule_of(&billing, user, seq, &schedule).await?;
                 }
                 let mut req = StripeRequest::post(
                     format!("/v1/subscriptions/{subscription_id}"),
@@ -398,6 +394,21 @@ async fn live_subscription(
     Ok((chosen, subs))
 }
 
+/// Detaches a subscription schedule (a pending downgrade) from its subscription.
+async fn release_schedule_of(
+    billing: &Billing<'_>,
+    user: &UserRecord,
+    seq: i64,
+    schedule: &str,
+) -> Result<(), ApiError> {
+    let req = StripeRequest::post(
+        format!("/v1/subscription_schedules/{schedule}/release"),
+        key(user, seq, &["release", schedule]),
+    );
+    post(billing, req, "UPDATE_FAILED", "release schedule").await?;
+    Ok(())
+}
+
 async fn set_cancel_at_period_end(
     billing: &Billing<'_>,
     user: &UserRecord,
@@ -409,11 +420,7 @@ async fn set_cancel_at_period_end(
     // Stripe refuses cancellation changes on a subscription a schedule manages (e.g.
     // a scheduled downgrade): cancelling supersedes the schedule, so release it first.
     if let Some(schedule) = &sub.schedule_id {
-        let req = StripeRequest::post(
-            format!("/v1/subscription_schedules/{schedule}/release"),
-            key(user, seq, &["release", schedule]),
-        );
-        post(billing, req, "UPDATE_FAILED", "release schedule").await?;
+        release_schedule_of(billing, user, seq, schedule).await?;
     }
     let flag = if cancel { "true" } else { "false" };
     let mut req = StripeRequest::post(
@@ -500,11 +507,7 @@ pub async fn downgrade_plan(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
             }
             Downgrade::Schedule { subscription_id, existing_schedule, current_price, target_price, at } => {
                 if let Some(schedule) = existing_schedule {
-                    let req = StripeRequest::post(
-                        format!("/v1/subscription_schedules/{schedule}/release"),
-                        key(user, seq, &["release", &schedule]),
-                    );
-                    post(&billing, req, "UPDATE_FAILED", "release schedule").await?;
+                    release_schedule_of(&billing, user, seq, &schedule).await?;
                 }
                 let req = StripeRequest::post(
                     "/v1/subscription_schedules",
