@@ -40,6 +40,14 @@ pub fn stripe_options(stripe: &StripeFake) -> AppOptions {
     stripe.app_options()
 }
 
+/// Tests that run the cron on `cron_app` hold this for their whole run: a cron run
+/// (possibly "in the future") acts on every event of the app, so two such tests must
+/// not interleave.
+pub fn cron_serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// An app of its own for tests that run the cron at a future time (retries after
 /// backoff, retention): they would otherwise act on other tests' events.
 pub fn cron_app() -> &'static App {

@@ -265,6 +265,7 @@ fn with_stripe_unreachable_payloads_apply_only_when_newer_and_retries_confirm_la
     // Stripe answers 500 for this subscription: every subscription event falls back to
     // its payload under the order guard, answers 500 and stays failed. A stale
     // `updated` delivered after `deleted` must not resurrect the plan.
+    let _serial = crate::cron_serial();
     let app = cron_app();
     let stripe = &shared().stripe;
     for run in 0..3u64 {
@@ -307,6 +308,7 @@ fn with_stripe_unreachable_payloads_apply_only_when_newer_and_retries_confirm_la
 
 #[test]
 fn a_failed_handler_answers_500_keeps_the_event_and_the_cron_retry_succeeds() {
+    let _serial = crate::cron_serial();
     let app = cron_app();
     let stripe = &shared().stripe;
     let c = new_customer(app, "retry");
@@ -395,6 +397,7 @@ fn an_event_whose_worker_crashed_mid_processing_is_taken_over_after_its_lease() 
 
 #[test]
 fn a_missed_delivery_is_picked_up_by_reconciliation_from_the_events_api() {
+    let _serial = crate::cron_serial();
     let app = cron_app();
     let stripe = &shared().stripe;
     let c = subscribed(app, stripe, "reconcile");
@@ -420,6 +423,7 @@ fn a_missed_delivery_is_picked_up_by_reconciliation_from_the_events_api() {
 
 #[test]
 fn processed_events_older_than_thirty_days_are_deleted_by_the_cron() {
+    let _serial = crate::cron_serial();
     let app = cron_app();
     let id = format!("evt_{}", unique("retention").replace('-', ""));
     let r = deliver(app, &event(&id, "product.updated", now(), json!({"id": "prod_1"})));
