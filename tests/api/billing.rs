@@ -411,7 +411,7 @@ fn another_users_token_never_acts_on_this_users_subscription() {
     assert_eq!(plan_me(&owner)["plan"], "pro");
 }
 
-/// Runs last in name order; checks every request the fake received in this run.
+/// Makes traffic of every kind, then checks every request the fake has received so far.
 #[test]
 fn zz_every_stripe_request_is_well_formed_versioned_and_idempotent() {
     let s = shared();
