@@ -5,8 +5,3 @@
 pub fn now() -> i64 {
     (worker::Date::now().as_millis() / 1000) as i64
 }
-
-/// Unix milliseconds, for latency measurements in logs.
-pub fn now_ms() -> u64 {
-    worker::Date::now().as_millis()
-}

@@ -37,11 +37,6 @@ impl Catalog {
         Catalog { tiers: TIERS }
     }
 
-    #[cfg(test)]
-    pub const fn from_static(tiers: &'static [TierDef]) -> Self {
-        Catalog { tiers }
-    }
-
     pub fn tiers(&self) -> impl Iterator<Item = (Tier, &'static TierDef)> {
         self.tiers.iter().enumerate().map(|(i, d)| (Tier(i as u8), d))
     }

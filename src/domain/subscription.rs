@@ -95,6 +95,13 @@ pub struct Subscription {
     pub next_phase: Option<NextPhase>,
 }
 
+impl Subscription {
+    /// A cancellation is pending (at the period end or at a set date).
+    pub fn cancel_pending(&self) -> bool {
+        self.cancel_at_period_end || self.cancel_at.is_some()
+    }
+}
+
 /// Stripe price id ↔ tier, from the `STRIPE_PRICE_<TIER>` vars.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PriceMap {

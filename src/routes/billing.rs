@@ -381,16 +381,19 @@ pub async fn billing_portal(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     .await
 }
 
+fn no_active_subscription() -> ApiError {
+    ApiError::coded(409, "NO_ACTIVE_SUBSCRIPTION", "There is no active subscription to change")
+}
+
 /// The caller's live subscription to act on, or 409 `NO_ACTIVE_SUBSCRIPTION`.
 async fn live_subscription(
     billing: &Billing<'_>,
     user: &UserRecord,
 ) -> Result<(Subscription, Vec<Subscription>), ApiError> {
-    let no_sub = || ApiError::coded(409, "NO_ACTIVE_SUBSCRIPTION", "There is no active subscription to change");
-    let customer = user.stripe_customer_id.as_deref().ok_or_else(no_sub)?;
+    let customer = user.stripe_customer_id.as_deref().ok_or_else(no_active_subscription)?;
     let subs = subscriptions(billing, customer, "UPDATE_FAILED").await?;
     let live: Vec<Subscription> = subs.iter().filter(|s| s.status.is_live()).cloned().collect();
-    let chosen = best(&live, &billing.cfg.prices).cloned().ok_or_else(no_sub)?;
+    let chosen = best(&live, &billing.cfg.prices).cloned().ok_or_else(no_active_subscription)?;
     Ok((chosen, subs))
 }
 
@@ -454,7 +457,7 @@ pub async fn cancel_subscription(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let billing = Billing::new(ctx.db, ctx.cfg, ctx.app_kv(), ctx.now, ctx.request_id);
     locked(ctx, user, "cancel", move |seq| async move {
         let (sub, _) = live_subscription(&billing, user).await?;
-        if !(sub.cancel_at_period_end || sub.cancel_at.is_some()) {
+        if !sub.cancel_pending() {
             set_cancel_at_period_end(&billing, user, seq, &sub, true, "api:cancel").await?;
         }
         plan_reply(ctx, &user.id, json!({"action": "cancel_scheduled"})).await
@@ -469,7 +472,7 @@ pub async fn resume_subscription(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let billing = Billing::new(ctx.db, ctx.cfg, ctx.app_kv(), ctx.now, ctx.request_id);
     locked(ctx, user, "resume", move |seq| async move {
         let (sub, _) = live_subscription(&billing, user).await?;
-        if sub.cancel_at_period_end || sub.cancel_at.is_some() {
+        if sub.cancel_pending() {
             set_cancel_at_period_end(&billing, user, seq, &sub, false, "api:resume").await?;
         }
         plan_reply(ctx, &user.id, json!({"action": "resumed"})).await
@@ -500,7 +503,7 @@ pub async fn downgrade_plan(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
                     .find(|s| s.id == subscription_id)
                     .cloned()
                     .ok_or_else(|| ApiError::server("chosen subscription missing"))?;
-                if !(sub.cancel_at_period_end || sub.cancel_at.is_some()) {
+                if !sub.cancel_pending() {
                     set_cancel_at_period_end(&billing, user, seq, &sub, true, "api:downgrade").await?;
                 }
                 plan_reply(ctx, &user.id, json!({"action": "cancel_scheduled"})).await
@@ -552,9 +555,7 @@ pub async fn downgrade_plan(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
                 "NOT_A_DOWNGRADE",
                 format!("{} is not below the current plan; use /api/upgrade-plan", billing.catalog.id(target)),
             )),
-            Downgrade::NoSubscription => {
-                Err(ApiError::coded(409, "NO_ACTIVE_SUBSCRIPTION", "There is no active subscription to change"))
-            }
+            Downgrade::NoSubscription => Err(no_active_subscription()),
             Downgrade::NotConfigured(why) => Err(ApiError::server(why)),
         }
     })

@@ -21,6 +21,16 @@ fn call(c: &Customer, path: &str, body: Value) -> Resp {
     )
 }
 
+/// The POSTs the fake received for one subscription.
+fn posts_to(sub: &str) -> Vec<crate::support::stripe_fake::Recorded> {
+    shared()
+        .stripe
+        .requests_about(&format!("/v1/subscriptions/{sub}"))
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .collect()
+}
+
 fn plan_me(c: &Customer) -> Value {
     get(&shared().app.url("/api/plan/me"), Some(&token(&c.auth_id))).json()
 }
@@ -94,17 +104,11 @@ fn a_trialing_user_starts_paying_now_with_one_update_and_no_new_subscription() {
     assert_eq!(r.status, 200, "{}", r.body);
     let sub = pay(r.json()["url"].as_str().unwrap());
     assert_eq!(plan_me(&c)["plan"], "trial");
-    let before =
-        s.stripe.requests_about(&format!("/v1/subscriptions/{sub}")).iter().filter(|r| r.method == "POST").count();
+    let before = posts_to(&sub).len();
     let r = call(&c, "/api/upgrade-plan", json!({"targetPlan": "essential"}));
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["action"], "updated");
-    let posts: Vec<_> = s
-        .stripe
-        .requests_about(&format!("/v1/subscriptions/{sub}"))
-        .into_iter()
-        .filter(|r| r.method == "POST")
-        .collect();
+    let posts: Vec<_> = posts_to(&sub);
     assert_eq!(posts.len() - before, 1, "one update call");
     assert!(posts.last().unwrap().body.contains("trial_end=now"));
     assert_eq!(s.stripe.subscriptions_of(&customer_of(&c)).len(), 1, "no second subscription");
@@ -263,12 +267,7 @@ fn stripe_failing_twice_then_succeeding_is_one_update_with_one_idempotency_key()
     s.stripe.fail_next_posts(&format!("/v1/subscriptions/{sub}"), 2);
     let r = call(&c, "/api/upgrade-plan", json!({"targetPlan": "pro"}));
     assert_eq!(r.status, 200, "{}", r.body);
-    let posts: Vec<_> = s
-        .stripe
-        .requests_about(&format!("/v1/subscriptions/{sub}"))
-        .into_iter()
-        .filter(|r| r.method == "POST")
-        .collect();
+    let posts: Vec<_> = posts_to(&sub);
     assert_eq!(posts.len(), 3, "two failures and the success");
     let keys: std::collections::BTreeSet<_> =
         posts.iter().map(|p| p.header("Idempotency-Key").unwrap().to_string()).collect();
