@@ -10,31 +10,17 @@
 //! `metadata.user_id` or the stored customer id, never by email.
 
 use serde_json::{json, Value};
-use worker::KvStore;
 
-use crate::config::Config;
+use super::Billing;
 use crate::domain::account::UserRecord;
-use crate::domain::plans::Catalog;
 use crate::domain::subscription::{best, state_from, Subscription};
 use crate::error::ApiError;
 use crate::log;
-use crate::store::db::{Db, Stmt};
+use crate::store::db::Stmt;
 use crate::store::payments::{self, PaymentWrite};
-use crate::store::{kv, state, users, webhooks};
-use crate::stripe::client::{StripeClient, StripeError, StripeRequest};
+use crate::store::{kv, state, users};
+use crate::stripe::client::{StripeError, StripeRequest};
 use crate::stripe::events::{self, Envelope, EventKind};
-
-/// The result of one delivery (webhook, cron retry, reconciliation or admin retry).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Delivery {
-    Processed,
-    Duplicate,
-    InProgress,
-    /// Left dead after too many failures; only an admin retry processes it.
-    Dead,
-    /// Failed and recorded for retry; the cause is for the log.
-    Failed(String),
-}
 
 /// Writes an event causes, committed in one batch with its `processed` mark.
 #[derive(Default)]
@@ -51,10 +37,10 @@ impl Outcome {
     }
 }
 
-struct Failure {
-    cause: String,
+pub(super) struct Failure {
+    pub cause: String,
     /// Writes that are still safe to commit (order-guarded payload state).
-    fallback: Option<Outcome>,
+    pub fallback: Option<Outcome>,
 }
 
 impl From<ApiError> for Failure {
@@ -69,82 +55,8 @@ impl From<StripeError> for Failure {
     }
 }
 
-pub struct Billing<'a> {
-    pub db: &'a Db,
-    pub cfg: &'a Config,
-    pub kv: Option<KvStore>,
-    pub stripe: StripeClient,
-    pub now: i64,
-    pub request_id: &'a str,
-    pub catalog: Catalog,
-}
-
-impl<'a> Billing<'a> {
-    pub fn new(db: &'a Db, cfg: &'a Config, kv: Option<KvStore>, now: i64, request_id: &'a str) -> Self {
-        Billing {
-            db,
-            cfg,
-            kv,
-            stripe: StripeClient {
-                base: cfg.stripe_api_base.clone(),
-                secret_key: cfg.stripe_secret_key.clone(),
-                api_version: cfg.stripe_api_version.clone(),
-            },
-            now,
-            request_id,
-            catalog: Catalog::builtin(),
-        }
-    }
-
-    /// Claims, processes and records one event.
-    pub async fn deliver(&self, ev: &Envelope, payload: &str, source: &str) -> Result<Delivery, ApiError> {
-        let token = self.request_id;
-        let attempts = match webhooks::claim(self.db, ev, payload, source, token, self.now).await? {
-            webhooks::Claim::Claimed { attempts } => attempts,
-            webhooks::Claim::AlreadyProcessed => return Ok(Delivery::Duplicate),
-            webhooks::Claim::InProgress => return Ok(Delivery::InProgress),
-            webhooks::Claim::Dead => return Ok(Delivery::Dead),
-        };
-        match self.process(ev).await {
-            Ok(outcome) => {
-                let mut stmts = outcome.stmts;
-                stmts.push(webhooks::processed_stmt(&ev.id, token, self.now));
-                if let Err(e) = self.db.batch(stmts).await {
-                    let cause = e.to_string();
-                    webhooks::mark_failed(self.db, &ev.id, token, attempts, &cause, false, self.now).await?;
-                    return Ok(Delivery::Failed(cause));
-                }
-                self.refresh_copies(&outcome.users).await;
-                log::info(
-                    self.request_id,
-                    "stripe.event_processed",
-                    json!({"eventId": ev.id, "type": ev.kind, "source": source, "note": outcome.note, "ownRequest": ev.caused_by_plangate()}),
-                );
-                Ok(Delivery::Processed)
-            }
-            Err(failure) => {
-                if let Some(fallback) = failure.fallback.filter(|f| !f.stmts.is_empty()) {
-                    match self.db.batch(fallback.stmts).await {
-                        Ok(_) => self.refresh_copies(&fallback.users).await,
-                        Err(e) => log::error(
-                            self.request_id,
-                            "stripe.fallback_failed",
-                            json!({"eventId": ev.id, "error": e.to_string()}),
-                        ),
-                    }
-                }
-                webhooks::mark_failed(self.db, &ev.id, token, attempts, &failure.cause, false, self.now).await?;
-                log::error(
-                    self.request_id,
-                    "stripe.event_failed",
-                    json!({"eventId": ev.id, "type": ev.kind, "source": source, "attempts": attempts, "error": failure.cause}),
-                );
-                Ok(Delivery::Failed(failure.cause))
-            }
-        }
-    }
-
-    async fn process(&self, ev: &Envelope) -> Result<Outcome, Failure> {
+impl Billing<'_> {
+    pub(super) async fn process(&self, ev: &Envelope) -> Result<Outcome, Failure> {
         let cause = format!("webhook:{}", ev.id);
         match EventKind::of(&ev.kind) {
             EventKind::SubscriptionChanged | EventKind::SubscriptionDeleted => {
@@ -465,9 +377,7 @@ impl<'a> Billing<'a> {
             }
         }
     }
-}
 
-impl Billing<'_> {
     /// Stores the subscription Stripe answered with after one of plangate's own
     /// calls, at once (not only when the webhook arrives): audit row, KV copies.
     /// Returns the state stored.

@@ -1,0 +1,52 @@
+//! Billing's one home: everything between a user, Stripe and the D1 truth.
+//!
+//! - [`actions`]: what users ask for (upgrade, checkout, portal, cancel, resume,
+//!   downgrade, sync): each runs under the user's billing lock and changes D1 only from
+//!   Stripe's answer. "What happens when a user upgrades" is `actions::upgrade`.
+//! - [`sync`]: Stripe state → D1, one code path for webhooks, retries, reconciliation,
+//!   re-syncs and the answers to plangate's own calls; the legacy KV copy.
+//! - [`delivery`]: the webhook pipeline: claim, process, record, retry, reconcile.
+//!
+//! Route handlers only parse input, call one function here and shape the reply.
+
+pub mod delivery;
+pub mod sync;
+
+use worker::KvStore;
+
+use crate::config::Config;
+use crate::domain::plans::Catalog;
+use crate::store::db::Db;
+use crate::stripe::client::StripeClient;
+
+pub use delivery::Delivery;
+
+/// What every billing operation needs: D1, configuration, the KV copy, the Stripe
+/// client, the clock and the request id for the logs.
+pub struct Billing<'a> {
+    pub db: &'a Db,
+    pub cfg: &'a Config,
+    pub kv: Option<KvStore>,
+    pub stripe: StripeClient,
+    pub now: i64,
+    pub request_id: &'a str,
+    pub catalog: Catalog,
+}
+
+impl<'a> Billing<'a> {
+    pub fn new(db: &'a Db, cfg: &'a Config, kv: Option<KvStore>, now: i64, request_id: &'a str) -> Self {
+        Billing {
+            db,
+            cfg,
+            kv,
+            stripe: StripeClient {
+                base: cfg.stripe_api_base.clone(),
+                secret_key: cfg.stripe_secret_key.clone(),
+                api_version: cfg.stripe_api_version.clone(),
+            },
+            now,
+            request_id,
+            catalog: Catalog::builtin(),
+        }
+    }
+}
