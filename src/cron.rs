@@ -14,6 +14,9 @@ use crate::store::db::Db;
 use crate::store::webhooks;
 use crate::{clock, log, util};
 
+/// Users whose KV copies are written per run at most (each a few KV operations).
+const COPIES_PER_RUN: i64 = 100;
+
 /// `scheduled_ms` is the event's scheduled time: the cron's "now" (tests dispatch
 /// runs "later" by passing a future time).
 pub async fn run(cron: &str, scheduled_ms: f64, env: &Env) {
@@ -33,6 +36,7 @@ pub async fn run(cron: &str, scheduled_ms: f64, env: &Env) {
     let retries = billing.retry_due().await;
     let reconciled = if cfg.stripe_secret_key.is_some() { Some(billing.reconcile().await) } else { None };
     let purged = webhooks::purge_processed(&db, now).await;
+    let copies = billing.flush_due_copies(COPIES_PER_RUN).await;
 
     let summary = |r: &Result<Tally, ApiError>| match r {
         Ok(t) => json!({"processed": t.processed, "failed": t.failed, "skipped": t.skipped}),
@@ -45,6 +49,7 @@ pub async fn run(cron: &str, scheduled_ms: f64, env: &Env) {
             "cron": cron,
             "retries": summary(&retries),
             "reconcile": reconciled.as_ref().map(summary).unwrap_or(json!("skipped: no STRIPE_SECRET_KEY")),
+            "kvCopies": copies.as_ref().map(|n| json!(n)).unwrap_or_else(|e| json!({"error": e.to_string()})),
             "purged": purged.as_ref().map(|n| json!(n)).unwrap_or_else(|e| json!({"error": e.to_string()})),
         }),
     );

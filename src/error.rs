@@ -33,6 +33,12 @@ pub enum ApiError {
         message: String,
         plan: String,
     },
+    /// `PAYMENT_PENDING` (409): a subscription that may still become live blocks a
+    /// new one; says which, its status, and where to pay it when Stripe has a page.
+    PaymentPending {
+        subscription_status: String,
+        invoice_url: Option<String>,
+    },
     /// A server-side failure with its own code (`WEBHOOK_NOT_CONFIGURED`, …): the
     /// public message is fixed, the cause goes to the log only.
     CodedServer {
@@ -52,6 +58,10 @@ struct Body<'a> {
     message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     plan: Option<&'a str>,
+    #[serde(rename = "subscriptionStatus", skip_serializing_if = "Option::is_none")]
+    subscription_status: Option<&'a str>,
+    #[serde(rename = "invoiceUrl", skip_serializing_if = "Option::is_none")]
+    invoice_url: Option<&'a str>,
 }
 
 impl ApiError {
@@ -71,6 +81,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::PayloadTooLarge { .. } => 413,
             ApiError::InvalidRequest(_) => 400,
+            ApiError::PaymentPending { .. } => 409,
             ApiError::Coded { status, .. }
             | ApiError::CodedServer { status, .. }
             | ApiError::CodedPlan { status, .. } => *status,
@@ -86,6 +97,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             ApiError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             ApiError::InvalidRequest(_) => "INVALID_REQUEST",
+            ApiError::PaymentPending { .. } => "PAYMENT_PENDING",
             ApiError::Coded { code, .. } | ApiError::CodedServer { code, .. } | ApiError::CodedPlan { code, .. } => {
                 code
             }
@@ -106,6 +118,12 @@ impl ApiError {
                 format!("Request body is larger than the limit of {limit} bytes")
             }
             ApiError::InvalidRequest(why) => why.clone(),
+            ApiError::PaymentPending { invoice_url: Some(_), .. } => {
+                "A subscription is waiting for payment: pay its invoice (invoiceUrl) or cancel it first".into()
+            }
+            ApiError::PaymentPending { .. } => {
+                "A subscription is waiting for payment: complete or cancel it in the billing portal first".into()
+            }
             ApiError::Coded { message, .. } | ApiError::CodedPlan { message, .. } => message.clone(),
             ApiError::CodedServer { public, .. } => public.to_string(),
             ApiError::Server(_) => "Internal error; quote the request id when reporting it".to_string(),
@@ -125,7 +143,21 @@ impl ApiError {
             ApiError::CodedPlan { plan, .. } => Some(plan.as_str()),
             _ => None,
         };
-        serde_json::to_string(&Body { ok: false, code: self.code(), message: self.public_message(), plan })
+        let (subscription_status, invoice_url) = match self {
+            ApiError::PaymentPending { subscription_status, invoice_url } => {
+                (Some(subscription_status.as_str()), invoice_url.as_deref())
+            }
+            _ => (None, None),
+        };
+        let body = Body {
+            ok: false,
+            code: self.code(),
+            message: self.public_message(),
+            plan,
+            subscription_status,
+            invoice_url,
+        };
+        serde_json::to_string(&body)
             .unwrap_or_else(|_| r#"{"ok":false,"code":"SERVER_ERROR","message":"Internal error"}"#.into())
     }
 }
@@ -207,6 +239,21 @@ mod tests {
         assert_eq!(parse(&e)["plan"], "pro");
         assert_eq!(e.status(), 409);
         assert!(parse(&ApiError::NotFound).get("plan").is_none());
+    }
+
+    #[test]
+    fn payment_pending_says_where_to_pay() {
+        let e = ApiError::PaymentPending {
+            subscription_status: "incomplete".into(),
+            invoice_url: Some("https://invoice.stripe.test/i/1".into()),
+        };
+        let body = parse(&e);
+        assert_eq!((e.status(), body["code"].as_str()), (409, Some("PAYMENT_PENDING")));
+        assert_eq!(body["invoiceUrl"], "https://invoice.stripe.test/i/1");
+        assert_eq!(body["subscriptionStatus"], "incomplete");
+        let paused = ApiError::PaymentPending { subscription_status: "paused".into(), invoice_url: None };
+        assert!(parse(&paused).get("invoiceUrl").is_none());
+        assert!(parse(&paused)["message"].as_str().unwrap().contains("billing portal"));
     }
 
     #[test]

@@ -140,6 +140,15 @@ fn build_response(status: u16, body: Option<String>, headers: &[(&'static str, S
     Ok(resp.with_status(status).with_headers(h))
 }
 
+/// After the response: the KV copies of the users this request changed (their outbox
+/// rows make the cron finish whatever this does not).
+async fn write_copies_later(env: Env, cfg: Config, user_ids: Vec<String>, request_id: String) {
+    let Ok(d1) = env.d1("DB") else { return };
+    let db = Db::new(d1);
+    let billing = billing::Billing::new(&db, &cfg, env.kv("APP_KV").ok(), clock::now(), &request_id);
+    billing.flush_copies(&user_ids).await;
+}
+
 #[event(scheduled)]
 pub async fn scheduled(event: worker::ScheduledEvent, env: Env, _ctx: worker::ScheduleContext) {
     cron::run(&event.cron(), event.schedule(), &env).await;
@@ -151,7 +160,7 @@ fn start() {
 }
 
 #[event(fetch)]
-pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
+pub async fn fetch(mut req: Request, env: Env, worker_ctx: Context) -> worker::Result<Response> {
     let request_id = format!("req_{}", util::random_hex(8).unwrap_or_else(|_| "0".repeat(16)));
     let origin = req.headers().get("Origin").ok().flatten();
     let method = req.method();
@@ -200,8 +209,13 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<
             headers: req.headers().clone(),
             query,
             body,
+            copies_due: Default::default(),
         };
         let reply = dispatch(handler, &params, &ctx).await;
+        let due = ctx.copies_due.take();
+        if !due.is_empty() {
+            worker_ctx.wait_until(write_copies_later(env.clone(), cfg.clone(), due, request_id.clone()));
+        }
         Ok((reply, db.rows_read(), db.rows_written()))
     }
     .await;

@@ -9,8 +9,11 @@
 //!
 //! Route handlers only parse input, call one function here and shape the reply.
 
+pub mod actions;
 pub mod delivery;
 pub mod sync;
+
+use std::cell::RefCell;
 
 use worker::KvStore;
 
@@ -31,6 +34,9 @@ pub struct Billing<'a> {
     pub now: i64,
     pub request_id: &'a str,
     pub catalog: Catalog,
+    /// Where users whose KV copies are due are collected to be written after the
+    /// response (`ctx.wait_until`); without it they are written before returning.
+    pub deferred: Option<&'a RefCell<Vec<String>>>,
 }
 
 impl<'a> Billing<'a> {
@@ -47,6 +53,13 @@ impl<'a> Billing<'a> {
             now,
             request_id,
             catalog: Catalog::builtin(),
+            deferred: None,
         }
+    }
+
+    /// KV copies are written after the response, by whoever drains `sink`.
+    pub fn deferring_copies_to(mut self, sink: &'a RefCell<Vec<String>>) -> Self {
+        self.deferred = Some(sink);
+        self
     }
 }

@@ -18,7 +18,7 @@ use crate::error::ApiError;
 use crate::log;
 use crate::store::db::Stmt;
 use crate::store::payments::{self, PaymentWrite};
-use crate::store::{kv, state, users};
+use crate::store::{kv, outbox, state, users};
 use crate::stripe::client::{StripeError, StripeRequest};
 use crate::stripe::events::{self, Envelope, EventKind};
 
@@ -83,6 +83,7 @@ impl Billing<'_> {
                 }
             }
             EventKind::CustomerUpdated => self.customer_updated(ev).await,
+            EventKind::CustomerDeleted => self.customer_deleted(ev).await,
             EventKind::PaymentIntentSucceeded | EventKind::PaymentIntentFailed => {
                 let p = events::parse_payment_intent(&ev.object)
                     .ok_or_else(|| Failure { cause: "event object is not a payment intent".into(), fallback: None })?;
@@ -121,7 +122,8 @@ impl Billing<'_> {
                 .param("customer", customer)
                 .param("status", "all")
                 .param("limit", "100")
-                .param("expand[]", "data.schedule");
+                .param("expand[]", "data.schedule")
+                .param("expand[]", "data.latest_invoice");
             if let Some(a) = &after {
                 req = req.param("starting_after", a.as_str());
             }
@@ -229,8 +231,17 @@ impl Billing<'_> {
         }
         let state = state_from(chosen, &self.catalog, &self.cfg.prices)
             .map_err(|e| Failure { cause: e.to_string(), fallback: None })?;
+        let linkable = chosen.status.is_live() || chosen.status.may_become_live();
         Ok(Outcome {
-            stmts: users::apply_state_stmts(&user.id, &state, as_of, cause, link.as_deref(), self.now),
+            // An ended subscription never links its customer (it may be a deleted one).
+            stmts: users::apply_state_stmts(
+                &user.id,
+                &state,
+                as_of,
+                cause,
+                link.as_deref().filter(|_| linkable),
+                self.now,
+            ),
             users: vec![user.id],
             note: "subscription state applied",
         })
@@ -319,6 +330,25 @@ impl Billing<'_> {
         })
     }
 
+    /// A customer deleted at Stripe (e.g. in the dashboard): its user loses the
+    /// customer and what it paid for, audited. The signed event is enough: deletion is
+    /// final, so there is nothing to re-fetch. The next billing action creates a new
+    /// customer.
+    async fn customer_deleted(&self, ev: &Envelope) -> Result<Outcome, Failure> {
+        let Some(id) = events::id_of(ev.object.get("id")) else {
+            return Ok(Outcome::noop("customer without id"));
+        };
+        let Some(user) = users::find_by_customer(self.db, &id).await? else {
+            return Ok(Outcome::noop("deleted customer belongs to no plangate user"));
+        };
+        let default_plan = self.catalog.id(self.catalog.default_tier());
+        Ok(Outcome {
+            stmts: users::customer_gone_stmts(&id, default_plan, &format!("webhook:{}", ev.id), ev.created, self.now),
+            users: vec![user.id],
+            note: "customer deleted: customer and subscription cleared",
+        })
+    }
+
     /// Re-reads a user's subscriptions from Stripe and stores the truth.
     pub async fn resync_user(&self, user: &UserRecord, cause: &str) -> Result<bool, ApiError> {
         let Some(customer) = user.stripe_customer_id.as_deref() else {
@@ -339,43 +369,88 @@ impl Billing<'_> {
         Ok(true)
     }
 
-    /// After D1 commits: drop the entitlements cache and, while `DUAL_WRITE_KV` is on,
-    /// rewrite the legacy keys old readers use. A KV failure is logged and counted,
-    /// never fails the caller: D1 already holds the truth.
+    /// After D1 commits: the users whose KV copies are due (their outbox rows are
+    /// already bumped in the same batch) are written after the response when a sink
+    /// collects them, else now. Either way the outbox guarantees they converge.
     pub async fn refresh_copies(&self, user_ids: &[String]) {
-        let Some(store) = &self.kv else { return };
-        for user_id in user_ids {
-            let mut failures = Vec::new();
-            if let Err(e) = store.delete(&kv::entitlements_key(user_id)).await {
-                failures.push(e.to_string());
-            }
-            if self.cfg.dual_write_kv {
-                match users::find_by_id(self.db, user_id).await {
-                    Ok(Some(user)) => {
-                        for (key, value) in kv::legacy_plan_values(&user) {
-                            let r = match value {
-                                Some(v) => match store.put(&key, v) {
-                                    Ok(put) => put.execute().await,
-                                    Err(e) => Err(e),
-                                },
-                                None => store.delete(&key).await,
-                            };
-                            if let Err(e) = r {
-                                failures.push(format!("{key}: {e}"));
-                            }
+        match self.deferred {
+            Some(sink) => sink.borrow_mut().extend(user_ids.iter().cloned()),
+            None => self.flush_copies(user_ids).await,
+        }
+    }
+
+    /// Writes the KV copies of `user_ids` from their current D1 rows: the entitlements
+    /// cache is dropped and, while `DUAL_WRITE_KV` is on, the legacy plan keys are
+    /// rewritten. A user whose row changes during the write is written again (up to
+    /// three passes; then the cron finishes). Failures are logged and counted, never
+    /// returned: D1 already holds the truth and the outbox keeps the copy due.
+    pub async fn flush_copies(&self, user_ids: &[String]) {
+        let mut seen = std::collections::BTreeSet::new();
+        for user_id in user_ids.iter().filter(|u| seen.insert(u.as_str())) {
+            for _pass in 0..3 {
+                match self.flush_one(user_id).await {
+                    Ok(true) => continue,
+                    Ok(false) => break,
+                    Err(e) => {
+                        log::error(self.request_id, "kv.copy_failed", json!({"userId": user_id, "error": e}));
+                        if let Err(e) = state::increment(self.db, "counter:kv_dual_write_failed", self.now).await {
+                            log::error(self.request_id, "kv.counter_failed", json!({"error": e.to_string()}));
                         }
+                        break;
                     }
-                    Ok(None) => {}
-                    Err(e) => failures.push(e.to_string()),
-                }
-            }
-            if !failures.is_empty() {
-                log::error(self.request_id, "kv.dual_write_failed", json!({"userId": user_id, "errors": failures}));
-                if let Err(e) = state::increment(self.db, "counter:kv_dual_write_failed", self.now).await {
-                    log::error(self.request_id, "kv.counter_failed", json!({"error": e.to_string()}));
                 }
             }
         }
+    }
+
+    /// The cron's part: every user whose copy is still due.
+    pub async fn flush_due_copies(&self, limit: i64) -> Result<usize, ApiError> {
+        let due = outbox::due(self.db, self.now, limit).await?;
+        self.flush_copies(&due).await;
+        Ok(due.len())
+    }
+
+    /// One pass for one user. `Ok(true)`: the row changed while we wrote, go again.
+    async fn flush_one(&self, user_id: &str) -> Result<bool, String> {
+        let now = crate::clock::now().max(self.now);
+        let Some((version, attempts)) = outbox::claim(self.db, user_id, now).await.map_err(|e| e.to_string())? else {
+            return Ok(false); // nothing due, or another flusher holds it
+        };
+        match self.write_copies(user_id).await {
+            Ok(()) => outbox::complete(self.db, user_id, version).await.map(|done| !done).map_err(|e| e.to_string()),
+            Err(e) => {
+                if let Err(e2) = outbox::failed(self.db, user_id, attempts, now).await {
+                    log::error(
+                        self.request_id,
+                        "kv.outbox_release_failed",
+                        json!({"userId": user_id, "error": e2.to_string()}),
+                    );
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn write_copies(&self, user_id: &str) -> Result<(), String> {
+        let store = self.kv.as_ref().ok_or("APP_KV is not bound")?;
+        store.delete(&kv::entitlements_key(user_id)).await.map_err(|e| e.to_string())?;
+        if !self.cfg.dual_write_kv {
+            return Ok(());
+        }
+        let Some(user) = users::find_by_id(self.db, user_id).await.map_err(|e| e.to_string())? else {
+            return Ok(());
+        };
+        for (key, value) in kv::legacy_plan_values(&user) {
+            let r = match value {
+                Some(v) => match store.put(&key, v) {
+                    Ok(put) => put.execute().await,
+                    Err(e) => Err(e),
+                },
+                None => store.delete(&key).await,
+            };
+            r.map_err(|e| format!("{key}: {e}"))?;
+        }
+        Ok(())
     }
 
     /// Stores the subscription Stripe answered with after one of plangate's own

@@ -56,6 +56,14 @@ impl SubStatus {
         matches!(self, SubStatus::Trialing | SubStatus::Active | SubStatus::PastDue)
     }
 
+    /// Grants nothing now but can still become live when an invoice is paid or the
+    /// subscription resumed: `incomplete` (first invoice payable for ~23 h), `paused`
+    /// (trial ended without a payment method) and `unpaid` (open invoices). A second
+    /// subscription must never be started beside one of these.
+    pub fn may_become_live(&self) -> bool {
+        matches!(self, SubStatus::Incomplete | SubStatus::Paused | SubStatus::Unpaid)
+    }
+
     /// Preference among live subscriptions: active > trialing > past_due.
     fn preference(&self) -> u8 {
         match self {
@@ -93,6 +101,9 @@ pub struct Subscription {
     /// `metadata.user_id`, set by plangate's own checkouts.
     pub user_id: Option<String>,
     pub next_phase: Option<NextPhase>,
+    /// `latest_invoice.hosted_invoice_url` when the latest invoice is expanded and
+    /// still open (where the customer pays an `incomplete` subscription).
+    pub open_invoice_url: Option<String>,
 }
 
 impl Subscription {

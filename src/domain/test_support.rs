@@ -29,5 +29,6 @@ pub fn sub(id: &str, status: &str, price: &str) -> Subscription {
         created: 1_000,
         user_id: None,
         next_phase: None,
+        open_invoice_url: None,
     }
 }

@@ -10,9 +10,37 @@
 //!
 //! With several live subscriptions (legacy duplicates) the best one is acted on
 //! (active > trialing > past_due, then higher tier) and the others are reported.
+//!
+//! A subscription that grants nothing yet but can still become live (`incomplete`,
+//! `paused`, `unpaid`: see [`SubStatus::may_become_live`]) blocks every new Checkout:
+//! paying its invoice would otherwise leave the customer with two subscriptions. The
+//! user is sent to pay (or cancel) that one instead: [`Pending`].
+//!
+//! Cancelling acts on every subscription that bills the customer: the best live one
+//! at the end of its period (the user paid for it), every other live or pending one
+//! immediately (legacy duplicates grant nothing the best one does not, and each
+//! further day is charged twice): [`decide_cancel`].
 
 use super::plans::{Catalog, Tier};
 use super::subscription::{best, tier_of, PriceMap, SubStatus, Subscription};
+
+/// A subscription that may still become live: pay (or cancel) it before anything new.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub subscription_id: String,
+    pub status: String,
+    /// Where its open invoice is paid, when Stripe gave one.
+    pub invoice_url: Option<String>,
+}
+
+/// The newest subscription that may still become live.
+pub fn pending(subs: &[Subscription]) -> Option<Pending> {
+    subs.iter().filter(|s| s.status.may_become_live()).max_by_key(|s| s.created).map(|s| Pending {
+        subscription_id: s.id.clone(),
+        status: s.status.as_str().to_string(),
+        invoice_url: s.open_invoice_url.clone(),
+    })
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Upgrade {
@@ -20,6 +48,8 @@ pub enum Upgrade {
     Checkout {
         price: String,
     },
+    /// No live subscription, but one that may become live: no Checkout beside it.
+    PaymentPending(Pending),
     /// One update call on the existing subscription item.
     Update {
         subscription_id: String,
@@ -72,7 +102,10 @@ pub fn decide_upgrade(
         return (Upgrade::NotConfigured(format!("no STRIPE_PRICE_{}", catalog.id(target).to_uppercase())), others);
     };
     let Some(sub) = chosen else {
-        return (Upgrade::Checkout { price: target_price }, others);
+        return match pending(subs) {
+            Some(p) => (Upgrade::PaymentPending(p), others),
+            None => (Upgrade::Checkout { price: target_price }, others),
+        };
     };
     let Some(current) = tier_of(sub, prices) else {
         return (Upgrade::NotConfigured(format!("subscription {} has no known price", sub.id)), others);
@@ -157,6 +190,8 @@ pub enum CheckoutGuard {
     AlreadySubscribed {
         plan: String,
     },
+    /// A subscription that may still become live exists: pay or cancel it first.
+    PaymentPending(Pending),
     TrialAlreadyUsed,
     NotConfigured(String),
 }
@@ -180,6 +215,9 @@ pub fn guard_checkout(
         };
         return CheckoutGuard::AlreadySubscribed { plan };
     }
+    if let Some(p) = pending(subs) {
+        return CheckoutGuard::PaymentPending(p);
+    }
     let (tier, trial_days) = if want_trial {
         match catalog.paid_tiers().find(|(_, d)| d.trial_days > 0) {
             Some(_) if trial_used => return CheckoutGuard::TrialAlreadyUsed,
@@ -196,6 +234,27 @@ pub fn guard_checkout(
         Some(p) => CheckoutGuard::Proceed { price: p.to_string(), trial_days },
         None => CheckoutGuard::NotConfigured(format!("no STRIPE_PRICE_{}", catalog.id(tier).to_uppercase())),
     }
+}
+
+/// What cancelling does: `at_period_end` is the best live subscription (kept until
+/// the end of what was paid), `immediately` every other one that bills or may bill.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelPlan {
+    pub at_period_end: Option<Subscription>,
+    pub immediately: Vec<Subscription>,
+}
+
+/// `None` when nothing bills the customer or may bill them.
+pub fn decide_cancel(subs: &[Subscription], prices: &PriceMap) -> Option<CancelPlan> {
+    let (chosen, _) = live(subs, prices);
+    let chosen = chosen.cloned();
+    let immediately: Vec<Subscription> = subs
+        .iter()
+        .filter(|s| Some(&s.id) != chosen.as_ref().map(|c| &c.id))
+        .filter(|s| s.status.is_live() || s.status.may_become_live())
+        .cloned()
+        .collect();
+    (chosen.is_some() || !immediately.is_empty()).then_some(CancelPlan { at_period_end: chosen, immediately })
 }
 
 #[cfg(test)]
@@ -350,5 +409,50 @@ mod tests {
         );
         let ended = [sub("sub_1", "canceled", "price_pro")];
         assert!(matches!(guard_checkout(&ended, &c, &p, Some(t("pro")), false, false), CheckoutGuard::Proceed { .. }));
+    }
+
+    #[test]
+    fn a_subscription_that_may_still_become_live_blocks_every_new_checkout() {
+        let c = Catalog::builtin();
+        let p = prices();
+        for status in ["incomplete", "paused", "unpaid"] {
+            let mut pending_sub = sub("sub_wait", status, "price_pro");
+            pending_sub.open_invoice_url = Some("https://invoice.stripe.test/i/1".into());
+            let subs = [sub("sub_old", "canceled", "price_ess"), pending_sub];
+            let expected = Pending {
+                subscription_id: "sub_wait".into(),
+                status: status.into(),
+                invoice_url: Some("https://invoice.stripe.test/i/1".into()),
+            };
+            assert_eq!(up(&subs, "premium"), Upgrade::PaymentPending(expected.clone()), "{status}");
+            assert_eq!(
+                guard_checkout(&subs, &c, &p, Some(t("pro")), false, false),
+                CheckoutGuard::PaymentPending(expected),
+                "{status}"
+            );
+        }
+        // Expired or canceled ones block nothing; a live one wins over a pending one.
+        let gone = [sub("sub_x", "incomplete_expired", "price_pro"), sub("sub_y", "canceled", "price_pro")];
+        assert!(matches!(up(&gone, "pro"), Upgrade::Checkout { .. }));
+        let both = [sub("sub_live", "active", "price_ess"), sub("sub_wait", "incomplete", "price_pro")];
+        assert!(matches!(up(&both, "pro"), Upgrade::Update { .. }));
+    }
+
+    #[test]
+    fn cancelling_keeps_the_best_until_the_period_end_and_ends_every_other_biller_now() {
+        let p = prices();
+        let best_one = sub("sub_best", "active", "price_prem");
+        let dup = sub("sub_dup", "active", "price_ess");
+        let trial = sub("sub_trial", "trialing", "price_pro");
+        let pending_one = sub("sub_pending", "incomplete", "price_pro");
+        let ended = sub("sub_ended", "canceled", "price_pro");
+        let subs = [dup.clone(), ended, best_one.clone(), pending_one.clone(), trial.clone()];
+        let plan = decide_cancel(&subs, &p).unwrap();
+        assert_eq!(plan.at_period_end.map(|s| s.id).as_deref(), Some("sub_best"));
+        let now: Vec<&str> = plan.immediately.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(now, ["sub_dup", "sub_pending", "sub_trial"]);
+        assert_eq!(decide_cancel(&[sub("sub_e", "canceled", "price_pro")], &p), None);
+        let only_pending = decide_cancel(&[pending_one], &p).unwrap();
+        assert_eq!((only_pending.at_period_end, only_pending.immediately.len()), (None, 1));
     }
 }

@@ -5,7 +5,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::{Ctx, Reply};
-use crate::billing::{Billing, Delivery};
+use crate::billing::Delivery;
 use crate::error::ApiError;
 use crate::store::{state, users, webhooks};
 use crate::stripe::client::StripeRequest;
@@ -59,7 +59,7 @@ pub async fn retry_event(ctx: &Ctx<'_>, id: &str) -> Result<Reply, ApiError> {
     }
     let value: serde_json::Value = serde_json::from_str(&row.payload).map_err(ApiError::server)?;
     let ev = events::envelope_from_value(value).map_err(ApiError::server)?;
-    let billing = Billing::new(ctx.db, ctx.cfg, ctx.app_kv(), ctx.now, ctx.request_id);
+    let billing = ctx.billing();
     let (status, error) = match billing.deliver(&ev, &row.payload, "admin").await? {
         Delivery::Processed => ("processed", None),
         Delivery::Duplicate => ("processed", None),
@@ -86,7 +86,7 @@ const RESYNC_MAX_PAGES: usize = 50;
 pub async fn resync(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     authorize(ctx)?;
     let body: ResyncBody = ctx.json_body()?;
-    let billing = Billing::new(ctx.db, ctx.cfg, ctx.app_kv(), ctx.now, ctx.request_id);
+    let billing = ctx.billing();
     match (body.user_id, body.all) {
         (Some(user_id), false) => {
             let user = users::find_by_id(ctx.db, &user_id).await?.ok_or(ApiError::NotFound)?;

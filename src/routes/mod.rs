@@ -27,9 +27,17 @@ pub struct Ctx<'a> {
     pub query: String,
     /// The raw body, already checked against `MAX_BODY_BYTES` (empty for GET).
     pub body: Vec<u8>,
+    /// Users whose KV copies are due: written after the response (`wait_until`).
+    pub copies_due: std::cell::RefCell<Vec<String>>,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    /// Billing for this request; KV copies are written after the response.
+    pub fn billing(&'a self) -> crate::billing::Billing<'a> {
+        crate::billing::Billing::new(self.db, self.cfg, self.app_kv(), self.now, self.request_id)
+            .deferring_copies_to(&self.copies_due)
+    }
+
     pub fn app_kv(&self) -> Option<worker::KvStore> {
         self.env.kv("APP_KV").ok()
     }

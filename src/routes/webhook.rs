@@ -9,7 +9,7 @@
 use serde_json::json;
 
 use super::{Ctx, Reply};
-use crate::billing::{Billing, Delivery};
+use crate::billing::Delivery;
 use crate::error::ApiError;
 use crate::stripe::{events, signature};
 
@@ -30,7 +30,7 @@ pub async fn stripe(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let ev = events::parse_envelope(payload.as_bytes())
         .map_err(|why| ApiError::coded(400, "INVALID_PAYLOAD", format!("Invalid event: {why}")))?;
 
-    let billing = Billing::new(ctx.db, ctx.cfg, ctx.app_kv(), ctx.now, ctx.request_id);
+    let billing = ctx.billing();
     match billing.deliver(&ev, payload, "webhook").await? {
         Delivery::Processed => Ok(Reply::ok(json!({"ok": true, "received": true, "status": "processed"}))),
         Delivery::Duplicate => Ok(Reply::ok(json!({"ok": true, "received": true, "status": "duplicate"}))),

@@ -3,6 +3,7 @@
 pub mod db;
 pub mod kv;
 pub mod locks;
+pub mod outbox;
 pub mod payments;
 pub mod state;
 pub mod users;

@@ -88,8 +88,8 @@ pub fn apply_state_stmts(
     now: i64,
 ) -> Vec<Stmt> {
     let audit = Stmt {
-        sql: "INSERT INTO plan_changes (user_id, old_plan, new_plan, old_status, new_status, cause, created_at) \
-              SELECT id, plan, ?2, subscription_status, ?3, ?4, ?5 FROM users \
+        sql: "INSERT INTO plan_changes (user_id, old_plan, new_plan, old_status, new_status, cause, created_at, subscription_id) \
+              SELECT id, plan, ?2, subscription_status, ?3, ?4, ?5, ?7 FROM users \
               WHERE id = ?1 AND (stripe_synced_at IS NULL OR stripe_synced_at <= ?6) \
                 AND (plan IS NOT ?2 OR subscription_status IS NOT ?3)",
         params: vec![
@@ -99,6 +99,7 @@ pub fn apply_state_stmts(
             cause.into(),
             Param::Int(now),
             Param::Int(as_of),
+            state.subscription_id.clone().into(),
         ],
     };
     let update = Stmt {
@@ -125,7 +126,57 @@ pub fn apply_state_stmts(
             link_customer.into(),
         ],
     };
-    vec![audit, update]
+    vec![audit, update, super::outbox::due_stmt(user_id, now)]
+}
+
+/// The audit row of a change to one subscription that is not (or no longer) the one
+/// the user's row follows, e.g. a legacy duplicate cancelled now.
+pub fn subscription_audit_stmt(
+    user_id: &str,
+    subscription_id: &str,
+    (old_plan, old_status): (&str, &str),
+    (new_plan, new_status): (&str, &str),
+    cause: &str,
+    now: i64,
+) -> Stmt {
+    Stmt {
+        sql: "INSERT INTO plan_changes (user_id, old_plan, new_plan, old_status, new_status, cause, created_at, subscription_id) \
+              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params: vec![
+            user_id.into(),
+            old_plan.into(),
+            new_plan.into(),
+            old_status.into(),
+            new_status.into(),
+            cause.into(),
+            Param::Int(now),
+            subscription_id.into(),
+        ],
+    }
+}
+
+/// A Stripe customer that no longer exists (deleted in the dashboard, or Stripe
+/// answers `resource_missing`): its user keeps their account and trial history but
+/// loses the customer, its subscription and the plan it granted (audited first).
+/// Deletion is final at Stripe, so no as-of guard holds it back; `as_of` only moves
+/// `stripe_synced_at` forward so older payloads cannot resurrect the subscription.
+pub fn customer_gone_stmts(customer_id: &str, default_plan: &str, cause: &str, as_of: i64, now: i64) -> Vec<Stmt> {
+    let audit = Stmt {
+        sql: "INSERT INTO plan_changes (user_id, old_plan, new_plan, old_status, new_status, cause, created_at, subscription_id) \
+              SELECT id, plan, ?4, subscription_status, NULL, ?2, ?3, stripe_subscription_id FROM users \
+              WHERE stripe_customer_id = ?1",
+        params: vec![customer_id.into(), cause.into(), Param::Int(now), default_plan.into()],
+    };
+    let clear = Stmt {
+        sql: "UPDATE users SET stripe_customer_id = NULL, stripe_subscription_id = NULL, subscription_status = NULL, \
+                plan = ?4, trial_ends_at = NULL, current_period_end = NULL, cancel_at = NULL, \
+                scheduled_plan = NULL, scheduled_at = NULL, \
+                plan_updated_at = CASE WHEN plan IS NOT ?4 OR subscription_status IS NOT NULL THEN ?3 ELSE plan_updated_at END, \
+                stripe_synced_at = MAX(COALESCE(stripe_synced_at, 0), ?2), updated_at = ?3 \
+              WHERE stripe_customer_id = ?1",
+        params: vec![customer_id.into(), Param::Int(as_of), Param::Int(now), default_plan.into()],
+    };
+    vec![super::outbox::due_by_customer_stmt(customer_id, now), audit, clear]
 }
 
 /// Links a Stripe customer to a user who has none yet.

@@ -79,6 +79,12 @@ impl StripeRequest {
         }
     }
 
+    /// A DELETE (e.g. cancelling a subscription now); Stripe ignores idempotency
+    /// keys on DELETE, which is idempotent by itself.
+    pub fn delete(path: impl Into<String>) -> Self {
+        StripeRequest { method: HttpMethod::Delete, path: path.into(), params: Vec::new(), idempotency_key: None }
+    }
+
     pub fn param(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.params.push((key.into(), value.into()));
         self

@@ -33,6 +33,7 @@ pub enum EventKind {
     InvoicePaid,
     InvoicePaymentFailed,
     CustomerUpdated,
+    CustomerDeleted,
     PaymentIntentSucceeded,
     PaymentIntentFailed,
     ChargeRefunded,
@@ -55,6 +56,7 @@ impl EventKind {
             "invoice.paid" | "invoice.payment_succeeded" => EventKind::InvoicePaid,
             "invoice.payment_failed" => EventKind::InvoicePaymentFailed,
             "customer.updated" => EventKind::CustomerUpdated,
+            "customer.deleted" => EventKind::CustomerDeleted,
             "payment_intent.succeeded" => EventKind::PaymentIntentSucceeded,
             "payment_intent.payment_failed" => EventKind::PaymentIntentFailed,
             "charge.refunded" => EventKind::ChargeRefunded,
@@ -132,6 +134,16 @@ fn next_phase(schedule: Option<&Value>, now: i64) -> Option<NextPhase> {
         .min_by_key(|p| p.starts_at)
 }
 
+/// The hosted page of an expanded `latest_invoice` that can still be paid.
+fn open_invoice_url(invoice: Option<&Value>) -> Option<String> {
+    let invoice = invoice?.as_object()?;
+    if invoice.get("status").and_then(Value::as_str) != Some("open") {
+        return None;
+    }
+    let url = invoice.get("hosted_invoice_url")?.as_str()?;
+    (url.starts_with("https://") && url.len() <= 2048).then(|| url.to_string())
+}
+
 /// A subscription object, in any API version plangate has seen.
 pub fn parse_subscription(v: &Value, now: i64) -> Option<Subscription> {
     if v.get("object").and_then(Value::as_str).is_some_and(|o| o != "subscription") {
@@ -163,6 +175,7 @@ pub fn parse_subscription(v: &Value, now: i64) -> Option<Subscription> {
         created: int_field(v, "created").unwrap_or(0),
         user_id: v.get("metadata").and_then(|m| str_field(m, "user_id")),
         next_phase: next_phase(v.get("schedule").filter(|s| s.is_object()), now),
+        open_invoice_url: open_invoice_url(v.get("latest_invoice")),
     })
 }
 

@@ -451,3 +451,167 @@ fn zz_every_stripe_request_is_well_formed_versioned_and_idempotent() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------
+// Hardening: races with Stripe, statuses that may still bill, deleted customers.
+
+fn customers_for(c: &Customer) -> usize {
+    shared().stripe.customers_of_user(&c.user_id).len()
+}
+
+#[test]
+fn a_session_paid_while_plangate_replaces_it_is_answered_already_subscribed_not_a_second_subscription() {
+    let s = shared();
+    let c = new_customer(&s.app, "paid-meanwhile");
+    let first = call(&c, "/api/stripe-checkout", json!({"plan": "pro"}));
+    assert_eq!(first.status, 200, "{}", first.body);
+    let session = s.stripe.session_by_url(first.json()["url"].as_str().unwrap()).unwrap();
+    // The customer pays the pro session in the instant between plangate listing it
+    // and asking Stripe to expire it (Stripe then refuses the expire with a 400).
+    s.stripe.pay_before_expire(session["id"].as_str().unwrap());
+    let r = call(&c, "/api/stripe-checkout", json!({"plan": "premium"}));
+    assert_eq!((r.status, error_code(&r.json())), (409, "ALREADY_SUBSCRIBED"), "{}", r.body);
+    assert_eq!(r.json()["plan"], "pro");
+    let customer = customer_of(&c);
+    assert!(s.stripe.sessions_of(&customer).iter().all(|x| x["status"] != "open"), "no new session to pay");
+    assert_eq!(s.stripe.subscriptions_of(&customer).len(), 1);
+    assert_eq!(plan_me(&c)["plan"], "pro", "D1 already follows what Stripe says");
+}
+
+#[test]
+fn a_subscription_that_may_still_become_live_blocks_checkout_and_upgrade_with_payment_pending() {
+    let s = shared();
+    for (status, invoice) in [("incomplete", true), ("paused", false), ("unpaid", true)] {
+        let c = new_customer(&s.app, &format!("pending-{status}"));
+        // Gets a customer, nothing else.
+        let r = call(&c, "/api/billing-portal", json!({"returnUrl": format!("{ALLOWED_ORIGIN_FOR_TESTS}/")}));
+        assert_eq!(r.status, 200, "{}", r.body);
+        let customer = customer_of(&c);
+        let mut sub = crate::fixtures::subscription(&c, status, PRICE_PRO);
+        sub["customer"] = json!(customer);
+        if invoice {
+            sub["latest_invoice"] = json!({"id": "in_1", "object": "invoice", "status": "open",
+                                          "hosted_invoice_url": "https://invoice.stripe.test/i/pay_1"});
+        }
+        s.stripe.put_subscription(sub);
+        for (path, body) in [
+            ("/api/stripe-checkout", json!({"plan": "premium"})),
+            (
+                "/api/upgrade-plan",
+                json!({"targetPlan": "premium", "returnUrl": format!("{ALLOWED_ORIGIN_FOR_TESTS}/")}),
+            ),
+        ] {
+            let r = call(&c, path, body);
+            assert_eq!((r.status, error_code(&r.json())), (409, "PAYMENT_PENDING"), "{status} {path}: {}", r.body);
+            assert_eq!(r.json()["subscriptionStatus"], status);
+            if invoice {
+                assert_eq!(r.json()["invoiceUrl"], "https://invoice.stripe.test/i/pay_1");
+            } else {
+                assert!(r.json().get("invoiceUrl").is_none());
+            }
+        }
+        assert!(s.stripe.sessions_of(&customer).is_empty(), "{status}: no checkout session beside it");
+    }
+}
+
+#[test]
+fn cancelling_ends_every_subscription_the_customer_pays_for_and_audits_each() {
+    let s = shared();
+    let (c, best_sub) = on_plan("cancel-all", "premium");
+    let customer = customer_of(&c);
+    // A legacy duplicate (the old system let a second checkout through) and one still
+    // waiting for its first payment.
+    for (suffix, status, price) in [("dup", "active", PRICE_ESSENTIAL), ("wait", "incomplete", PRICE_PRO)] {
+        let mut dup = crate::fixtures::subscription(&c, status, price);
+        dup["id"] = json!(format!("{}_{suffix}", c.subscription));
+        dup["customer"] = json!(customer);
+        s.stripe.put_subscription(dup);
+    }
+    let r = call(&c, "/api/cancel-subscription", json!({}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["action"], "cancel_scheduled");
+    let best = s.stripe.subscription(&best_sub).unwrap();
+    assert_eq!((best["status"].as_str(), best["cancel_at_period_end"].as_bool()), (Some("active"), Some(true)));
+    for suffix in ["dup", "wait"] {
+        let id = format!("{}_{suffix}", c.subscription);
+        assert_eq!(s.stripe.subscription(&id).unwrap()["status"], "canceled", "{id} ends now");
+        let audit = s.app.sql(&format!(
+            "SELECT cause, new_status FROM plan_changes WHERE user_id = '{}' AND subscription_id = '{id}'",
+            c.user_id
+        ));
+        assert_eq!(audit.len(), 1, "{id}: {audit:?}");
+        assert_eq!(
+            (audit[0]["cause"].as_str(), audit[0]["new_status"].as_str()),
+            (Some("api:cancel"), Some("canceled"))
+        );
+    }
+    let me = plan_me(&c);
+    assert_eq!(me["plan"], "premium", "paid until the period end");
+    assert!(me["cancelAt"].is_string());
+}
+
+#[test]
+fn a_customer_created_at_stripe_whose_answer_was_lost_is_reused_by_the_next_action() {
+    let s = shared();
+    let c = new_customer(&s.app, "lost-customer");
+    // Stripe creates the customer three times over (each retry), but every answer is lost.
+    s.stripe.lose_next_answers("/v1/customers", 3);
+    let r = call(&c, "/api/stripe-checkout", json!({"plan": "pro"}));
+    assert_eq!((r.status, error_code(&r.json())), (500, "CUSTOMER_NOT_FOUND"), "{}", r.body);
+    assert!(user_row(&s.app, &c.user_id)["stripe_customer_id"].is_null());
+    // Another action, another sequence number: still the same customer.
+    let r = call(&c, "/api/upgrade-plan", json!({"targetPlan": "essential"}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(customers_for(&c), 1, "one Stripe customer per user");
+}
+
+#[test]
+fn a_customer_deleted_in_the_dashboard_is_cleared_by_its_event_and_replaced_by_the_next_action() {
+    let s = shared();
+    let (c, _) = on_plan("cust-deleted", "essential");
+    let old = customer_of(&c);
+    let ev = s.stripe.delete_customer(&old);
+    let r = deliver(&s.app, &ev);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let row = user_row(&s.app, &c.user_id);
+    assert!(row["stripe_customer_id"].is_null() && row["stripe_subscription_id"].is_null(), "{row}");
+    let me = plan_me(&c);
+    assert_eq!((me["plan"].as_str(), me["subscriptionStatus"].as_str()), (Some("free"), None));
+    let audit = s.app.sql(&format!(
+        "SELECT old_plan, new_plan FROM plan_changes WHERE user_id = '{}' AND cause = 'webhook:{}'",
+        c.user_id,
+        ev["id"].as_str().unwrap()
+    ));
+    assert_eq!(audit.len(), 1);
+    assert_eq!((audit[0]["old_plan"].as_str(), audit[0]["new_plan"].as_str()), (Some("essential"), Some("free")));
+    let r = call(
+        &c,
+        "/api/upgrade-plan",
+        json!({"targetPlan": "pro", "returnUrl": format!("{ALLOWED_ORIGIN_FOR_TESTS}/")}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["action"], "redirect");
+    assert_ne!(customer_of(&c), old, "a new customer");
+}
+
+#[test]
+fn an_action_that_meets_a_deleted_customer_recovers_with_a_new_one_instead_of_failing_forever() {
+    let s = shared();
+    let c = new_customer(&s.app, "cust-missing");
+    let r = call(&c, "/api/billing-portal", json!({"returnUrl": format!("{ALLOWED_ORIGIN_FOR_TESTS}/")}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let old = customer_of(&c);
+    s.stripe.delete_customer(&old); // the event never arrives
+    for _ in 0..2 {
+        let r = call(&c, "/api/billing-portal", json!({"returnUrl": format!("{ALLOWED_ORIGIN_FOR_TESTS}/")}));
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let new = customer_of(&c);
+    assert_ne!(new, old);
+    assert_eq!(customers_for(&c), 2, "one replacement, not one per call");
+    let audit = s.app.sql(&format!(
+        "SELECT cause FROM plan_changes WHERE user_id = '{}' AND cause = 'api:customer_missing'",
+        c.user_id
+    ));
+    assert_eq!(audit.len(), 1);
+}

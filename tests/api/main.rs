@@ -13,6 +13,7 @@ mod cors;
 mod errors;
 mod fixtures;
 mod health;
+mod kv_copy;
 mod plan_me;
 mod webhooks;
 

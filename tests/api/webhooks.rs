@@ -613,16 +613,8 @@ fn changes_are_dual_written_to_the_legacy_kv_keys() {
         &event(&format!("evt_dw_{}", c.subscription), "customer.subscription.created", now(), trialing),
     );
     assert_eq!(r.status, 200, "{}", r.body);
-    let kv = |key: &str| -> Option<String> {
-        let out = crate::support::wrangler_command()
-            .args(["kv", "key", "get", "--binding", "APP_KV", "--local", "--persist-to"])
-            .arg(&s.app.persist)
-            .arg(key)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        (out.status.success() && !text.is_empty() && !text.contains("Value not found")).then_some(text)
-    };
+    // Written after the response: give the copy a moment to land.
+    let kv = |key: &str| s.app.kv_get_when(key, std::time::Duration::from_secs(10), |v| v.is_some());
     assert_eq!(kv(&format!("planByUid:{}", c.auth_id)).as_deref(), Some("trial"));
     assert_eq!(kv(&format!("billingStatus:{}", c.auth_id)).as_deref(), Some("trialing"));
     assert_eq!(kv(&format!("trialEndByUid:{}", c.auth_id)), Some((trial_end * 1000).to_string()));

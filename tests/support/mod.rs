@@ -142,11 +142,14 @@ pub struct AppOptions {
     pub migrate: bool,
     /// Reuse this state directory (e.g. to restart after a crash) and keep it.
     pub persist: Option<PathBuf>,
+    /// Run with this wrangler configuration instead of `wrangler.toml` (e.g. one
+    /// without the KV binding, to make every KV write fail).
+    pub config: Option<PathBuf>,
 }
 
 impl Default for AppOptions {
     fn default() -> Self {
-        AppOptions { vars: Vec::new(), migrate: true, persist: None }
+        AppOptions { vars: Vec::new(), migrate: true, persist: None, config: None }
     }
 }
 
@@ -246,6 +249,10 @@ impl App {
             env_file.display().to_string(),
             "--show-interactive-dev-session=false".into(),
         ];
+        if let Some(config) = &opts.config {
+            args.push("--config".into());
+            args.push(config.display().to_string());
+        }
         for (k, v) in &vars {
             args.push("--var".into());
             args.push(format!("{k}:{v}"));
@@ -324,6 +331,31 @@ impl App {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// A value of the local `APP_KV`, as another reader would see it. The copies are
+    /// written after the response, so it waits up to `patience` for `expect` to hold.
+    pub fn kv_get_when(
+        &self,
+        key: &str,
+        patience: Duration,
+        expect: impl Fn(&Option<String>) -> bool,
+    ) -> Option<String> {
+        let start = Instant::now();
+        loop {
+            let out = wrangler_command()
+                .args(["kv", "key", "get", "--binding", "APP_KV", "--local", "--persist-to"])
+                .arg(&self.persist)
+                .arg(key)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            let value = (out.status.success() && !text.is_empty() && !text.contains("Value not found")).then_some(text);
+            if expect(&value) || start.elapsed() > patience {
+                return value;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// Runs a read-only SQL query against the local D1 (SQLite) file.

@@ -44,6 +44,11 @@ pub struct FakeState {
     pub fail_posts: Vec<(String, usize)>,
     pub checkout_sessions: BTreeMap<String, Value>,
     pub schedules: BTreeMap<String, Value>,
+    /// (path fragment, count): the next `count` POSTs whose path contains it are
+    /// carried out but answered 500 (the answer is lost on the way back).
+    pub lose_answers: Vec<(String, usize)>,
+    /// Checkout sessions the customer pays just before plangate's expire reaches Stripe.
+    pub pay_before_expire: BTreeSet<String>,
     /// Idempotency-Key → the answer given, replayed for the same key.
     pub idempotent: BTreeMap<String, (u16, Value)>,
     pub counter: u64,
@@ -146,6 +151,32 @@ impl StripeFake {
         self.state.lock().unwrap().fail_posts.push((fragment.to_string(), count));
     }
 
+    /// The next `count` POSTs whose path contains `fragment` are carried out, but their
+    /// answers are lost (500).
+    pub fn lose_next_answers(&self, fragment: &str, count: usize) {
+        self.state.lock().unwrap().lose_answers.push((fragment.to_string(), count));
+    }
+
+    /// The customer pays this open session just before plangate's expire arrives.
+    pub fn pay_before_expire(&self, session_id: &str) {
+        self.state.lock().unwrap().pay_before_expire.insert(session_id.to_string());
+    }
+
+    /// The customer is deleted (as in the dashboard): its subscriptions are canceled.
+    /// Returns the `customer.deleted` event Stripe would send.
+    pub fn delete_customer(&self, id: &str) -> Value {
+        let mut s = self.state.lock().unwrap();
+        delete_customer(&mut s, id);
+        s.counter += 1;
+        let n = s.counter;
+        fake_event(&format!("evt_fake{n}_custdel"), "customer.deleted", now(), json!({"id": id, "object": "customer"}))
+    }
+
+    /// Customers whose metadata names `user_id` (deleted ones included).
+    pub fn customers_of_user(&self, user_id: &str) -> Vec<Value> {
+        self.state.lock().unwrap().customers.values().filter(|c| c["metadata"]["user_id"] == user_id).cloned().collect()
+    }
+
     pub fn subscription(&self, id: &str) -> Option<Value> {
         self.state.lock().unwrap().subscriptions.get(id).cloned()
     }
@@ -165,32 +196,7 @@ impl StripeFake {
     /// The customer pays: the session's subscription is created (trialing when the
     /// session had trial days). Returns the events Stripe would send.
     pub fn complete_checkout(&self, session_id: &str) -> Vec<Value> {
-        let mut s = self.state.lock().unwrap();
-        let session = s.checkout_sessions.get(session_id).cloned().expect("no such session");
-        s.counter += 1;
-        let n = s.counter;
-        let t = now();
-        let sub_id = format!("sub_fake{n}");
-        let trial_days = session["trial_period_days"].as_i64().unwrap_or(0);
-        let trial_end = (trial_days > 0).then(|| t + trial_days * 86400);
-        let sub = json!({
-            "id": sub_id, "object": "subscription", "customer": session["customer"],
-            "status": if trial_end.is_some() { "trialing" } else { "active" },
-            "created": t, "current_period_start": t, "current_period_end": trial_end.unwrap_or(t + 30 * 86400),
-            "cancel_at_period_end": false, "cancel_at": null, "trial_end": trial_end, "schedule": null,
-            "metadata": {"user_id": session["subscription_user_id"]},
-            "items": {"object": "list", "data": [{"id": format!("si_fake{n}"), "price": {"id": session["price"]}}]}
-        });
-        s.subscriptions.insert(sub_id.clone(), sub.clone());
-        let mut completed = session.clone();
-        completed["subscription"] = json!(sub_id);
-        completed["payment_status"] = json!("paid");
-        completed["status"] = json!("complete");
-        s.checkout_sessions.insert(session_id.to_string(), completed.clone());
-        vec![
-            fake_event(&format!("evt_fake{n}_a"), "checkout.session.completed", t, completed),
-            fake_event(&format!("evt_fake{n}_b"), "customer.subscription.created", t, sub),
-        ]
+        complete_checkout(&mut self.state.lock().unwrap(), session_id)
     }
 
     /// Time passes to the end of the current period: a pending cancellation ends the
@@ -286,20 +292,83 @@ fn handle(state: &Arc<Mutex<FakeState>>, r: &Recorded) -> (u16, Value) {
             return error(500, "api_error", "", "injected failure");
         }
         let key = r.header("Idempotency-Key").map(str::to_string);
-        if let Some(k) = &key {
-            if let Some(answer) = s.idempotent.get(k) {
-                return answer.clone();
+        let answer = match key.as_ref().and_then(|k| s.idempotent.get(k)) {
+            Some(replayed) => replayed.clone(),
+            None => {
+                let answer = handle_post(&mut s, r);
+                if let Some(k) = key {
+                    if answer.0 < 500 {
+                        s.idempotent.insert(k, answer.clone());
+                    }
+                }
+                answer
             }
-        }
-        let answer = handle_post(&mut s, r);
-        if let Some(k) = key {
-            if answer.0 < 500 {
-                s.idempotent.insert(k, answer.clone());
-            }
+        };
+        if let Some(slot) = s.lose_answers.iter_mut().find(|(frag, n)| *n > 0 && r.path.contains(frag.as_str())) {
+            slot.1 -= 1;
+            return error(500, "api_error", "", "injected: done, answer lost");
         }
         return answer;
     }
+    if r.method == "DELETE" {
+        return handle_delete(&mut state.lock().unwrap(), r);
+    }
     handle_get(state, r)
+}
+
+fn complete_checkout(s: &mut FakeState, session_id: &str) -> Vec<Value> {
+    let session = s.checkout_sessions.get(session_id).cloned().expect("no such session");
+    s.counter += 1;
+    let n = s.counter;
+    let t = now();
+    let sub_id = format!("sub_fake{n}");
+    let trial_days = session["trial_period_days"].as_i64().unwrap_or(0);
+    let trial_end = (trial_days > 0).then(|| t + trial_days * 86400);
+    let sub = json!({
+        "id": sub_id, "object": "subscription", "customer": session["customer"],
+        "status": if trial_end.is_some() { "trialing" } else { "active" },
+        "created": t, "current_period_start": t, "current_period_end": trial_end.unwrap_or(t + 30 * 86400),
+        "cancel_at_period_end": false, "cancel_at": null, "trial_end": trial_end, "schedule": null,
+        "metadata": {"user_id": session["subscription_user_id"]},
+        "items": {"object": "list", "data": [{"id": format!("si_fake{n}"), "price": {"id": session["price"]}}]}
+    });
+    s.subscriptions.insert(sub_id.clone(), sub.clone());
+    let mut completed = session.clone();
+    completed["subscription"] = json!(sub_id);
+    completed["payment_status"] = json!("paid");
+    completed["status"] = json!("complete");
+    s.checkout_sessions.insert(session_id.to_string(), completed.clone());
+    vec![
+        fake_event(&format!("evt_fake{n}_a"), "checkout.session.completed", t, completed),
+        fake_event(&format!("evt_fake{n}_b"), "customer.subscription.created", t, sub),
+    ]
+}
+
+fn delete_customer(s: &mut FakeState, id: &str) {
+    s.customers.insert(id.to_string(), json!({"id": id, "object": "customer", "deleted": true, "metadata": s.customers.get(id).map(|c| c["metadata"].clone()).unwrap_or(Value::Null)}));
+    for sub in s.subscriptions.values_mut().filter(|v| v["customer"] == id) {
+        sub["status"] = json!("canceled");
+    }
+}
+
+fn live_customer(s: &FakeState, id: &str) -> bool {
+    s.customers.get(id).is_some_and(|c| c["deleted"] != true)
+}
+
+fn handle_delete(s: &mut FakeState, r: &Recorded) -> (u16, Value) {
+    let segs: Vec<&str> = r.path.trim_start_matches('/').split('/').collect();
+    match segs.as_slice() {
+        ["v1", "subscriptions", id] => match s.subscriptions.get_mut(*id) {
+            Some(sub) if sub["status"] != "canceled" => {
+                sub["status"] = json!("canceled");
+                sub["ended_at"] = json!(now());
+                (200, sub.clone())
+            }
+            Some(_) => error(400, "invalid_request_error", "", "This subscription is already canceled"),
+            None => error(404, "invalid_request_error", "resource_missing", "No such subscription"),
+        },
+        _ => error(404, "invalid_request_error", "", &format!("Unrecognized request URL (DELETE {})", r.path)),
+    }
 }
 
 fn form(r: &Recorded) -> Vec<(String, String)> {
@@ -337,7 +406,7 @@ fn handle_post(s: &mut FakeState, r: &Recorded) -> (u16, Value) {
             (200, c)
         }
         ["v1", "checkout", "sessions"] => {
-            let Some(customer) = param(&f, "customer").filter(|c| s.customers.contains_key(*c)) else {
+            let Some(customer) = param(&f, "customer").filter(|c| live_customer(s, c)) else {
                 return error(400, "invalid_request_error", "resource_missing", "No such customer");
             };
             let id = format!("cs_fake{n}");
@@ -354,6 +423,10 @@ fn handle_post(s: &mut FakeState, r: &Recorded) -> (u16, Value) {
             s.checkout_sessions.insert(id, session.clone());
             (200, session)
         }
+        ["v1", "checkout", "sessions", id, "expire"] if s.pay_before_expire.remove(*id) => {
+            complete_checkout(s, id);
+            error(400, "invalid_request_error", "", "Only open sessions can be expired")
+        }
         ["v1", "checkout", "sessions", id, "expire"] => match s.checkout_sessions.get_mut(*id) {
             Some(session) if session["status"] == "open" => {
                 session["status"] = json!("expired");
@@ -363,7 +436,7 @@ fn handle_post(s: &mut FakeState, r: &Recorded) -> (u16, Value) {
             None => error(404, "invalid_request_error", "resource_missing", "No such checkout session"),
         },
         ["v1", "billing_portal", "sessions"] => match param(&f, "customer") {
-            Some(c) if s.customers.contains_key(c) => (
+            Some(c) if live_customer(s, c) => (
                 200,
                 json!({"id": format!("bps_fake{n}"), "url": format!("https://billing.stripe.test/p/session/{n}"), "return_url": param(&f, "return_url")}),
             ),
@@ -494,6 +567,10 @@ fn handle_get(state: &Arc<Mutex<FakeState>>, r: &Recorded) -> (u16, Value) {
                 .collect();
             (200, list(items, &params))
         }
+        ("GET", ["v1", "checkout", "sessions", id]) => match s.checkout_sessions.get(*id) {
+            Some(v) => (200, v.clone()),
+            None => error(404, "invalid_request_error", "resource_missing", "No such checkout session"),
+        },
         ("GET", ["v1", "customers", id]) => {
             if s.failing.contains(*id) {
                 return error(500, "api_error", "", "injected failure");

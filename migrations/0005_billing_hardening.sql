@@ -1,0 +1,15 @@
+-- Which subscription an audit row is about: a user's row follows one subscription, but
+-- cancelling also ends legacy duplicates, each audited with its own id.
+ALTER TABLE plan_changes ADD COLUMN subscription_id TEXT;
+
+-- Users whose KV copies (legacy plan keys, entitlements cache) are due. Bumped in the
+-- same batch as every change of the user's plan columns; removed by the flusher only
+-- if `version` did not change while it wrote KV (see src/store/outbox.rs).
+CREATE TABLE kv_outbox (
+  user_id     TEXT PRIMARY KEY REFERENCES users(id),
+  version     INTEGER NOT NULL,
+  due_at      INTEGER NOT NULL,
+  lease_until INTEGER,
+  attempts    INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX idx_kv_outbox_due ON kv_outbox(due_at);

@@ -1,0 +1,120 @@
+//! The `kv_outbox` table: users whose KV copies (legacy plan keys, entitlements cache)
+//! are due. Every D1 batch that changes a user's plan columns also bumps the user's
+//! outbox `version`; a flusher takes a short lease on the row, writes KV from the
+//! user's *current* row, and deletes the outbox row only if its version did not change
+//! meanwhile. So KV converges on the newest D1 state whatever fails or races: a failed
+//! write leaves the row for the cron, a change during a flush makes it flush again.
+
+use serde::Deserialize;
+
+use super::db::{Db, Param, Stmt};
+use crate::error::ApiError;
+
+/// How long one flusher owns a user's row.
+pub const LEASE_SECONDS: i64 = 60;
+/// Retry delay after a failed flush: 1, 2, 4 … minutes, at most an hour.
+pub fn backoff_seconds(attempts: i64) -> i64 {
+    (60i64 << (attempts.clamp(1, 7) - 1)).min(3600)
+}
+
+/// Bumps the user's outbox version (batched with the change itself).
+pub fn due_stmt(user_id: &str, now: i64) -> Stmt {
+    Stmt {
+        sql: "INSERT INTO kv_outbox (user_id, version, due_at, attempts) VALUES (?1, 1, ?2, 0) \
+              ON CONFLICT(user_id) DO UPDATE SET version = kv_outbox.version + 1, due_at = MIN(kv_outbox.due_at, ?2)",
+        params: vec![user_id.into(), Param::Int(now)],
+    }
+}
+
+/// The same for the user holding a Stripe customer (before a batch clears it).
+pub fn due_by_customer_stmt(customer_id: &str, now: i64) -> Stmt {
+    Stmt {
+        sql: "INSERT INTO kv_outbox (user_id, version, due_at, attempts) \
+              SELECT id, 1, ?2, 0 FROM users WHERE stripe_customer_id = ?1 \
+              ON CONFLICT(user_id) DO UPDATE SET version = kv_outbox.version + 1, due_at = MIN(kv_outbox.due_at, ?2)",
+        params: vec![customer_id.into(), Param::Int(now)],
+    }
+}
+
+#[derive(Deserialize)]
+struct Claimed {
+    version: i64,
+    attempts: i64,
+}
+
+/// Takes the lease on a due row; `Some((version, attempts))` when ours.
+pub async fn claim(db: &Db, user_id: &str, now: i64) -> Result<Option<(i64, i64)>, ApiError> {
+    let row = db
+        .query_one::<Claimed>(
+            "UPDATE kv_outbox SET lease_until = ?3, attempts = attempts + 1 \
+             WHERE user_id = ?1 AND (lease_until IS NULL OR lease_until < ?2) RETURNING version, attempts",
+            &[user_id.into(), Param::Int(now), Param::Int(now + LEASE_SECONDS)],
+        )
+        .await?;
+    Ok(row.map(|r| (r.version, r.attempts)))
+}
+
+/// Done with `version`: the row goes if nothing changed meanwhile (true), else the
+/// lease is released and the row stays due (false).
+pub async fn complete(db: &Db, user_id: &str, version: i64) -> Result<bool, ApiError> {
+    let deleted = db
+        .execute(
+            "DELETE FROM kv_outbox WHERE user_id = ?1 AND version = ?2 RETURNING 1 AS n",
+            &[user_id.into(), Param::Int(version)],
+        )
+        .await?;
+    if deleted == 0 {
+        db.execute("UPDATE kv_outbox SET lease_until = NULL, attempts = 0 WHERE user_id = ?1", &[user_id.into()])
+            .await?;
+    }
+    Ok(deleted > 0)
+}
+
+/// A failed flush: due again after backoff.
+pub async fn failed(db: &Db, user_id: &str, attempts: i64, now: i64) -> Result<(), ApiError> {
+    db.execute(
+        "UPDATE kv_outbox SET lease_until = NULL, due_at = ?2 WHERE user_id = ?1",
+        &[user_id.into(), Param::Int(now + backoff_seconds(attempts))],
+    )
+    .await?;
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct Due {
+    user_id: String,
+}
+
+/// Users whose copies are due and not being written, oldest first.
+pub async fn due(db: &Db, now: i64, limit: i64) -> Result<Vec<String>, ApiError> {
+    let rows: Vec<Due> = db
+        .query(
+            "SELECT user_id FROM kv_outbox WHERE due_at <= ?1 AND (lease_until IS NULL OR lease_until < ?1) \
+             ORDER BY due_at LIMIT ?2",
+            &[Param::Int(now), Param::Int(limit)],
+        )
+        .await?;
+    Ok(rows.into_iter().map(|d| d.user_id).collect())
+}
+
+/// How many users' copies are due (reported to admins).
+pub async fn pending(db: &Db) -> Result<i64, ApiError> {
+    #[derive(Deserialize)]
+    struct N {
+        n: i64,
+    }
+    Ok(db.query_one::<N>("SELECT COUNT(*) AS n FROM kv_outbox", &[]).await?.map_or(0, |r| r.n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff_seconds;
+
+    #[test]
+    fn a_failed_copy_is_retried_after_one_minute_doubling_to_an_hour() {
+        assert_eq!(backoff_seconds(1), 60);
+        assert_eq!(backoff_seconds(2), 120);
+        assert_eq!(backoff_seconds(7), 3600);
+        assert_eq!(backoff_seconds(100), 3600);
+    }
+}

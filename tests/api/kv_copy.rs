@@ -1,0 +1,145 @@
+//! The legacy KV copy converges on D1: written after the response from the user's
+//! current row, kept due in the outbox until a write succeeds with no change meanwhile.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::fixtures::{deliver, event, new_customer, run_cron, subscription, user_row, Customer};
+use crate::support::{now, root, unique, App};
+use crate::{shared, stripe_options, PRICE_ESSENTIAL, PRICE_PREMIUM, PRICE_PRO};
+
+/// `wrangler.toml` without the `APP_KV` binding (every KV write fails) and without the
+/// build step, next to the real one so its relative paths hold.
+fn config_without_kv() -> std::path::PathBuf {
+    let text = std::fs::read_to_string(root().join("wrangler.toml")).unwrap();
+    let mut out = String::new();
+    let mut skip = false;
+    for line in text.lines() {
+        if line.starts_with('[') {
+            skip = line.starts_with("[build]") || line.starts_with("[env.");
+            if line.trim() == "[[kv_namespaces]]" {
+                skip = true;
+            }
+        }
+        if line.starts_with("[[env.") {
+            skip = true;
+        }
+        if !skip {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    assert!(!out.contains("APP_KV") && out.contains("[[d1_databases]]"), "{out}");
+    let path = root().join(format!("build/wrangler-no-kv-{}.toml", std::process::id()));
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+/// The legacy keys the old readers use, as D1 says they should be.
+fn expected_legacy(app: &App, c: &Customer) -> Vec<(String, Option<String>)> {
+    let row = user_row(app, &c.user_id);
+    let trialing = row["subscription_status"] == "trialing";
+    vec![
+        (
+            format!("planByUid:{}", c.auth_id),
+            Some(if trialing { "trial".to_string() } else { row["plan"].as_str().unwrap().to_string() }),
+        ),
+        (
+            format!("billingStatus:{}", c.auth_id),
+            Some(row["subscription_status"].as_str().unwrap_or("none").to_string()),
+        ),
+    ]
+}
+
+fn assert_kv_matches_d1(app: &App, c: &Customer) {
+    for (key, want) in expected_legacy(app, c) {
+        let got = app.kv_get_when(&key, Duration::from_secs(10), |v| *v == want);
+        assert_eq!(got, want, "{key}");
+    }
+}
+
+#[test]
+fn kv_copies_that_failed_while_kv_was_down_converge_once_it_heals() {
+    let stripe = &shared().stripe;
+    let persist = std::env::temp_dir().join(unique("plangate-kvdown"));
+    let down = App::spawn(crate::AppOptions {
+        persist: Some(persist.clone()),
+        config: Some(config_without_kv()),
+        ..stripe_options(stripe)
+    });
+    let users: Vec<Customer> = (0..3).map(|i| new_customer(&down, &format!("kvdown{i}"))).collect();
+    for (i, c) in users.iter().enumerate() {
+        let price = [PRICE_ESSENTIAL, PRICE_PRO, PRICE_PREMIUM][i];
+        stripe.put_subscription(subscription(c, "active", price));
+        let ev = event(
+            &format!("evt_kvdown_{}", c.subscription),
+            "customer.subscription.created",
+            now(),
+            subscription(c, "active", price),
+        );
+        let r = deliver(&down, &ev);
+        assert_eq!(r.status, 200, "KV being down never fails a delivery: {}", r.body);
+    }
+    run_cron(&down, Some(now() + 600)); // the cron cannot write either
+    let due = down.count("SELECT COUNT(*) FROM kv_outbox");
+    assert_eq!(due, 3, "every copy is still due");
+    down.stop();
+    drop(down);
+
+    let healed =
+        App::spawn(crate::AppOptions { persist: Some(persist.clone()), migrate: false, ..stripe_options(stripe) });
+    run_cron(&healed, Some(now() + 7200));
+    for c in &users {
+        assert_kv_matches_d1(&healed, c);
+    }
+    assert_eq!(healed.count("SELECT COUNT(*) FROM kv_outbox"), 0, "nothing left due");
+    drop(healed);
+    let _ = std::fs::remove_dir_all(&persist);
+}
+
+#[test]
+fn concurrent_deliveries_for_one_user_leave_kv_on_the_newest_state() {
+    let s = shared();
+    let c = new_customer(&s.app, "kv-race");
+    let t0 = now() - 100;
+    // Stripe's history: essential → pro → premium → canceled; Stripe now says canceled.
+    let states =
+        [("active", PRICE_ESSENTIAL), ("active", PRICE_PRO), ("active", PRICE_PREMIUM), ("canceled", PRICE_PREMIUM)];
+    let events: Vec<_> = states
+        .iter()
+        .enumerate()
+        .map(|(i, (status, price))| {
+            event(
+                &format!("evt_kvrace_{i}_{}", c.subscription),
+                "customer.subscription.updated",
+                t0 + i as i64,
+                subscription(&c, status, price),
+            )
+        })
+        .collect();
+    for round in 0..3 {
+        // Stripe now says premium (even rounds) or canceled (odd rounds).
+        let (status, price) = if round % 2 == 0 { ("active", PRICE_PREMIUM) } else { ("canceled", PRICE_PREMIUM) };
+        s.stripe.put_subscription(subscription(&c, status, price));
+        let threads: Vec<_> = events
+            .iter()
+            .cycle()
+            .skip(round)
+            .take(12)
+            .cloned()
+            .map(|ev| {
+                let mut ev = ev;
+                ev["id"] = json!(format!("{}_{round}_{}", ev["id"].as_str().unwrap(), unique("x")));
+                std::thread::spawn(move || deliver(&shared().app, &ev))
+            })
+            .collect();
+        for t in threads {
+            let r = t.join().unwrap();
+            assert!(r.status == 200 || r.status == 202, "{}", r.body);
+        }
+        assert_kv_matches_d1(&s.app, &c);
+    }
+    let row = user_row(&s.app, &c.user_id);
+    assert_eq!((row["plan"].as_str(), row["subscription_status"].as_str()), (Some("premium"), Some("active")));
+}
