@@ -2,6 +2,10 @@
 -- cancelling also ends legacy duplicates, each audited with its own id.
 ALTER TABLE plan_changes ADD COLUMN subscription_id TEXT;
 
+-- The last Stripe customer of the user that was deleted: a new one is created with an
+-- idempotency key naming it, so Stripe cannot replay the deleted one's creation.
+ALTER TABLE users ADD COLUMN previous_customer_id TEXT;
+
 -- Users whose KV copies (legacy plan keys, entitlements cache) are due. Bumped in the
 -- same batch as every change of the user's plan columns; removed by the flusher only
 -- if `version` did not change while it wrote KV (see src/store/outbox.rs).

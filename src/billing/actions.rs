@@ -180,7 +180,7 @@ impl Billing<'_> {
         user: UserRecord,
         body: impl AsyncFn(&UserRecord, &str) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
-        let customer = self.customer(&user, None).await?;
+        let customer = self.customer(&user).await?;
         match body(&user, &customer).await {
             Err(e) if e.code() == CUSTOMER_MISSING => {
                 if !self.customer_is_gone(&customer).await? {
@@ -197,7 +197,7 @@ impl Billing<'_> {
                 self.db.batch(gone).await?;
                 let user =
                     users::find_by_id(self.db, &user.id).await?.ok_or_else(|| ApiError::server("user vanished"))?;
-                let customer = self.customer(&user, Some(&customer)).await?;
+                let customer = self.customer(&user).await?;
                 body(&user, &customer).await
             }
             other => other,
@@ -217,10 +217,11 @@ impl Billing<'_> {
     }
 
     /// The user's Stripe customer: the stored one, else one created with a key that
-    /// depends on the user only (and the customer it replaces), so every action that
-    /// gets here (racing, or retried after a failure to store the id) gets the same
-    /// customer back from Stripe.
-    async fn customer(&self, user: &UserRecord, replaces: Option<&str>) -> Result<String, ApiError> {
+    /// depends on the user only (and the deleted customer it replaces), so every action
+    /// that gets here (racing, or retried after a failure to store the id) gets the
+    /// same customer back from Stripe.
+    async fn customer(&self, user: &UserRecord) -> Result<String, ApiError> {
+        let replaces = user.previous_customer_id.as_deref();
         if let Some(c) = &user.stripe_customer_id {
             return Ok(c.clone());
         }

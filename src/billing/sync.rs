@@ -231,9 +231,10 @@ impl Billing<'_> {
         }
         let state = state_from(chosen, &self.catalog, &self.cfg.prices)
             .map_err(|e| Failure { cause: e.to_string(), fallback: None })?;
-        let linkable = chosen.status.is_live() || chosen.status.may_become_live();
+        // A customer deleted at Stripe is never linked again (an old subscription of
+        // it may still name the user).
+        let linkable = user.previous_customer_id.as_deref() != Some(sub.customer.as_str());
         Ok(Outcome {
-            // An ended subscription never links its customer (it may be a deleted one).
             stmts: users::apply_state_stmts(
                 &user.id,
                 &state,

@@ -27,6 +27,9 @@ pub struct UserRecord {
     pub stripe_synced_at: Option<i64>,
     #[serde(default)]
     pub trial_used: i64,
+    /// The user's last Stripe customer that was deleted (see `billing::actions`).
+    #[serde(default)]
+    pub previous_customer_id: Option<String>,
 }
 
 /// The body of `GET /api/plan/me`, field for field the old endpoint's format.

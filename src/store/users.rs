@@ -10,7 +10,7 @@ macro_rules! user_columns {
     () => {
         "id, auth_id, email, plan, stripe_customer_id, stripe_subscription_id, subscription_status, \
          trial_ends_at, current_period_end, cancel_at, scheduled_plan, scheduled_at, \
-         plan_updated_at, created_at, updated_at, stripe_synced_at, trial_used"
+         plan_updated_at, created_at, updated_at, stripe_synced_at, trial_used, previous_customer_id"
     };
 }
 
@@ -168,7 +168,7 @@ pub fn customer_gone_stmts(customer_id: &str, default_plan: &str, cause: &str, a
         params: vec![customer_id.into(), cause.into(), Param::Int(now), default_plan.into()],
     };
     let clear = Stmt {
-        sql: "UPDATE users SET stripe_customer_id = NULL, stripe_subscription_id = NULL, subscription_status = NULL, \
+        sql: "UPDATE users SET previous_customer_id = stripe_customer_id, stripe_customer_id = NULL, stripe_subscription_id = NULL, subscription_status = NULL, \
                 plan = ?4, trial_ends_at = NULL, current_period_end = NULL, cancel_at = NULL, \
                 scheduled_plan = NULL, scheduled_at = NULL, \
                 plan_updated_at = CASE WHEN plan IS NOT ?4 OR subscription_status IS NOT NULL THEN ?3 ELSE plan_updated_at END, \

@@ -555,7 +555,7 @@ fn a_customer_created_at_stripe_whose_answer_was_lost_is_reused_by_the_next_acti
     let s = shared();
     let c = new_customer(&s.app, "lost-customer");
     // Stripe creates the customer three times over (each retry), but every answer is lost.
-    s.stripe.lose_next_answers("/v1/customers", 3);
+    s.stripe.lose_next_answers(&format!("metadata%5Buser_id%5D={}", c.user_id), 3);
     let r = call(&c, "/api/stripe-checkout", json!({"plan": "pro"}));
     assert_eq!((r.status, error_code(&r.json())), (500, "CUSTOMER_NOT_FOUND"), "{}", r.body);
     assert!(user_row(&s.app, &c.user_id)["stripe_customer_id"].is_null());

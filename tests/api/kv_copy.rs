@@ -10,7 +10,7 @@ use crate::support::{now, root, unique, App};
 use crate::{shared, stripe_options, PRICE_ESSENTIAL, PRICE_PREMIUM, PRICE_PRO};
 
 /// `wrangler.toml` without the `APP_KV` binding (every KV write fails) and without the
-/// build step, next to the real one so its relative paths hold.
+/// build step, with absolute paths to the built Worker and the migrations.
 fn config_without_kv() -> std::path::PathBuf {
     let text = std::fs::read_to_string(root().join("wrangler.toml")).unwrap();
     let mut out = String::new();
@@ -30,8 +30,17 @@ fn config_without_kv() -> std::path::PathBuf {
             out.push('\n');
         }
     }
-    assert!(!out.contains("APP_KV") && out.contains("[[d1_databases]]"), "{out}");
-    let path = root().join(format!("build/wrangler-no-kv-{}.toml", std::process::id()));
+    let out = out
+        .replace(
+            "main = \"build/index.js\"",
+            &format!("main = {:?}", root().join("build/index.js").display().to_string()),
+        )
+        .replace(
+            "migrations_dir = \"migrations\"",
+            &format!("migrations_dir = {:?}", root().join("migrations").display().to_string()),
+        );
+    assert!(!out.contains("APP_KV") && out.contains("[[d1_databases]]") && !out.contains("main = \"build"), "{out}");
+    let path = std::env::temp_dir().join(format!("plangate-wrangler-no-kv-{}.toml", std::process::id()));
     std::fs::write(&path, out).unwrap();
     path
 }

@@ -151,8 +151,8 @@ impl StripeFake {
         self.state.lock().unwrap().fail_posts.push((fragment.to_string(), count));
     }
 
-    /// The next `count` POSTs whose path contains `fragment` are carried out, but their
-    /// answers are lost (500).
+    /// The next `count` POSTs whose path or form body contains `fragment` are carried
+    /// out, but their answers are lost (500).
     pub fn lose_next_answers(&self, fragment: &str, count: usize) {
         self.state.lock().unwrap().lose_answers.push((fragment.to_string(), count));
     }
@@ -304,7 +304,8 @@ fn handle(state: &Arc<Mutex<FakeState>>, r: &Recorded) -> (u16, Value) {
                 answer
             }
         };
-        if let Some(slot) = s.lose_answers.iter_mut().find(|(frag, n)| *n > 0 && r.path.contains(frag.as_str())) {
+        let about = |frag: &str| r.path.contains(frag) || r.body.contains(frag);
+        if let Some(slot) = s.lose_answers.iter_mut().find(|(frag, n)| *n > 0 && about(frag.as_str())) {
             slot.1 -= 1;
             return error(500, "api_error", "", "injected: done, answer lost");
         }
