@@ -5,6 +5,7 @@ use crate::domain::plans::Catalog;
 use crate::domain::subscription::PriceMap;
 use crate::stripe::client::DEFAULT_API_VERSION;
 use crate::stripe::signature::{parse_secrets, DEFAULT_TOLERANCE_SECONDS};
+use crate::util::is_https_or_loopback_http;
 
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
 pub const DEFAULT_STRIPE_API_BASE: &str = "https://api.stripe.com";
@@ -61,7 +62,9 @@ impl Config {
             if o.is_empty() {
                 continue;
             }
-            if o == "*" || !(o.starts_with("https://") || o.starts_with("http://")) {
+            let is_origin = crate::util::parse_authority(&o)
+                .is_some_and(|a| (a.scheme == "https" || a.scheme == "http") && a.rest.is_empty());
+            if !is_origin {
                 return Err(format!(
                     "ALLOWED_ORIGINS entry `{o}` is not an origin like https://app.example.com (`*` is not supported: credentials are allowed)"
                 ));
@@ -83,8 +86,8 @@ impl Config {
         }
         let jwks_url = non_empty(get("AUTH_JWKS_URL"));
         if let Some(u) = &jwks_url {
-            if !(u.starts_with("https://") || u.starts_with("http://127.0.0.1") || u.starts_with("http://localhost")) {
-                return Err("AUTH_JWKS_URL must be an https:// URL (http only for localhost)".into());
+            if !is_https_or_loopback_http(u) {
+                return Err("AUTH_JWKS_URL must be an https:// URL (http only on localhost, 127.0.0.1 or [::1])".into());
             }
         }
         let webhook_tolerance = match non_empty(get("WEBHOOK_TOLERANCE_SECONDS")) {
@@ -100,8 +103,8 @@ impl Config {
             Some(other) => return Err(format!("DUAL_WRITE_KV `{other}` must be true or false")),
         };
         let stripe_api_base = non_empty(get("STRIPE_API_BASE")).unwrap_or_else(|| DEFAULT_STRIPE_API_BASE.into());
-        if !(stripe_api_base.starts_with("https://") || stripe_api_base.starts_with("http://127.0.0.1")) {
-            return Err("STRIPE_API_BASE must be an https:// URL (http only on 127.0.0.1)".into());
+        if !is_https_or_loopback_http(&stripe_api_base) {
+            return Err("STRIPE_API_BASE must be an https:// URL (http only on localhost, 127.0.0.1 or [::1])".into());
         }
         Ok(Config {
             stripe_api_base,
@@ -200,5 +203,33 @@ mod tests {
         assert!(cfg(&[("AUTH_JWKS_URL", "http://keys.example.com/jwks")]).is_err());
         assert!(cfg(&[("AUTH_JWKS_URL", "http://127.0.0.1:9999/jwks")]).is_ok());
         assert!(cfg(&[("AUTH_JWKS_URL", "https://www.googleapis.com/x")]).is_ok());
+    }
+
+    #[test]
+    fn a_host_that_only_starts_like_loopback_is_refused_for_both_urls() {
+        for evil in [
+            "http://localhost.evil.test/jwks",
+            "http://127.0.0.1.evil.test",
+            "http://127.0.0.1@evil.test",
+            "http://localhost:9999@evil.test/jwks",
+            "http://localhost./jwks",
+        ] {
+            assert!(cfg(&[("AUTH_JWKS_URL", evil)]).is_err(), "AUTH_JWKS_URL {evil}");
+            assert!(cfg(&[("STRIPE_API_BASE", evil)]).is_err(), "STRIPE_API_BASE {evil}");
+        }
+        for good in ["http://localhost:9999/jwks", "http://[::1]:9999", "HTTP://127.0.0.1:4242"] {
+            assert!(cfg(&[("AUTH_JWKS_URL", good)]).is_ok(), "AUTH_JWKS_URL {good}");
+            assert!(cfg(&[("STRIPE_API_BASE", good)]).is_ok(), "STRIPE_API_BASE {good}");
+        }
+    }
+
+    #[test]
+    fn an_allowed_origin_must_be_only_a_scheme_host_and_port() {
+        assert!(cfg(&[("ALLOWED_ORIGINS", "http://[::1]:3000,https://app.example.com:8443")]).is_ok());
+        for bad in
+            ["app.example.com", "https://app.example.com/app", "https://u@app.example.com", "ftp://x.example", "null"]
+        {
+            assert!(cfg(&[("ALLOWED_ORIGINS", bad)]).is_err(), "{bad}");
+        }
     }
 }
