@@ -22,6 +22,10 @@ use sha2::Sha256;
 
 pub const JWT_SECRET: &str = "e2e-test-secret-0123456789abcdef0123456789";
 pub const ALLOWED_ORIGIN: &str = "https://app.example.test";
+/// The `iss` / `aud` an app with `AUTH_JWKS_URL` requires (see `AppOptions::with_jwks`); the
+/// tokens made here carry them, so they pass on every app.
+pub const ISSUER: &str = "https://securetoken.example.test/plangate-e2e";
+pub const AUDIENCE: &str = "plangate-e2e";
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -81,9 +85,15 @@ pub fn hs256(secret: &str, claims: &Value) -> String {
     format!("{input}.{}", b64url(&mac.finalize().into_bytes()))
 }
 
+/// Claims valid now for `sub`, with the test issuer and audience.
+pub fn claims(sub: &str) -> Value {
+    json!({"sub": sub, "email": format!("{sub}@example.test"), "iss": ISSUER, "aud": AUDIENCE,
+           "iat": now(), "exp": now() + 3600})
+}
+
 /// A valid development token for `sub`.
 pub fn token(sub: &str) -> String {
-    hs256(JWT_SECRET, &json!({"sub": sub, "email": format!("{sub}@example.test"), "iat": now(), "exp": now() + 3600}))
+    hs256(JWT_SECRET, &claims(sub))
 }
 
 pub fn rsa_key(name: &str) -> RsaPrivateKey {
@@ -154,6 +164,11 @@ impl AppOptions {
     pub fn var(mut self, k: &str, v: &str) -> Self {
         self.vars.push((k.to_string(), v.to_string()));
         self
+    }
+
+    /// RS256 tokens verified with the keys at `url`, for the test issuer and audience.
+    pub fn with_jwks(self, url: &str) -> Self {
+        self.var("AUTH_JWKS_URL", url).var("AUTH_ISSUER", ISSUER).var("AUTH_AUDIENCE", AUDIENCE)
     }
 }
 
