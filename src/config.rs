@@ -43,6 +43,9 @@ pub struct Config {
     pub webhook_tolerance: i64,
     /// `DUAL_WRITE_KV`: also write the legacy plan keys old readers use.
     pub dual_write_kv: bool,
+    /// `EXPOSE_D1_STATS`: send `X-D1-Rows-Read` / `X-D1-Rows-Written` (development,
+    /// `make bench`); off by default, so deployed Workers do not describe their internals.
+    pub expose_d1_stats: bool,
     /// `ADMIN_TOKEN` (secret): bearer token of `/api/admin/*`.
     pub admin_token: Option<String>,
     /// `STRIPE_PRICE_<TIER>` for every paid tier of the catalog.
@@ -133,6 +136,7 @@ impl Config {
             ));
         }
         let dual_write_kv = flag("DUAL_WRITE_KV", non_empty(get("DUAL_WRITE_KV")))?;
+        let expose_d1_stats = flag("EXPOSE_D1_STATS", non_empty(get("EXPOSE_D1_STATS")))?;
         let stripe_api_base = non_empty(get("STRIPE_API_BASE")).unwrap_or_else(|| DEFAULT_STRIPE_API_BASE.into());
         if !is_https_or_loopback_http(&stripe_api_base) {
             return Err("STRIPE_API_BASE must be an https:// URL (http only on localhost, 127.0.0.1 or [::1])".into());
@@ -144,6 +148,7 @@ impl Config {
             webhook_secrets,
             webhook_tolerance,
             dual_write_kv,
+            expose_d1_stats,
             admin_token: non_empty(get("ADMIN_TOKEN")),
             prices: PriceMap::from_lookup(&Catalog::builtin(), &get),
             environment: non_empty(get("ENVIRONMENT")).unwrap_or_else(|| "development".into()),
@@ -279,6 +284,17 @@ mod tests {
         {
             assert!(cfg(&[("WEBHOOK_TOLERANCE_SECONDS", bad)]).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn d1_stats_are_hidden_unless_enabled_and_the_flag_is_validated() {
+        assert!(!cfg(&[]).unwrap().expose_d1_stats);
+        assert!(!cfg(&[("EXPOSE_D1_STATS", "false")]).unwrap().expose_d1_stats);
+        assert!(!cfg(&[("EXPOSE_D1_STATS", "")]).unwrap().expose_d1_stats);
+        assert!(cfg(&[("EXPOSE_D1_STATS", "true")]).unwrap().expose_d1_stats);
+        assert!(cfg(&[("EXPOSE_D1_STATS", " 1 ")]).unwrap().expose_d1_stats);
+        let e = cfg(&[("EXPOSE_D1_STATS", "yes")]).unwrap_err();
+        assert!(e.contains("EXPOSE_D1_STATS"), "{e}");
     }
 
     #[test]

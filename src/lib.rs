@@ -209,8 +209,10 @@ pub async fn fetch(mut req: Request, env: Env, _ctx: Context) -> worker::Result<
     let (status, body) = match outcome {
         Ok((Ok(reply), read, written)) => {
             headers.extend(reply.headers);
-            headers.push(("X-D1-Rows-Read", read.to_string()));
-            headers.push(("X-D1-Rows-Written", written.to_string()));
+            if cfg.expose_d1_stats {
+                headers.push(("X-D1-Rows-Read", read.to_string()));
+                headers.push(("X-D1-Rows-Written", written.to_string()));
+            }
             (reply.status, reply.body.to_string())
         }
         Ok((Err(e), _, _)) | Err(e) => {

@@ -45,6 +45,23 @@ fn the_body_limit_is_configurable() {
 }
 
 #[test]
+fn d1_row_counts_are_sent_only_when_expose_d1_stats_is_on() {
+    // The shared app sets EXPOSE_D1_STATS=true (as wrangler.toml's development vars do).
+    let on = get(&shared().app.url("/health"), None);
+    assert_eq!(on.status, 200, "{}", on.body);
+    assert!(on.header("X-D1-Rows-Read").is_some_and(|v| v.parse::<u64>().is_ok()), "{:?}", on.headers);
+    assert!(on.header("X-D1-Rows-Written").is_some_and(|v| v.parse::<u64>().is_ok()), "{:?}", on.headers);
+    // `broken()` leaves it unset, as qa and production do: no X-D1-* header at all.
+    for path in ["/health", "/api/plans"] {
+        let off = get(&broken().url(path), None);
+        assert_eq!(off.status, 200, "{path}: {}", off.body);
+        assert!(off.header("X-Request-Id").is_some());
+        let leaked: Vec<_> = off.headers.iter().filter(|(k, _)| k.to_ascii_lowercase().starts_with("x-d1")).collect();
+        assert!(leaked.is_empty(), "{path}: {leaked:?}");
+    }
+}
+
+#[test]
 fn a_database_failure_is_a_generic_500_and_its_cause_is_logged_with_the_request_id() {
     let app = broken(); // no migrations: the users table does not exist
     let r = get(&app.url("/api/plan/me"), Some(&token(&unique("db-down"))));
