@@ -76,7 +76,7 @@ fn real_responses_carry_cors_headers_only_for_allowed_origins_and_never_a_wildca
 
 #[test]
 fn without_d1_stats_only_the_request_id_is_exposed() {
-    // `broken()` leaves EXPOSE_D1_STATS unset, as qa and production do.
+    // `broken()` has EXPOSE_D1_STATS unset (default options), as qa and production do.
     let r = send(&agent(), "GET", &crate::broken().url("/api/plans"), &[("Origin", ALLOWED_ORIGIN)], None);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.header("Access-Control-Allow-Origin"), Some(ALLOWED_ORIGIN));

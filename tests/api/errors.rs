@@ -51,7 +51,8 @@ fn d1_row_counts_are_sent_only_when_expose_d1_stats_is_on() {
     assert_eq!(on.status, 200, "{}", on.body);
     assert!(on.header("X-D1-Rows-Read").is_some_and(|v| v.parse::<u64>().is_ok()), "{:?}", on.headers);
     assert!(on.header("X-D1-Rows-Written").is_some_and(|v| v.parse::<u64>().is_ok()), "{:?}", on.headers);
-    // `broken()` leaves it unset, as qa and production do: no X-D1-* header at all.
+    // `broken()` has default options, which leave it unset (blank over wrangler.toml's
+    // development value), as qa and production do: no X-D1-* header at all.
     for path in ["/health", "/api/plans"] {
         let off = get(&broken().url(path), None);
         assert_eq!(off.status, 200, "{path}: {}", off.body);

@@ -230,10 +230,13 @@ impl App {
             apply_migrations(&persist);
         }
         // Secrets and vars come only from here, never from a developer's .dev.vars.
+        // wrangler.toml's development [vars] apply underneath; EXPOSE_D1_STATS is blanked
+        // (empty = unset) so an app is like qa/production unless its options turn it on.
         let mut vars: Vec<(String, String)> = vec![
             ("AUTH_JWT_SECRET".into(), JWT_SECRET.into()),
             ("ALLOWED_ORIGINS".into(), ALLOWED_ORIGIN.into()),
             ("ENVIRONMENT".into(), "test".into()),
+            ("EXPOSE_D1_STATS".into(), String::new()),
         ];
         for (k, v) in opts.vars {
             vars.retain(|(x, _)| *x != k);
