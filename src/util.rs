@@ -21,6 +21,25 @@ pub async fn with_timeout<F: Future>(fut: F, ms: u64) -> Option<F::Output> {
     .await
 }
 
+/// Collects a body from a stream of chunks, stopping as soon as it holds more than
+/// `limit` bytes (`Err(Some(limit))`; the caller drops the stream, which cancels it, so
+/// the rest is never read). `Err(None)`: the stream failed.
+pub async fn read_limited<S, E>(mut chunks: S, limit: u64) -> Result<Vec<u8>, Option<u64>>
+where
+    S: futures_util::Stream<Item = Result<Vec<u8>, E>> + Unpin,
+{
+    use futures_util::StreamExt;
+    let mut body = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|_| None)?;
+        if (body.len() as u64).saturating_add(chunk.len() as u64) > limit {
+            return Err(Some(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// `n` random bytes as lowercase hex, from the platform CSPRNG.
 pub fn random_hex(n: usize) -> Result<String, crate::error::ApiError> {
     let mut buf = vec![0u8; n];
@@ -176,6 +195,34 @@ mod tests {
         assert_eq!(split_url("https://h/a/b?x=1&y=2#frag"), ("/a/b".into(), "x=1&y=2".into()));
         assert_eq!(split_url("https://h"), ("/".into(), "".into()));
         assert_eq!(split_url("https://h?x=1"), ("/".into(), "".into()));
+    }
+
+    /// Polls `fut` once: the streams in these tests are always ready.
+    fn ready<F: Future>(fut: F) -> F::Output {
+        match pin!(fut).poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+            Poll::Ready(v) => v,
+            Poll::Pending => panic!("not ready"),
+        }
+    }
+
+    #[test]
+    fn a_streamed_body_is_read_up_to_its_limit_and_no_further() {
+        let pulled = std::cell::Cell::new(0);
+        let chunks = |n: usize, size: usize| {
+            futures_util::stream::iter((0..n).map(move |_| Ok::<_, ()>(vec![b'x'; size]))).inspect(|_| {
+                pulled.set(pulled.get() + 1);
+            })
+        };
+        use futures_util::StreamExt;
+        assert_eq!(ready(read_limited(chunks(4, 256), 1024)).map(|b| b.len()), Ok(1024));
+        pulled.set(0);
+        // 8 MiB offered in 64 KiB chunks against 1 MiB: refused after 17 chunks, not 128.
+        assert_eq!(ready(read_limited(chunks(128, 64 * 1024), 1024 * 1024)), Err(Some(1024 * 1024)));
+        assert_eq!(pulled.get(), 17);
+        assert_eq!(ready(read_limited(chunks(0, 1), 10)), Ok(Vec::new()));
+        assert_eq!(ready(read_limited(chunks(1, 11), 10)), Err(Some(10)));
+        let failing = futures_util::stream::iter([Ok(vec![1u8]), Err("reset")]);
+        assert_eq!(ready(read_limited(failing, 10)), Err(None));
     }
 
     fn host(url: &str) -> Option<String> {
