@@ -145,7 +145,8 @@ fn main() {
 
     eprintln!("starting wrangler dev …");
     let stripe = StripeFake::start();
-    let app = App::spawn(stripe.app_options());
+    // The D1 row counts below come from the X-D1-Rows-* headers.
+    let app = App::spawn(stripe.app_options().var("EXPOSE_D1_STATS", "true"));
     let tokens: Vec<String> = (0..concurrency).map(|i| token(&support::unique(&format!("bench-{i}")))).collect();
 
     // D1 rows for a first request (creates the user) and a steady-state one.

@@ -4,7 +4,8 @@
 use crate::domain::plans::Catalog;
 use crate::domain::subscription::PriceMap;
 use crate::stripe::client::DEFAULT_API_VERSION;
-use crate::stripe::signature::{parse_secrets, DEFAULT_TOLERANCE_SECONDS};
+use crate::stripe::signature::{parse_secrets, DEFAULT_TOLERANCE_SECONDS, MAX_SECRETS, MAX_TOLERANCE_SECONDS};
+use crate::util::is_https_or_loopback_http;
 
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
 pub const DEFAULT_STRIPE_API_BASE: &str = "https://api.stripe.com";
@@ -23,7 +24,9 @@ pub struct Config {
     pub jwt_secret: Option<String>,
     /// `AUTH_JWKS_URL`: enables RS256 tokens verified with keys from this URL.
     pub jwks_url: Option<String>,
-    /// `AUTH_ISSUER` / `AUTH_AUDIENCE`: required `iss` / `aud` when set.
+    /// `AUTH_ISSUER` / `AUTH_AUDIENCE`: required `iss` / `aud` when set; both must be
+    /// set with `AUTH_JWKS_URL` (a provider's key set, e.g. Firebase's, is shared by all
+    /// of its projects: without them any project's token would pass).
     pub issuer: Option<String>,
     pub audience: Option<String>,
     /// `STRIPE_API_BASE`: where Stripe REST calls go (a local fake in tests).
@@ -32,12 +35,17 @@ pub struct Config {
     pub stripe_api_version: String,
     /// `STRIPE_SECRET_KEY` (secret).
     pub stripe_secret_key: Option<String>,
-    /// `STRIPE_WEBHOOK_SECRET` (secret): one or more signing secrets, comma-separated.
+    /// `STRIPE_WEBHOOK_SECRET` (secret): one to `MAX_SECRETS` signing secrets,
+    /// comma-separated.
     pub webhook_secrets: Vec<String>,
-    /// `WEBHOOK_TOLERANCE_SECONDS`: oldest accepted signature timestamp; never disabled.
+    /// `WEBHOOK_TOLERANCE_SECONDS`: oldest accepted signature timestamp, 1 s to 1 h;
+    /// never disabled.
     pub webhook_tolerance: i64,
     /// `DUAL_WRITE_KV`: also write the legacy plan keys old readers use.
     pub dual_write_kv: bool,
+    /// `EXPOSE_D1_STATS`: send `X-D1-Rows-Read` / `X-D1-Rows-Written` (development,
+    /// `make bench`); off by default, so deployed Workers do not describe their internals.
+    pub expose_d1_stats: bool,
     /// `ADMIN_TOKEN` (secret): bearer token of `/api/admin/*`.
     pub admin_token: Option<String>,
     /// `STRIPE_PRICE_<TIER>` for every paid tier of the catalog.
@@ -46,6 +54,15 @@ pub struct Config {
 
 fn non_empty(v: Option<String>) -> Option<String> {
     v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// A boolean var: `true`/`1` or `false`/`0`, `false` when unset; anything else is an error.
+fn flag(name: &str, value: Option<String>) -> Result<bool, String> {
+    match value.as_deref() {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") => Ok(true),
+        Some(other) => Err(format!("{name} `{other}` must be true or false")),
+    }
 }
 
 /// Normalises an origin for exact comparison: no trailing slash, lowercase scheme/host.
@@ -61,7 +78,9 @@ impl Config {
             if o.is_empty() {
                 continue;
             }
-            if o == "*" || !(o.starts_with("https://") || o.starts_with("http://")) {
+            let is_origin = crate::util::parse_authority(&o)
+                .is_some_and(|a| (a.scheme == "https" || a.scheme == "http") && a.rest.is_empty());
+            if !is_origin {
                 return Err(format!(
                     "ALLOWED_ORIGINS entry `{o}` is not an origin like https://app.example.com (`*` is not supported: credentials are allowed)"
                 ));
@@ -82,34 +101,54 @@ impl Config {
             }
         }
         let jwks_url = non_empty(get("AUTH_JWKS_URL"));
+        let (issuer, audience) = (non_empty(get("AUTH_ISSUER")), non_empty(get("AUTH_AUDIENCE")));
         if let Some(u) = &jwks_url {
-            if !(u.starts_with("https://") || u.starts_with("http://127.0.0.1") || u.starts_with("http://localhost")) {
-                return Err("AUTH_JWKS_URL must be an https:// URL (http only for localhost)".into());
+            if !is_https_or_loopback_http(u) {
+                return Err("AUTH_JWKS_URL must be an https:// URL (http only on localhost, 127.0.0.1 or [::1])".into());
+            }
+            let missing: Vec<&str> = [("AUTH_ISSUER", &issuer), ("AUTH_AUDIENCE", &audience)]
+                .into_iter()
+                .filter_map(|(name, v)| v.is_none().then_some(name))
+                .collect();
+            if !missing.is_empty() {
+                return Err(format!(
+                    "{} required with AUTH_JWKS_URL: a provider's key set is shared by all its projects, so without them any project's token would pass",
+                    missing.join(" and ")
+                ));
             }
         }
         let webhook_tolerance = match non_empty(get("WEBHOOK_TOLERANCE_SECONDS")) {
             None => DEFAULT_TOLERANCE_SECONDS,
             Some(s) => match s.parse::<i64>() {
-                Ok(n) if n > 0 => n,
-                _ => return Err(format!("WEBHOOK_TOLERANCE_SECONDS `{s}` must be a positive whole number")),
+                Ok(n) if (1..=MAX_TOLERANCE_SECONDS).contains(&n) => n,
+                _ => {
+                    return Err(format!(
+                        "WEBHOOK_TOLERANCE_SECONDS `{s}` must be a whole number of seconds from 1 to {MAX_TOLERANCE_SECONDS}"
+                    ))
+                }
             },
         };
-        let dual_write_kv = match non_empty(get("DUAL_WRITE_KV")).as_deref() {
-            None | Some("false") | Some("0") => false,
-            Some("true") | Some("1") => true,
-            Some(other) => return Err(format!("DUAL_WRITE_KV `{other}` must be true or false")),
-        };
+        let webhook_secrets = parse_secrets(get("STRIPE_WEBHOOK_SECRET").as_deref());
+        if webhook_secrets.len() > MAX_SECRETS {
+            return Err(format!(
+                "STRIPE_WEBHOOK_SECRET holds {} secrets; at most {MAX_SECRETS} are supported (remove retired ones)",
+                webhook_secrets.len()
+            ));
+        }
+        let dual_write_kv = flag("DUAL_WRITE_KV", non_empty(get("DUAL_WRITE_KV")))?;
+        let expose_d1_stats = flag("EXPOSE_D1_STATS", non_empty(get("EXPOSE_D1_STATS")))?;
         let stripe_api_base = non_empty(get("STRIPE_API_BASE")).unwrap_or_else(|| DEFAULT_STRIPE_API_BASE.into());
-        if !(stripe_api_base.starts_with("https://") || stripe_api_base.starts_with("http://127.0.0.1")) {
-            return Err("STRIPE_API_BASE must be an https:// URL (http only on 127.0.0.1)".into());
+        if !is_https_or_loopback_http(&stripe_api_base) {
+            return Err("STRIPE_API_BASE must be an https:// URL (http only on localhost, 127.0.0.1 or [::1])".into());
         }
         Ok(Config {
             stripe_api_base,
             stripe_api_version: non_empty(get("STRIPE_API_VERSION")).unwrap_or_else(|| DEFAULT_API_VERSION.into()),
             stripe_secret_key: non_empty(get("STRIPE_SECRET_KEY")),
-            webhook_secrets: parse_secrets(get("STRIPE_WEBHOOK_SECRET").as_deref()),
+            webhook_secrets,
             webhook_tolerance,
             dual_write_kv,
+            expose_d1_stats,
             admin_token: non_empty(get("ADMIN_TOKEN")),
             prices: PriceMap::from_lookup(&Catalog::builtin(), &get),
             environment: non_empty(get("ENVIRONMENT")).unwrap_or_else(|| "development".into()),
@@ -117,8 +156,8 @@ impl Config {
             max_body_bytes,
             jwt_secret,
             jwks_url,
-            issuer: non_empty(get("AUTH_ISSUER")),
-            audience: non_empty(get("AUTH_AUDIENCE")),
+            issuer,
+            audience,
         })
     }
 
@@ -195,10 +234,94 @@ mod tests {
         assert!(cfg(&[("STRIPE_API_BASE", "http://stripe.evil.example")]).is_err());
     }
 
+    /// A JWKS URL with the issuer and audience it requires.
+    fn jwks(url: &str) -> Result<Config, String> {
+        cfg(&[("AUTH_JWKS_URL", url), ("AUTH_ISSUER", "https://issuer.example"), ("AUTH_AUDIENCE", "proj")])
+    }
+
     #[test]
     fn a_plain_http_jwks_url_is_only_allowed_on_loopback() {
-        assert!(cfg(&[("AUTH_JWKS_URL", "http://keys.example.com/jwks")]).is_err());
-        assert!(cfg(&[("AUTH_JWKS_URL", "http://127.0.0.1:9999/jwks")]).is_ok());
-        assert!(cfg(&[("AUTH_JWKS_URL", "https://www.googleapis.com/x")]).is_ok());
+        assert!(jwks("http://keys.example.com/jwks").is_err());
+        assert!(jwks("http://127.0.0.1:9999/jwks").is_ok());
+        assert!(jwks("https://www.googleapis.com/x").is_ok());
+    }
+
+    #[test]
+    fn a_jwks_url_requires_an_issuer_and_an_audience() {
+        let url = "https://www.googleapis.com/service_accounts/v1/jwk/securetoken@system.gserviceaccount.com";
+        let c =
+            cfg(&[("AUTH_JWKS_URL", url), ("AUTH_ISSUER", "https://securetoken.google.com/p"), ("AUTH_AUDIENCE", "p")])
+                .unwrap();
+        assert_eq!((c.issuer.as_deref(), c.audience.as_deref()), (Some("https://securetoken.google.com/p"), Some("p")));
+        let e = cfg(&[("AUTH_JWKS_URL", url)]).unwrap_err();
+        assert!(e.contains("AUTH_ISSUER and AUTH_AUDIENCE required"), "{e}");
+        let e = cfg(&[("AUTH_JWKS_URL", url), ("AUTH_ISSUER", "https://securetoken.google.com/p")]).unwrap_err();
+        assert!(e.starts_with("AUTH_AUDIENCE required"), "{e}");
+        let e = cfg(&[("AUTH_JWKS_URL", url), ("AUTH_AUDIENCE", "p"), ("AUTH_ISSUER", "  ")]).unwrap_err();
+        assert!(e.starts_with("AUTH_ISSUER required"), "{e}");
+        // Without a JWKS URL (HS256 only) they stay optional.
+        assert!(cfg(&[("AUTH_JWT_SECRET", &"x".repeat(32))]).is_ok());
+        assert!(cfg(&[("AUTH_JWKS_URL", ""), ("AUTH_AUDIENCE", "p")]).is_ok());
+    }
+
+    #[test]
+    fn webhook_secrets_beyond_the_supported_number_are_an_error_not_dropped() {
+        let four = "whsec_1,whsec_2,whsec_3,whsec_4";
+        assert_eq!(cfg(&[("STRIPE_WEBHOOK_SECRET", four)]).unwrap().webhook_secrets.len(), MAX_SECRETS);
+        let e = cfg(&[("STRIPE_WEBHOOK_SECRET", &format!("{four},whsec_5"))]).unwrap_err();
+        assert!(e.contains("5 secrets") && e.contains("at most 4"), "{e}");
+        // Empty entries are not secrets and do not count.
+        assert!(cfg(&[("STRIPE_WEBHOOK_SECRET", &format!("{four},, ,"))]).is_ok());
+    }
+
+    #[test]
+    fn the_webhook_tolerance_must_be_from_one_second_to_one_hour() {
+        for ok in ["1", "300", "3600"] {
+            assert_eq!(cfg(&[("WEBHOOK_TOLERANCE_SECONDS", ok)]).unwrap().webhook_tolerance.to_string(), ok);
+        }
+        for bad in
+            ["0", "-1", "3601", "86400", "9223372036854775807", "99999999999999999999", "-9223372036854775808", "5m"]
+        {
+            assert!(cfg(&[("WEBHOOK_TOLERANCE_SECONDS", bad)]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn d1_stats_are_hidden_unless_enabled_and_the_flag_is_validated() {
+        assert!(!cfg(&[]).unwrap().expose_d1_stats);
+        assert!(!cfg(&[("EXPOSE_D1_STATS", "false")]).unwrap().expose_d1_stats);
+        assert!(!cfg(&[("EXPOSE_D1_STATS", "")]).unwrap().expose_d1_stats);
+        assert!(cfg(&[("EXPOSE_D1_STATS", "true")]).unwrap().expose_d1_stats);
+        assert!(cfg(&[("EXPOSE_D1_STATS", " 1 ")]).unwrap().expose_d1_stats);
+        let e = cfg(&[("EXPOSE_D1_STATS", "yes")]).unwrap_err();
+        assert!(e.contains("EXPOSE_D1_STATS"), "{e}");
+    }
+
+    #[test]
+    fn a_host_that_only_starts_like_loopback_is_refused_for_both_urls() {
+        for evil in [
+            "http://localhost.evil.test/jwks",
+            "http://127.0.0.1.evil.test",
+            "http://127.0.0.1@evil.test",
+            "http://localhost:9999@evil.test/jwks",
+            "http://localhost./jwks",
+        ] {
+            assert!(jwks(evil).is_err(), "AUTH_JWKS_URL {evil}");
+            assert!(cfg(&[("STRIPE_API_BASE", evil)]).is_err(), "STRIPE_API_BASE {evil}");
+        }
+        for good in ["http://localhost:9999/jwks", "http://[::1]:9999", "HTTP://127.0.0.1:4242"] {
+            assert!(jwks(good).is_ok(), "AUTH_JWKS_URL {good}");
+            assert!(cfg(&[("STRIPE_API_BASE", good)]).is_ok(), "STRIPE_API_BASE {good}");
+        }
+    }
+
+    #[test]
+    fn an_allowed_origin_must_be_only_a_scheme_host_and_port() {
+        assert!(cfg(&[("ALLOWED_ORIGINS", "http://[::1]:3000,https://app.example.com:8443")]).is_ok());
+        for bad in
+            ["app.example.com", "https://app.example.com/app", "https://u@app.example.com", "ftp://x.example", "null"]
+        {
+            assert!(cfg(&[("ALLOWED_ORIGINS", bad)]).is_err(), "{bad}");
+        }
     }
 }

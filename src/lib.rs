@@ -112,13 +112,17 @@ async fn dispatch(handler: Handler, params: &[String], ctx: &Ctx<'_>) -> Result<
     }
 }
 
-/// Reads the body, refusing more than `limit` bytes whatever Content-Length said.
+/// Reads the body as a stream and stops at `limit` bytes whatever Content-Length said
+/// (a chunked upload has none): a larger body is never held in memory whole.
 async fn read_body(req: &mut Request, limit: u64) -> Result<Vec<u8>, ApiError> {
-    let bytes = req.bytes().await.map_err(|_| ApiError::InvalidRequest("unreadable request body".into()))?;
-    if bytes.len() as u64 > limit {
-        return Err(ApiError::PayloadTooLarge { limit });
+    if req.inner().body().is_none() {
+        return Ok(Vec::new());
     }
-    Ok(bytes)
+    let stream = req.stream().map_err(|_| ApiError::InvalidRequest("unreadable request body".into()))?;
+    util::read_limited(stream, limit).await.map_err(|e| match e {
+        Some(limit) => ApiError::PayloadTooLarge { limit },
+        None => ApiError::InvalidRequest("unreadable request body".into()),
+    })
 }
 
 fn env_lookup(env: &Env) -> impl Fn(&str) -> Option<String> + '_ {
@@ -223,8 +227,10 @@ pub async fn fetch(mut req: Request, env: Env, worker_ctx: Context) -> worker::R
     let (status, body) = match outcome {
         Ok((Ok(reply), read, written)) => {
             headers.extend(reply.headers);
-            headers.push(("X-D1-Rows-Read", read.to_string()));
-            headers.push(("X-D1-Rows-Written", written.to_string()));
+            if cfg.expose_d1_stats {
+                headers.push(("X-D1-Rows-Read", read.to_string()));
+                headers.push(("X-D1-Rows-Written", written.to_string()));
+            }
             (reply.status, reply.body.to_string())
         }
         Ok((Err(e), _, _)) | Err(e) => {

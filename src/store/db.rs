@@ -1,7 +1,7 @@
 //! A thin D1 wrapper: typed parameters (integers bound as f64, because D1 cannot bind
 //! a JS BigInt), every error mapped to `ApiError::Server` with the cause kept for the
 //! log, and a running count of rows read/written from D1's result meta, reported per
-//! request in the `X-D1-Rows` header for `make bench`.
+//! request in the `X-D1-Rows-*` headers when `EXPOSE_D1_STATS` is on (`make bench`).
 
 use std::cell::Cell;
 

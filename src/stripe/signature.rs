@@ -11,10 +11,12 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 pub const DEFAULT_TOLERANCE_SECONDS: i64 = 300;
+/// The largest tolerance configuration accepts (`WEBHOOK_TOLERANCE_SECONDS`).
+pub const MAX_TOLERANCE_SECONDS: i64 = 3600;
 /// `v1` signatures considered per header (Stripe sends one per active secret).
 const MAX_SIGNATURES: usize = 8;
-/// Secrets tried per delivery.
-const MAX_SECRETS: usize = 4;
+/// Secrets tried per delivery; configuring more is a configuration error.
+pub const MAX_SECRETS: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SignatureError {
@@ -111,7 +113,7 @@ pub fn verify(
         return Err(SignatureError::NoMatch);
     }
     // Checked after the signature so that a forged header cannot probe the clock.
-    if parsed.timestamp < now - tolerance.max(1) {
+    if parsed.timestamp < now.saturating_sub(tolerance.max(1)) {
         return Err(SignatureError::TimestampOutsideTolerance);
     }
     Ok(parsed.timestamp)

@@ -1,4 +1,6 @@
-use crate::support::{agent, get, json_log_lines, send, token, unique};
+use std::time::Duration;
+
+use crate::support::{agent, get, json_log_lines, post_chunked, send, token, unique};
 use crate::{broken, error_code, shared};
 
 #[test]
@@ -33,6 +35,35 @@ fn a_body_over_the_default_one_mebibyte_limit_is_413() {
     assert_eq!(r.status, 405, "{}", r.body);
 }
 
+/// A chunked upload has no Content-Length to refuse up front: the Worker must stop
+/// reading at the limit. The client sends 2 MiB of an 8 MiB body and holds the rest
+/// back for 20 s; the 413 must arrive meanwhile (a Worker that buffers the whole body
+/// first could only answer after the hold), before authentication or any D1 work.
+#[test]
+fn a_chunked_upload_over_the_limit_is_refused_while_it_is_still_being_sent() {
+    let who = unique("chunked-8mib");
+    let auth = format!("Bearer {}", token(&who));
+    let url = shared().app.url("/api/stripe-checkout");
+    let up = post_chunked(
+        &url,
+        &[("Authorization", &auth), ("Content-Type", "application/json")],
+        8 * 1024 * 1024,
+        2 * 1024 * 1024,
+        Duration::from_secs(20),
+    );
+    assert_eq!(up.resp.status, 413, "{}", up.resp.body);
+    assert_eq!(error_code(&up.resp.json()), "PAYLOAD_TOO_LARGE");
+    assert!(up.resp.header("Content-Length").is_some() || up.resp.header("Transfer-Encoding").is_some());
+    assert!(up.answered_while_held, "answered only after {:?}: the body was read whole first", up.elapsed);
+    assert!(up.elapsed < Duration::from_secs(10), "took {:?}", up.elapsed);
+    // Nothing written: the caller was never even looked up.
+    assert!(shared().app.sql(&format!("SELECT id FROM users WHERE auth_id = '{who}'")).is_empty());
+    // The same route with a small chunked body is read and reaches the handler.
+    let small = post_chunked(&url, &[("Authorization", &auth)], 1000, 1000, Duration::ZERO);
+    assert_eq!(small.resp.status, 400, "{}", small.resp.body);
+    assert_eq!(error_code(&small.resp.json()), "INVALID_REQUEST");
+}
+
 #[test]
 fn the_body_limit_is_configurable() {
     let app = broken();
@@ -42,6 +73,28 @@ fn the_body_limit_is_configurable() {
     assert!(r.json()["message"].as_str().unwrap().contains("1024"));
     let r = send(&agent(), "POST", &app.url("/api/plan/me"), &[], Some(&[b'x'; 512]));
     assert_eq!(r.status, 405);
+    // Chunked, without Content-Length: the configured limit too.
+    let up = post_chunked(&app.url("/api/stripe-checkout"), &[], 2048, 2048, Duration::ZERO);
+    assert_eq!(up.resp.status, 413, "{}", up.resp.body);
+    assert!(up.resp.json()["message"].as_str().unwrap().contains("1024"));
+}
+
+#[test]
+fn d1_row_counts_are_sent_only_when_expose_d1_stats_is_on() {
+    // The shared app sets EXPOSE_D1_STATS=true (as wrangler.toml's development vars do).
+    let on = get(&shared().app.url("/health"), None);
+    assert_eq!(on.status, 200, "{}", on.body);
+    assert!(on.header("X-D1-Rows-Read").is_some_and(|v| v.parse::<u64>().is_ok()), "{:?}", on.headers);
+    assert!(on.header("X-D1-Rows-Written").is_some_and(|v| v.parse::<u64>().is_ok()), "{:?}", on.headers);
+    // `broken()` has default options, which leave it unset (blank over wrangler.toml's
+    // development value), as qa and production do: no X-D1-* header at all.
+    for path in ["/health", "/api/plans"] {
+        let off = get(&broken().url(path), None);
+        assert_eq!(off.status, 200, "{path}: {}", off.body);
+        assert!(off.header("X-Request-Id").is_some());
+        let leaked: Vec<_> = off.headers.iter().filter(|(k, _)| k.to_ascii_lowercase().starts_with("x-d1")).collect();
+        assert!(leaked.is_empty(), "{path}: {leaked:?}");
+    }
 }
 
 #[test]

@@ -56,14 +56,15 @@ pub fn cron_app() -> &'static App {
     CRON.get_or_init(|| App::spawn(stripe_options(&shared().stripe)))
 }
 
-/// One app for most tests, with HS256 and RS256 (JWKS served by this process) enabled.
+/// One app for most tests, with HS256 and RS256 (JWKS served by this process, with the
+/// required issuer and audience) enabled.
 /// It stops when the test process exits (its stdin pipe closes).
 pub fn shared() -> &'static Shared {
     static SHARED: OnceLock<Shared> = OnceLock::new();
     SHARED.get_or_init(|| {
         let jwks = JwksServer::start(serde_json::json!({"keys": [support::jwk(&support::rsa_key("rsa_a"), "key-a")]}));
         let stripe = StripeFake::start();
-        let app = App::spawn(stripe_options(&stripe).var("AUTH_JWKS_URL", &jwks.url));
+        let app = App::spawn(stripe_options(&stripe).with_jwks(&jwks.url));
         Shared { app, jwks, stripe }
     })
 }

@@ -22,6 +22,10 @@ use sha2::Sha256;
 
 pub const JWT_SECRET: &str = "e2e-test-secret-0123456789abcdef0123456789";
 pub const ALLOWED_ORIGIN: &str = "https://app.example.test";
+/// The `iss` / `aud` an app with `AUTH_JWKS_URL` requires (see `AppOptions::with_jwks`); the
+/// tokens made here carry them, so they pass on every app.
+pub const ISSUER: &str = "https://securetoken.example.test/plangate-e2e";
+pub const AUDIENCE: &str = "plangate-e2e";
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -81,9 +85,15 @@ pub fn hs256(secret: &str, claims: &Value) -> String {
     format!("{input}.{}", b64url(&mac.finalize().into_bytes()))
 }
 
+/// Claims valid now for `sub`, with the test issuer and audience.
+pub fn claims(sub: &str) -> Value {
+    json!({"sub": sub, "email": format!("{sub}@example.test"), "iss": ISSUER, "aud": AUDIENCE,
+           "iat": now(), "exp": now() + 3600})
+}
+
 /// A valid development token for `sub`.
 pub fn token(sub: &str) -> String {
-    hs256(JWT_SECRET, &json!({"sub": sub, "email": format!("{sub}@example.test"), "iat": now(), "exp": now() + 3600}))
+    hs256(JWT_SECRET, &claims(sub))
 }
 
 pub fn rsa_key(name: &str) -> RsaPrivateKey {
@@ -158,6 +168,11 @@ impl AppOptions {
         self.vars.push((k.to_string(), v.to_string()));
         self
     }
+
+    /// RS256 tokens verified with the keys at `url`, for the test issuer and audience.
+    pub fn with_jwks(self, url: &str) -> Self {
+        self.var("AUTH_JWKS_URL", url).var("AUTH_ISSUER", ISSUER).var("AUTH_AUDIENCE", AUDIENCE)
+    }
 }
 
 pub struct App {
@@ -218,10 +233,13 @@ impl App {
             apply_migrations(&persist);
         }
         // Secrets and vars come only from here, never from a developer's .dev.vars.
+        // wrangler.toml's development [vars] apply underneath; EXPOSE_D1_STATS is blanked
+        // (empty = unset) so an app is like qa/production unless its options turn it on.
         let mut vars: Vec<(String, String)> = vec![
             ("AUTH_JWT_SECRET".into(), JWT_SECRET.into()),
             ("ALLOWED_ORIGINS".into(), ALLOWED_ORIGIN.into()),
             ("ENVIRONMENT".into(), "test".into()),
+            ("EXPOSE_D1_STATS".into(), String::new()),
         ];
         for (k, v) in opts.vars {
             vars.retain(|(x, _)| *x != k);
@@ -455,6 +473,114 @@ pub fn send(agent: &ureq::Agent, method: &str, url: &str, headers: &[(&str, &str
         Err(ureq::Error::Status(_, r)) => to_resp(r),
         Err(e) => panic!("{method} {url}: {e}"),
     }
+}
+
+/// What [`post_chunked`] saw.
+pub struct ChunkedUpload {
+    pub resp: Resp,
+    /// The answer arrived while the client was still holding back the rest of the body.
+    pub answered_while_held: bool,
+    pub elapsed: Duration,
+}
+
+/// POSTs `total` bytes of `x` with `Transfer-Encoding: chunked` (no Content-Length), in
+/// 64 KiB chunks, over a raw connection. Only the first `send_first` bytes are sent
+/// before the client waits, up to `hold`, for the answer; the rest follows once it
+/// arrived or `hold` passed (a server that reads the whole body before answering can
+/// only answer after `hold`). Write errors after the answer are ignored: the server may
+/// close the connection without reading the rest.
+pub fn post_chunked(
+    url: &str,
+    headers: &[(&str, &str)],
+    total: usize,
+    send_first: usize,
+    hold: Duration,
+) -> ChunkedUpload {
+    use std::net::TcpStream;
+    use std::sync::atomic::AtomicBool;
+    let rest = url.strip_prefix("http://").expect("an http:// URL");
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut stream = TcpStream::connect(host).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut head =
+        format!("POST {path} HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut writer = stream.try_clone().unwrap();
+    let (answered_tx, answered_rx) = std::sync::mpsc::channel::<()>();
+    let held_too_long = Arc::new(AtomicBool::new(false));
+    let held = held_too_long.clone();
+    let start = Instant::now();
+    let sender = std::thread::spawn(move || -> std::io::Result<()> {
+        writer.write_all(head.as_bytes())?;
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut sent = 0;
+        let mut send = |upto: usize, w: &mut TcpStream| -> std::io::Result<()> {
+            while sent < upto {
+                let n = chunk.len().min(upto - sent);
+                w.write_all(format!("{n:x}\r\n").as_bytes())?;
+                w.write_all(&chunk[..n])?;
+                w.write_all(b"\r\n")?;
+                sent += n;
+            }
+            w.flush()
+        };
+        send(send_first.min(total), &mut writer)?;
+        if send_first < total && answered_rx.recv_timeout(hold).is_err() {
+            held.store(true, Ordering::SeqCst);
+        }
+        send(total, &mut writer)?;
+        writer.write_all(b"0\r\n\r\n")
+    });
+    let resp = read_http_response(&mut stream);
+    let elapsed = start.elapsed();
+    let answered_while_held = send_first < total && !held_too_long.load(Ordering::SeqCst);
+    let _ = answered_tx.send(());
+    let _ = sender.join();
+    ChunkedUpload { resp, answered_while_held, elapsed }
+}
+
+/// One HTTP/1.1 response (Content-Length, chunked or until close) from a raw stream.
+fn read_http_response(stream: &mut impl Read) -> Resp {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => buf.push(byte[0]),
+            other => {
+                panic!("connection ended before the response head ({other:?}): {:?}", String::from_utf8_lossy(&buf))
+            }
+        }
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).expect("status line");
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))).collect();
+    let find = |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
+    let mut body = Vec::new();
+    if let Some(len) = find("Content-Length").and_then(|v| v.parse::<usize>().ok()) {
+        body.resize(len, 0);
+        stream.read_exact(&mut body).unwrap();
+    } else if find("Transfer-Encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        let mut reader = BufReader::new(stream);
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size).unwrap();
+            let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or_default(), 16).unwrap();
+            let mut chunk = vec![0u8; n + 2];
+            reader.read_exact(&mut chunk).unwrap();
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    } else {
+        let _ = stream.read_to_end(&mut body);
+    }
+    Resp { status, headers, body: String::from_utf8_lossy(&body).into_owned() }
 }
 
 pub fn get(url: &str, token: Option<&str>) -> Resp {

@@ -96,7 +96,7 @@ fn list(items: Vec<Value>, params: &[(String, String)]) -> Value {
 
 impl StripeFake {
     /// Vars that point an app at this fake (with both webhook secrets, the prices,
-    /// dual-write on and an admin token).
+    /// dual-write on, an admin token and the X-D1-Rows-* headers on).
     pub fn app_options(&self) -> super::AppOptions {
         super::AppOptions::default()
             .var("STRIPE_API_BASE", &self.base)
@@ -107,6 +107,7 @@ impl StripeFake {
             .var("STRIPE_PRICE_PREMIUM", PRICE_PREMIUM)
             .var("DUAL_WRITE_KV", "true")
             .var("ADMIN_TOKEN", ADMIN_TOKEN)
+            .var("EXPOSE_D1_STATS", "true")
     }
 
     pub fn start() -> StripeFake {
