@@ -30,6 +30,8 @@ use crate::stripe::client::{idempotency_key, StripeError, StripeRequest};
 use crate::stripe::events;
 
 /// Internal code of a Stripe `resource_missing` answer about the stored customer.
+/// Keys of requests that name the customer include it: the run after a replacement
+/// must not be answered with Stripe's saved answer for the deleted one.
 const CUSTOMER_MISSING: &str = "CUSTOMER_MISSING";
 
 /// The answer of `/api/upgrade-plan`.
@@ -305,7 +307,7 @@ impl Billing<'_> {
                 }
             }
         }
-        let mut req = StripeRequest::post("/v1/checkout/sessions", key(user, seq, &["checkout", &offer]))
+        let mut req = StripeRequest::post("/v1/checkout/sessions", key(user, seq, &["checkout", customer, &offer]))
             .param("mode", "subscription")
             .param("customer", customer)
             .param("client_reference_id", user.id.as_str())
@@ -465,10 +467,12 @@ impl Billing<'_> {
         let user = self.user_for(who).await?;
         self.locked(&user.id, "portal", |user, seq| async move {
             self.with_customer(user, async |user, customer| {
-                let req =
-                    StripeRequest::post("/v1/billing_portal/sessions", key(user, seq, &["portal", self.request_id]))
-                        .param("customer", customer)
-                        .param("return_url", return_url.as_str());
+                let req = StripeRequest::post(
+                    "/v1/billing_portal/sessions",
+                    key(user, seq, &["portal", customer, self.request_id]),
+                )
+                .param("customer", customer)
+                .param("return_url", return_url.as_str());
                 let session = self.call(req, "PORTAL_FAILED", "create portal session").await?;
                 let url = session
                     .get("url")
