@@ -17,7 +17,13 @@ pub enum Delivery {
     Processed,
     Duplicate,
     InProgress,
-    /// Left dead after too many failures; only an admin retry processes it.
+    /// Failed earlier and its next retry is not due before `retry_at` (unix seconds):
+    /// not another attempt. The webhook answers a retryable status.
+    NotDue {
+        retry_at: i64,
+    },
+    /// The cron gave up on it after a day of failures; only a delivery from Stripe or
+    /// an admin retry processes it again.
     Dead,
     /// Failed and recorded for retry; the cause is for the log.
     Failed(String),
@@ -27,10 +33,11 @@ impl Billing<'_> {
     /// Claims, processes and records one event.
     pub async fn deliver(&self, ev: &Envelope, payload: &str, source: &str) -> Result<Delivery, ApiError> {
         let token = self.request_id;
-        let attempts = match webhooks::claim(self.db, ev, payload, source, token, self.now).await? {
-            webhooks::Claim::Claimed { attempts } => attempts,
+        let (attempts, first_failed_at) = match webhooks::claim(self.db, ev, payload, source, token, self.now).await? {
+            webhooks::Claim::Claimed { attempts, first_failed_at } => (attempts, first_failed_at),
             webhooks::Claim::AlreadyProcessed => return Ok(Delivery::Duplicate),
             webhooks::Claim::InProgress => return Ok(Delivery::InProgress),
+            webhooks::Claim::NotDue { retry_at } => return Ok(Delivery::NotDue { retry_at }),
             webhooks::Claim::Dead => return Ok(Delivery::Dead),
         };
         match self.process(ev).await {
@@ -39,7 +46,7 @@ impl Billing<'_> {
                 stmts.push(webhooks::processed_stmt(&ev.id, token, self.now));
                 if let Err(e) = self.db.batch(stmts).await {
                     let cause = e.to_string();
-                    webhooks::mark_failed(self.db, &ev.id, token, attempts, &cause, false, self.now).await?;
+                    webhooks::mark_failed(self.db, &ev.id, token, attempts, first_failed_at, &cause, self.now).await?;
                     return Ok(Delivery::Failed(cause));
                 }
                 self.refresh_copies(&outcome.users).await;
@@ -61,7 +68,8 @@ impl Billing<'_> {
                         ),
                     }
                 }
-                webhooks::mark_failed(self.db, &ev.id, token, attempts, &failure.cause, false, self.now).await?;
+                webhooks::mark_failed(self.db, &ev.id, token, attempts, first_failed_at, &failure.cause, self.now)
+                    .await?;
                 log::error(
                     self.request_id,
                     "stripe.event_failed",
@@ -158,7 +166,7 @@ impl Tally {
         match d {
             Delivery::Processed => self.processed += 1,
             Delivery::Failed(_) => self.failed += 1,
-            Delivery::Duplicate | Delivery::InProgress | Delivery::Dead => self.skipped += 1,
+            Delivery::Duplicate | Delivery::InProgress | Delivery::NotDue { .. } | Delivery::Dead => self.skipped += 1,
         }
     }
 }

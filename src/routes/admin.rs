@@ -64,6 +64,9 @@ pub async fn retry_event(ctx: &Ctx<'_>, id: &str) -> Result<Reply, ApiError> {
         Delivery::Processed => ("processed", None),
         Delivery::Duplicate => ("processed", None),
         Delivery::InProgress => ("in_progress", None),
+        // An admin retry takes a failed event whenever it is due; this is another
+        // attempt failing it between the claim and its read.
+        Delivery::NotDue { .. } => ("failed", Some("another attempt just failed it".to_string())),
         Delivery::Dead => ("dead", None),
         Delivery::Failed(cause) => ("failed", Some(cause)),
     };

@@ -5,7 +5,8 @@ use std::sync::{Arc, Barrier};
 use serde_json::{json, Value};
 
 use crate::fixtures::*;
-use crate::support::{agent, now, send, unique};
+use crate::support::stripe_fake::StripeFake;
+use crate::support::{agent, now, send, unique, App};
 use crate::{
     broken, cron_app, error_code, shared, ADMIN_TOKEN, PRICE_ESSENTIAL, PRICE_PREMIUM, PRICE_PRO, WEBHOOK_SECRET,
     WEBHOOK_SECRET_OLD,
@@ -276,14 +277,21 @@ fn with_stripe_unreachable_payloads_apply_only_when_newer_and_retries_confirm_la
         stripe.put_subscription(final_sub);
         stripe.set_failing(&c.subscription, true);
         let mut order = shuffled(&events, &mut rng);
-        // Make sure a stale update comes after the deletion at least once.
-        order.push(events[10].clone());
+        // Make sure a stale update comes after the deletion at least once. A re-delivery
+        // of an event that already failed is not tried again inside its backoff window
+        // (503), so the stale update is an event of its own.
+        let mut stale = events[10].clone();
+        stale["id"] = json!(format!("evt_{}_11b", c.subscription));
+        order.push(stale);
         for ev in &order {
             let r = deliver(app, ev);
-            assert!(r.status == 200 || r.status == 500, "seed {seed:#x}: {} {}", r.status, r.body);
+            assert!([200, 500, 503].contains(&r.status), "seed {seed:#x}: {} {}", r.status, r.body);
             if r.status == 500 {
                 assert_eq!(error_code(&r.json()), "WEBHOOK_FAILED");
                 assert!(!r.body.contains(&c.subscription), "no internals in the answer");
+            }
+            if r.status == 503 {
+                assert_eq!(error_code(&r.json()), "WEBHOOK_RETRY_LATER", "only a re-delivery waits");
             }
         }
         let row = user_row(app, &c.user_id);
@@ -341,6 +349,143 @@ fn a_failed_handler_answers_500_keeps_the_event_and_the_cron_retry_succeeds() {
     // A redelivery by Stripe is now a no-op duplicate.
     let r = deliver(app, &event(&id, "invoice.paid", now(), json!({"id": "in_1", "object": "invoice"})));
     assert_eq!(r.json()["status"], "duplicate");
+}
+
+/// An app with a Stripe fake of its own, for tests that take all of Stripe down or fill
+/// its Events API: the shared fake's other users must not see that.
+fn isolated_app() -> (App, StripeFake) {
+    let stripe = StripeFake::start();
+    let app = App::spawn(crate::stripe_options(&stripe));
+    (app, stripe)
+}
+
+/// `id → attempts` of every recorded event.
+fn attempts_by_id(app: &App) -> std::collections::BTreeMap<String, i64> {
+    app.sql("SELECT id, attempts FROM webhook_events")
+        .into_iter()
+        .map(|r| (r["id"].as_str().unwrap().to_string(), r["attempts"].as_i64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn a_thirty_minute_stripe_outage_is_survived_without_an_admin() {
+    let (app, stripe) = isolated_app();
+    let t0 = now();
+    let customers: Vec<Customer> = (0..3).map(|_| new_customer(&app, "outage")).collect();
+    let mut events = Vec::new();
+    for c in &customers {
+        stripe.put_subscription(subscription(c, "active", PRICE_PRO));
+        let invoice = json!({"id": format!("in_{}", c.subscription), "object": "invoice",
+                             "customer": c.customer, "subscription": c.subscription});
+        let sub = subscription(c, "active", PRICE_PRO);
+        events.push(event(
+            &format!("evt_oco_{}", c.subscription),
+            "checkout.session.completed",
+            t0,
+            checkout_completed(c),
+        ));
+        events.push(event(&format!("evt_osc_{}", c.subscription), "customer.subscription.created", t0, sub));
+        events.push(event(&format!("evt_oin_{}", c.subscription), "invoice.paid", t0, invoice));
+    }
+    // Stripe's API is down for 30 minutes. Its deliveries reach plangate and fail, so
+    // its Events API lists them as undelivered (reconciliation sees them too).
+    stripe.set_subscriptions_down(true);
+    for ev in &events {
+        stripe.add_undelivered(ev.clone());
+    }
+    let mut retry_later = 0;
+    for step in 0..=6 {
+        // Stripe delivers every event again, then the cron (retries + reconciliation)
+        // runs; five minutes pass between steps.
+        let before = attempts_by_id(&app);
+        let mut waited = Vec::new();
+        for ev in &events {
+            let r = deliver(&app, ev);
+            match r.status {
+                500 => assert_eq!(error_code(&r.json()), "WEBHOOK_FAILED"),
+                503 => {
+                    assert_eq!(error_code(&r.json()), "WEBHOOK_RETRY_LATER");
+                    let wait = r.header("Retry-After").and_then(|w| w.parse::<i64>().ok());
+                    assert!(wait.is_some_and(|w| w >= 1), "Retry-After: {:?}", r.header("Retry-After"));
+                    waited.push(ev["id"].as_str().unwrap().to_string());
+                }
+                _ => panic!("step {step}: {} {}", r.status, r.body),
+            }
+        }
+        // A re-delivery answered 503 is not an attempt.
+        let after = attempts_by_id(&app);
+        for id in &waited {
+            assert_eq!(after[id], before[id], "step {step}: {id}");
+        }
+        retry_later += waited.len();
+        run_cron(&app, Some(t0 + step * 300));
+        let dead = app.count("SELECT count(*) FROM webhook_events WHERE status = 'dead'");
+        assert_eq!(dead, 0, "step {step}: nothing dies during a 30-minute outage");
+    }
+    assert!(retry_later >= 9 * 5, "re-deliveries inside a backoff window wait: {retry_later}");
+    for ev in &events {
+        let row = event_row(&app, ev["id"].as_str().unwrap()).unwrap();
+        assert_eq!(row["status"], "failed", "{row}");
+        // One attempt per backoff window (1, 2, 4, 8 … minutes), not one per delivery.
+        assert!(row["attempts"].as_i64().unwrap() <= 7, "{row}");
+    }
+
+    // Stripe heals; the next cron run (a while later) processes everything.
+    stripe.set_subscriptions_down(false);
+    run_cron(&app, Some(t0 + 3 * 3600));
+    for ev in &events {
+        let row = event_row(&app, ev["id"].as_str().unwrap()).unwrap();
+        assert_eq!(row["status"], "processed", "{row}");
+    }
+    assert_eq!(app.count("SELECT count(*) FROM webhook_events WHERE status != 'processed'"), 0);
+    for c in &customers {
+        let row = user_row(&app, &c.user_id);
+        assert_eq!((row["plan"].as_str(), row["subscription_status"].as_str()), (Some("pro"), Some("active")));
+        assert_eq!(row["stripe_customer_id"], c.customer.as_str());
+    }
+    assert!(stripe.requests().iter().all(|r| !r.path.contains("admin")));
+}
+
+#[test]
+fn an_event_the_cron_gave_up_on_is_processed_when_stripe_delivers_it_again() {
+    let _serial = crate::cron_serial();
+    let app = cron_app();
+    let stripe = &shared().stripe;
+    let c = subscribed(app, stripe, "dead");
+    stripe.put_subscription(subscription(&c, "active", PRICE_PRO));
+    stripe.set_failing(&c.subscription, true);
+    let id = format!("evt_dead_{}", c.subscription);
+    let invoice = json!({"id": "in_dead", "object": "invoice", "customer": c.customer, "subscription": c.subscription});
+    let ev = event(&id, "invoice.paid", now(), invoice);
+    assert_eq!(deliver(app, &ev).status, 500);
+    // The cron retries it every time it is due, as fast as it can, until it gives up.
+    let mut last = now();
+    for _ in 0..40 {
+        let row = event_row(app, &id).unwrap();
+        if row["status"] == "dead" {
+            break;
+        }
+        assert_eq!(row["status"], "failed", "{row}");
+        last = row["next_attempt_at"].as_i64().unwrap();
+        run_cron(app, Some(last));
+    }
+    let row = event_row(app, &id).unwrap();
+    assert_eq!(row["status"], "dead", "{row}");
+    assert!(row["attempts"].as_i64().unwrap() >= 8, "{row}");
+    let first = row["first_failed_at"].as_i64().expect("first failure recorded");
+    assert!(last - first >= 86_400, "dead only once its retries span a day: {row}");
+
+    // Stripe recovers. The cron does not take a dead event again…
+    stripe.set_failing(&c.subscription, false);
+    run_cron(app, Some(last + 7 * 3600));
+    let after = event_row(app, &id).unwrap();
+    assert_eq!((&after["status"], &after["attempts"]), (&json!("dead"), &row["attempts"]));
+    // …but Stripe's own (slower) retry of it is processed, without an admin.
+    let r = deliver(app, &ev);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["status"], "processed");
+    assert_eq!(event_row(app, &id).unwrap()["status"], "processed");
+    assert_eq!(user_row(app, &c.user_id)["plan"], "pro");
 }
 
 #[test]
