@@ -199,6 +199,23 @@ pub async fn due(db: &Db, now: i64, limit: i64) -> Result<Vec<EventRow>, ApiErro
     db.query(&sql, &[Param::Int(now), Param::Int(limit)]).await
 }
 
+#[derive(Deserialize)]
+struct Id {
+    id: String,
+}
+
+/// Which of `ids` plangate has recorded, whatever their status: one query for a page of
+/// the Events API.
+pub async fn known(db: &Db, ids: &[String]) -> Result<std::collections::HashSet<String>, ApiError> {
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let list = serde_json::to_string(ids).map_err(ApiError::server)?;
+    let rows: Vec<Id> =
+        db.query("SELECT id FROM webhook_events WHERE id IN (SELECT value FROM json_each(?1))", &[list.into()]).await?;
+    Ok(rows.into_iter().map(|r| r.id).collect())
+}
+
 pub async fn list(db: &Db, status: &str, limit: i64) -> Result<Vec<EventRow>, ApiError> {
     let sql = format!("SELECT {ROW_COLUMNS} FROM webhook_events WHERE status = ?1 ORDER BY received_at DESC LIMIT ?2");
     db.query(&sql, &[status.into(), Param::Int(limit)]).await

@@ -567,6 +567,47 @@ fn a_missed_delivery_is_picked_up_by_reconciliation_from_the_events_api() {
 }
 
 #[test]
+fn reconciliation_walks_every_page_of_1200_undelivered_events_over_several_runs() {
+    let (app, stripe) = isolated_app();
+    // 1,200 events Stripe never managed to deliver, of a type plangate only records
+    // (each delivery is cheap), one a second up to now: 12 pages, newest first.
+    let t0 = now();
+    let tag = unique("walk").replace('-', "");
+    let id = |i: usize| format!("evt_walk{i:04}_{tag}");
+    for i in 0..1200 {
+        let object = json!({"id": format!("prod_{i}"), "object": "product"});
+        stripe.add_undelivered(event(&id(i), "product.updated", t0 - 1200 + i as i64, object));
+    }
+    let recorded = || app.count(&format!("SELECT count(*) FROM webhook_events WHERE id LIKE 'evt_walk%_{tag}'"));
+    run_cron(&app, None);
+    let first = recorded();
+    assert!(first > 0 && first < 1200, "one run stays within its budget: {first}");
+    // An event created while the walk is under way: newer than its first page.
+    let late = format!("evt_walklate_{tag}");
+    stripe.add_undelivered(event(&late, "product.updated", now(), json!({"id": "prod_late", "object": "product"})));
+    let mut runs = 1;
+    while recorded() < 1201 && runs < 80 {
+        run_cron(&app, None);
+        runs += 1;
+    }
+    for i in [0, 1, 599, 1198, 1199] {
+        assert!(event_row(&app, &id(i)).is_some(), "{} not reached after {runs} runs", id(i));
+    }
+    let late_row = event_row(&app, &late).expect("the event created during the walk is picked up by the next walk");
+    assert_eq!(late_row["status"], "processed");
+    // Each delivered once: one attempt each, all by the reconciliation.
+    let rows = app.sql(&format!(
+        "SELECT status, attempts, source, count(*) AS n FROM webhook_events WHERE id LIKE 'evt_walk%_{tag}' \
+         GROUP BY status, attempts, source"
+    ));
+    assert_eq!(rows, vec![json!({"status": "processed", "attempts": 1, "source": "reconcile", "n": 1201})]);
+    // The walk kept its place: every page was read about once per walk, not from the top
+    // each run (two walks over 12-13 pages, plus pages resumed after a spent budget).
+    let pages = stripe.requests().iter().filter(|r| r.path == "/v1/events").count();
+    assert!(pages <= 2 * 13 + runs, "{pages} Events API pages in {runs} runs");
+}
+
+#[test]
 fn processed_events_older_than_thirty_days_are_deleted_by_the_cron() {
     let _serial = crate::cron_serial();
     let app = cron_app();
