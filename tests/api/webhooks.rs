@@ -489,6 +489,42 @@ fn an_event_the_cron_gave_up_on_is_processed_when_stripe_delivers_it_again() {
 }
 
 #[test]
+fn a_cron_run_scheduled_a_day_ahead_does_not_block_later_updates_from_stripe() {
+    let _serial = crate::cron_serial();
+    let app = cron_app();
+    let stripe = &shared().stripe;
+    let c = subscribed(app, stripe, "future-cron");
+    stripe.put_subscription(subscription(&c, "active", PRICE_PRO));
+    stripe.set_failing(&c.subscription, true);
+    let invoice =
+        json!({"id": "in_future", "object": "invoice", "customer": c.customer, "subscription": c.subscription});
+    let id = format!("evt_future_{}", c.subscription);
+    assert_eq!(deliver(app, &event(&id, "invoice.paid", now(), invoice)).status, 500);
+    stripe.set_failing(&c.subscription, false);
+    // A cron run fired "a day later" retries it: the state is stored as of the time
+    // Stripe's answer arrived, not as of the run's scheduled time.
+    run_cron(app, Some(now() + 86_400));
+    assert_eq!(event_row(app, &id).unwrap()["status"], "processed");
+    let row = user_row(app, &c.user_id);
+    assert_eq!(row["plan"], "pro");
+    let synced = row["stripe_synced_at"].as_i64().unwrap();
+    assert!(synced <= now() + 5, "stripe_synced_at {synced} is in the future");
+    // The customer upgrades now: the webhook (re-fetching Stripe) still applies.
+    stripe.put_subscription(subscription(&c, "active", PRICE_PREMIUM));
+    let r = deliver(
+        app,
+        &event(
+            &format!("evt_future2_{}", c.subscription),
+            "customer.subscription.updated",
+            now(),
+            subscription(&c, "active", PRICE_PREMIUM),
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(user_row(app, &c.user_id)["plan"], "premium");
+}
+
+#[test]
 fn an_event_whose_worker_crashed_mid_processing_is_taken_over_after_its_lease() {
     let stripe = &shared().stripe;
     let persist = std::env::temp_dir().join(unique("plangate-crash"));
