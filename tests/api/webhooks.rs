@@ -805,13 +805,9 @@ fn admin_endpoints_list_failed_events_retry_one_and_resync_a_user() {
         1
     );
 
-    // Resync everyone: the status=all listing.
-    s.stripe.put_subscription(subscription(&c, "active", PRICE_ESSENTIAL));
-    let r =
-        send(&agent(), "POST", &s.app.url("/api/admin/resync"), &[("Authorization", &admin)], Some(br#"{"all":true}"#));
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.json()["complete"], true);
-    assert_eq!(user_row(&s.app, &c.user_id)["plan"], "essential");
+    // Re-syncing everyone is paged: see
+    // `resync_of_all_users_pages_through_them_with_a_cursor_across_calls` (on an app of
+    // its own, so that it does not re-sync the users of tests running meanwhile).
     let r = send(
         &agent(),
         "POST",
@@ -820,6 +816,68 @@ fn admin_endpoints_list_failed_events_retry_one_and_resync_a_user() {
         Some(br#"{"userId":"x","all":true}"#),
     );
     assert_eq!(r.status, 400);
+}
+
+#[test]
+fn resync_of_all_users_pages_through_them_with_a_cursor_across_calls() {
+    let (app, stripe) = isolated_app();
+    let admin = format!("Bearer {ADMIN_TOKEN}");
+    let resync = |body: Value| {
+        let body = body.to_string();
+        send(&agent(), "POST", &app.url("/api/admin/resync"), &[("Authorization", &admin)], Some(body.as_bytes()))
+    };
+    // Seven subscribed users and two free ones (no Stripe customer: nothing to re-read).
+    let customers: Vec<Customer> = (0..7).map(|_| subscribed(&app, &stripe, "resync-all")).collect();
+    let _free: Vec<Customer> = (0..2).map(|_| new_customer(&app, "resync-free")).collect();
+    // Stripe changed for all of them without telling plangate.
+    for c in &customers {
+        stripe.put_subscription(subscription(c, "past_due", PRICE_PREMIUM));
+    }
+    let mut cursor = Value::Null;
+    let (mut calls, mut synced) = (0, 0);
+    loop {
+        let listings_before = stripe.requests().iter().filter(|r| r.path == "/v1/subscriptions").count();
+        let r = resync(json!({"all": true, "limit": 3, "cursor": cursor}));
+        assert_eq!(r.status, 200, "{}", r.body);
+        let body = r.json();
+        calls += 1;
+        let n = body["synced"].as_i64().unwrap();
+        assert!(n <= 3, "at most `limit` users per call: {body}");
+        assert_eq!(body["failed"], json!([]));
+        // One Stripe listing per user re-synced: the call stays within its limit.
+        let listings = stripe.requests().iter().filter(|r| r.path == "/v1/subscriptions").count();
+        assert_eq!(listings - listings_before, n as usize);
+        synced += n;
+        if body["done"] == true {
+            assert!(body["cursor"].is_null(), "{body}");
+            break;
+        }
+        cursor = body["cursor"].clone();
+        assert!(cursor.is_string(), "{body}");
+        assert!(calls < 10, "never done");
+    }
+    assert_eq!((calls, synced), (3, 7));
+    for c in &customers {
+        let row = user_row(&app, &c.user_id);
+        assert_eq!((row["plan"].as_str(), row["subscription_status"].as_str()), (Some("premium"), Some("past_due")));
+    }
+    // Without a limit, one call of the default size (40) reaches all seven.
+    for c in &customers {
+        stripe.put_subscription(subscription(c, "active", PRICE_ESSENTIAL));
+    }
+    let r = resync(json!({"all": true}));
+    assert_eq!((r.json()["synced"].as_i64(), r.json()["done"].as_bool()), (Some(7), Some(true)), "{}", r.body);
+    assert!(customers.iter().all(|c| user_row(&app, &c.user_id)["plan"] == "essential"));
+    // Bad paging input is a 400 that changes nothing.
+    for bad in [
+        json!({"all": true, "limit": 0}),
+        json!({"all": true, "limit": 101}),
+        json!({"all": true, "limit": -1}),
+        json!({"userId": customers[0].user_id, "limit": 3}),
+        json!({"userId": customers[0].user_id, "cursor": "usr_x"}),
+    ] {
+        assert_eq!(resync(bad.clone()).status, 400, "{bad}");
+    }
 }
 
 #[test]
