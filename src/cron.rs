@@ -1,12 +1,17 @@
 //! The `scheduled` handler (crons in `wrangler.toml`): retries failed webhook events
-//! with backoff (then leaves them `dead`), takes over events whose processing lease
-//! expired, reconciles with Stripe's Events API (`delivery_success=false` since the
-//! last cursor), and deletes processed events past the retention period.
+//! with backoff (leaving them `dead` after a day of failures), takes over events whose
+//! processing lease expired, reconciles with Stripe's Events API (`delivery_success=false`
+//! since the last cursor, a walk over its pages that may span several runs), and deletes
+//! processed events past the retention period.
+//!
+//! One run stays inside a Worker invocation's limits: at most [`RUN_DELIVERIES`]
+//! deliveries (retries first, at most [`RUN_RETRIES`] of them) and a few Events API
+//! pages; whatever is left is taken up by the next run.
 
 use serde_json::json;
 use worker::Env;
 
-use crate::billing::delivery::Tally;
+use crate::billing::delivery::{Tally, RUN_DELIVERIES, RUN_RETRIES};
 use crate::billing::Billing;
 use crate::config::Config;
 use crate::error::ApiError;
@@ -33,13 +38,14 @@ pub async fn run(cron: &str, scheduled_ms: f64, env: &Env) {
     };
     let billing = Billing::new(&db, &cfg, env.kv("APP_KV").ok(), now, &request_id);
 
-    let retries = billing.retry_due().await;
-    let reconciled = if cfg.stripe_secret_key.is_some() { Some(billing.reconcile().await) } else { None };
+    let retries = billing.retry_due(RUN_RETRIES).await;
+    let left = RUN_DELIVERIES.saturating_sub(retries.as_ref().map_or(0, |t| t.deliveries));
+    let reconciled = if cfg.stripe_secret_key.is_some() { Some(billing.reconcile(left).await) } else { None };
     let purged = webhooks::purge_processed(&db, now).await;
     let copies = billing.flush_due_copies(COPIES_PER_RUN).await;
 
     let summary = |r: &Result<Tally, ApiError>| match r {
-        Ok(t) => json!({"processed": t.processed, "failed": t.failed, "skipped": t.skipped}),
+        Ok(t) => json!({"processed": t.processed, "failed": t.failed, "skipped": t.skipped, "more": t.more}),
         Err(e) => json!({"error": e.to_string()}),
     };
     log::info(

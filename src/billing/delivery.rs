@@ -2,14 +2,15 @@
 //! the outcome in the same batch as the effects, retry with backoff (the cron), and
 //! reconcile with Stripe's Events API for deliveries Stripe never made.
 
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::Billing;
 use crate::error::ApiError;
-use crate::log;
 use crate::store::{state, webhooks};
-use crate::stripe::client::StripeRequest;
+use crate::stripe::client::{StripeError, StripeRequest};
 use crate::stripe::events::{self, Envelope};
+use crate::{clock, log};
 
 /// The result of one delivery (webhook, cron retry, reconciliation or admin retry).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,7 +18,13 @@ pub enum Delivery {
     Processed,
     Duplicate,
     InProgress,
-    /// Left dead after too many failures; only an admin retry processes it.
+    /// Failed earlier and its next retry is not due before `retry_at` (unix seconds):
+    /// not another attempt. The webhook answers a retryable status.
+    NotDue {
+        retry_at: i64,
+    },
+    /// The cron gave up on it after a day of failures; only a delivery from Stripe or
+    /// an admin retry processes it again.
     Dead,
     /// Failed and recorded for retry; the cause is for the log.
     Failed(String),
@@ -27,10 +34,11 @@ impl Billing<'_> {
     /// Claims, processes and records one event.
     pub async fn deliver(&self, ev: &Envelope, payload: &str, source: &str) -> Result<Delivery, ApiError> {
         let token = self.request_id;
-        let attempts = match webhooks::claim(self.db, ev, payload, source, token, self.now).await? {
-            webhooks::Claim::Claimed { attempts } => attempts,
+        let (attempts, first_failed_at) = match webhooks::claim(self.db, ev, payload, source, token, self.now).await? {
+            webhooks::Claim::Claimed { attempts, first_failed_at } => (attempts, first_failed_at),
             webhooks::Claim::AlreadyProcessed => return Ok(Delivery::Duplicate),
             webhooks::Claim::InProgress => return Ok(Delivery::InProgress),
+            webhooks::Claim::NotDue { retry_at } => return Ok(Delivery::NotDue { retry_at }),
             webhooks::Claim::Dead => return Ok(Delivery::Dead),
         };
         match self.process(ev).await {
@@ -39,7 +47,7 @@ impl Billing<'_> {
                 stmts.push(webhooks::processed_stmt(&ev.id, token, self.now));
                 if let Err(e) = self.db.batch(stmts).await {
                     let cause = e.to_string();
-                    webhooks::mark_failed(self.db, &ev.id, token, attempts, &cause, false, self.now).await?;
+                    webhooks::mark_failed(self.db, &ev.id, token, attempts, first_failed_at, &cause, self.now).await?;
                     return Ok(Delivery::Failed(cause));
                 }
                 self.refresh_copies(&outcome.users).await;
@@ -61,7 +69,8 @@ impl Billing<'_> {
                         ),
                     }
                 }
-                webhooks::mark_failed(self.db, &ev.id, token, attempts, &failure.cause, false, self.now).await?;
+                webhooks::mark_failed(self.db, &ev.id, token, attempts, first_failed_at, &failure.cause, self.now)
+                    .await?;
                 log::error(
                     self.request_id,
                     "stripe.event_failed",
@@ -72,11 +81,14 @@ impl Billing<'_> {
         }
     }
 
-    /// Retries failed events whose backoff has passed and takes over expired leases.
-    pub async fn retry_due(&self) -> Result<Tally, ApiError> {
+    /// Retries failed events whose backoff has passed and takes over expired leases,
+    /// oldest first, at most `max` of them (the rest are due in the next run).
+    pub async fn retry_due(&self, max: u32) -> Result<Tally, ApiError> {
         let billing = self;
         let mut tally = Tally::default();
-        for row in webhooks::due(billing.db, billing.now, RETRY_BATCH).await? {
+        let rows = webhooks::due(billing.db, billing.now, i64::from(max)).await?;
+        tally.more = rows.len() as u32 >= max;
+        for row in rows {
             let ev = serde_json::from_str::<Value>(&row.payload)
                 .map_err(|e| e.to_string())
                 .and_then(events::envelope_from_value);
@@ -86,79 +98,171 @@ impl Billing<'_> {
                     // A stored payload that cannot be parsed will never succeed.
                     webhooks::give_up(billing.db, &row.id, &format!("unparsable payload: {e}")).await?;
                     tally.failed += 1;
+                    tally.deliveries += 1;
                 }
             }
         }
         Ok(tally)
     }
 
-    /// Delivers the events Stripe lists as undelivered since the cursor.
-    pub async fn reconcile(&self) -> Result<Tally, ApiError> {
-        let billing = self;
-        let now = billing.now;
-        let cursor = state::get(billing.db, CURSOR)
-            .await?
-            .and_then(|c| c.parse::<i64>().ok())
-            .unwrap_or(now - FIRST_WINDOW_SECONDS);
+    /// Delivers the events Stripe lists as undelivered (`delivery_success=false`) that
+    /// plangate never recorded, at most `max` per call and at most [`RECONCILE_PAGES`]
+    /// pages of the Events API.
+    ///
+    /// The Events API lists newest first. A walk starts from the newest event at or
+    /// after the cursor and goes back page by page (`starting_after`); where a call
+    /// stops (budget or pages spent), the walk's position is kept in `app_state` and the
+    /// next call carries on from there. Only a completed walk moves the cursor (to the
+    /// newest event it saw, minus an hour of overlap), so events created during a walk
+    /// — newer than its first page — are listed by the next walk.
+    pub async fn reconcile(&self, max: u32) -> Result<Tally, ApiError> {
         let mut tally = Tally::default();
-        let mut newest: Option<i64> = None;
-        let mut after: Option<String> = None;
-        let mut complete = false;
+        if max == 0 {
+            tally.more = true;
+            return Ok(tally);
+        }
+        let saved = state::get(self.db, WALK).await?;
+        let walk = saved.as_deref().and_then(|w| match serde_json::from_str::<Walk>(w) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                log::warn(self.request_id, "reconcile.walk_unreadable", json!({"error": e.to_string()}));
+                None
+            }
+        });
+        let mut walk = match walk {
+            Some(w) => w,
+            None => {
+                // Stripe's clock, not the run's scheduled time (which tests move).
+                let started = clock::now();
+                let cursor = state::get(self.db, CURSOR).await?.and_then(|c| c.parse::<i64>().ok());
+                Walk { gte: cursor.unwrap_or(started - FIRST_WINDOW_SECONDS), after: None, newest: None, started }
+            }
+        };
+        let walked = self.walk(&mut walk, max, &mut tally).await;
+        // Whatever happened, keep the position reached: what was delivered is recorded.
+        match walked {
+            Ok(true) => {
+                let newest = walk.newest.unwrap_or(walk.started).min(walk.started);
+                let next = walk.gte.max(newest - OVERLAP_SECONDS);
+                state::set(self.db, CURSOR, &next.to_string(), self.now).await?;
+                state::delete(self.db, WALK).await?;
+            }
+            Ok(false) | Err(_) => {
+                tally.more = true;
+                let value = serde_json::to_string(&walk).map_err(ApiError::server)?;
+                state::set(self.db, WALK, &value, self.now).await?;
+            }
+        }
+        walked.map(|_| tally)
+    }
+
+    /// Reads pages of the walk from its position; `true` once its last page is read.
+    async fn walk(&self, walk: &mut Walk, max: u32, tally: &mut Tally) -> Result<bool, ApiError> {
         for _ in 0..RECONCILE_PAGES {
             let mut req = StripeRequest::get("/v1/events")
                 .param("delivery_success", "false")
-                .param("created[gte]", cursor.to_string())
+                .param("created[gte]", walk.gte.to_string())
                 .param("limit", "100");
-            if let Some(a) = &after {
+            if let Some(a) = &walk.after {
                 req = req.param("starting_after", a.as_str());
             }
-            let page = billing.stripe.send(&req).await.map_err(ApiError::server)?;
+            let page = match self.stripe.send(&req).await {
+                Ok(page) => page,
+                Err(StripeError::Api { status, .. }) if walk.after.is_some() && (400..500).contains(&status) => {
+                    // The event the walk stopped at is gone: start this walk over.
+                    log::warn(
+                        self.request_id,
+                        "reconcile.walk_restarted",
+                        json!({"after": walk.after, "status": status}),
+                    );
+                    walk.after = None;
+                    continue;
+                }
+                Err(e) => return Err(ApiError::server(e)),
+            };
             let data = page.get("data").and_then(Value::as_array).cloned().unwrap_or_default();
+            let ids: Vec<String> = data.iter().filter_map(|e| events::id_of(e.get("id"))).collect();
+            let known = webhooks::known(self.db, &ids).await?;
             for raw in &data {
-                let Ok(ev) = events::envelope_from_value(raw.clone()) else {
+                let Some(id) = events::id_of(raw.get("id")) else {
                     continue;
                 };
-                newest = Some(newest.map_or(ev.created, |n| n.max(ev.created)));
-                tally.add(&billing.deliver(&ev, &raw.to_string(), "reconcile").await?);
+                // Recorded events are the retries' business (or processed, or dead).
+                if !known.contains(&id) {
+                    match events::envelope_from_value(raw.clone()) {
+                        Ok(ev) => {
+                            if tally.deliveries >= max {
+                                return Ok(false);
+                            }
+                            tally.add(&self.deliver(&ev, &raw.to_string(), "reconcile").await?);
+                        }
+                        Err(_) => tally.skipped += 1,
+                    }
+                } else {
+                    tally.skipped += 1;
+                }
+                if let Some(created) = raw.get("created").and_then(Value::as_i64) {
+                    walk.newest = Some(walk.newest.map_or(created, |n| n.max(created)));
+                }
+                walk.after = Some(id);
             }
-            after = data.last().and_then(|e| events::id_of(e.get("id")));
-            if page.get("has_more").and_then(Value::as_bool) != Some(true) || after.is_none() {
-                complete = true;
-                break;
+            if data.is_empty() || page.get("has_more").and_then(Value::as_bool) != Some(true) {
+                return Ok(true);
             }
         }
-        // The Events API lists newest first: while older pages remain unread the cursor
-        // stays, so the next run reads them (the ones processed now are skipped cheaply).
-        if complete {
-            let next = cursor.max(newest.unwrap_or(now).min(now) - OVERLAP_SECONDS);
-            state::set(billing.db, CURSOR, &next.to_string(), now).await?;
-        }
-        Ok(tally)
+        Ok(false)
     }
 }
 
-const RETRY_BATCH: i64 = 25;
-const RECONCILE_PAGES: usize = 5;
+/// Deliveries one cron run makes at most, retries and reconciliation together. Each
+/// costs a few Stripe calls, D1 queries and KV writes, and one Worker invocation may
+/// make a bounded number of subrequests (1,000 on the paid plan) and D1 queries; what
+/// is left over is done by the next run.
+pub const RUN_DELIVERIES: u32 = 40;
+/// Of which retries take at most this many, so reconciliation always gets a share.
+pub const RUN_RETRIES: u32 = 25;
+/// Events API pages (of 100) one reconciliation reads at most.
+pub const RECONCILE_PAGES: usize = 5;
 const CURSOR: &str = "reconcile:cursor";
+/// The walk in progress (JSON [`Walk`]); absent between walks.
+const WALK: &str = "reconcile:walk";
 /// First run: look back as far as Stripe retries deliveries.
 const FIRST_WINDOW_SECONDS: i64 = 3 * 86_400;
 /// Events are listed again for this long after the cursor passes them, in case their
 /// first delivery attempt failed after the previous run looked.
 const OVERLAP_SECONDS: i64 = 3_600;
 
+/// A reconciliation walk over the Events API, kept between cron runs.
+#[derive(Debug, Serialize, Deserialize)]
+struct Walk {
+    /// `created[gte]` of the walk: the cursor when it began.
+    gte: i64,
+    /// The last event handled; the walk goes on after it.
+    after: Option<String>,
+    /// The newest `created` the walk has seen (its first page's).
+    newest: Option<i64>,
+    /// When the walk began (wall clock).
+    started: i64,
+}
+
 #[derive(Default)]
 pub struct Tally {
     pub processed: u32,
     pub failed: u32,
     pub skipped: u32,
+    /// Deliveries made (what the run's budget counts).
+    pub deliveries: u32,
+    /// Stopped at its budget: the next run carries on.
+    pub more: bool,
 }
 
 impl Tally {
     fn add(&mut self, d: &Delivery) {
+        self.deliveries += 1;
         match d {
             Delivery::Processed => self.processed += 1,
             Delivery::Failed(_) => self.failed += 1,
-            Delivery::Duplicate | Delivery::InProgress | Delivery::Dead => self.skipped += 1,
+            Delivery::Duplicate | Delivery::InProgress | Delivery::NotDue { .. } | Delivery::Dead => self.skipped += 1,
         }
     }
 }

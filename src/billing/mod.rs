@@ -6,11 +6,13 @@
 //! - [`sync`]: Stripe state → D1, one code path for webhooks, retries, reconciliation,
 //!   re-syncs and the answers to plangate's own calls; the legacy KV copy.
 //! - [`delivery`]: the webhook pipeline: claim, process, record, retry, reconcile.
+//! - [`resync`]: re-syncing every user from Stripe, a page of users per call.
 //!
 //! Route handlers only parse input, call one function here and shape the reply.
 
 pub mod actions;
 pub mod delivery;
+pub mod resync;
 pub mod sync;
 
 use std::cell::RefCell;

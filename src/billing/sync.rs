@@ -150,7 +150,9 @@ impl Billing<'_> {
         cause: &str,
     ) -> Result<Outcome, Failure> {
         match self.fetch_subscription(sub_id).await {
-            Ok(Some(sub)) => self.apply_subscription(&sub, hint, self.now, true, cause).await,
+            // As of the answer's arrival (the Workers clock moves on I/O), not of the
+            // request's start or a cron run's scheduled time.
+            Ok(Some(sub)) => self.apply_subscription(&sub, hint, crate::clock::now(), true, cause).await,
             Ok(None) => Ok(Outcome::noop("subscription not found at Stripe")),
             Err(e) => {
                 // Stripe is unreachable: apply the payload only if it is not older than
@@ -365,7 +367,9 @@ impl Billing<'_> {
             Some(s) => state_from(s, &self.catalog, &self.cfg.prices).map_err(ApiError::server)?,
             None => crate::domain::subscription::no_subscription(&self.catalog),
         };
-        self.db.batch(users::apply_state_stmts(&user.id, &state, self.now, cause, None, self.now)).await?;
+        // `subs` were just read: as of now (the clock has moved past that answer).
+        let as_of = crate::clock::now();
+        self.db.batch(users::apply_state_stmts(&user.id, &state, as_of, cause, None, self.now)).await?;
         self.refresh_copies(std::slice::from_ref(&user.id)).await;
         Ok(true)
     }
@@ -466,7 +470,8 @@ impl Billing<'_> {
         let sub = events::parse_subscription(answer, self.now)
             .ok_or_else(|| ApiError::server("Stripe answered with something that is not a subscription"))?;
         let state = state_from(&sub, &self.catalog, &self.cfg.prices).map_err(ApiError::server)?;
-        let stmts = users::apply_state_stmts(&user.id, &state, self.now, cause, Some(&sub.customer), self.now);
+        let as_of = crate::clock::now(); // the answer's arrival, not the request's start
+        let stmts = users::apply_state_stmts(&user.id, &state, as_of, cause, Some(&sub.customer), self.now);
         self.db.batch(stmts).await?;
         self.refresh_copies(std::slice::from_ref(&user.id)).await;
         Ok(state)

@@ -5,10 +5,9 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::{Ctx, Reply};
-use crate::billing::Delivery;
+use crate::billing::{resync, Delivery};
 use crate::error::ApiError;
 use crate::store::{state, users, webhooks};
-use crate::stripe::client::StripeRequest;
 use crate::stripe::events;
 
 /// Constant-time comparison of the presented token with `ADMIN_TOKEN` (both hashed
@@ -64,6 +63,9 @@ pub async fn retry_event(ctx: &Ctx<'_>, id: &str) -> Result<Reply, ApiError> {
         Delivery::Processed => ("processed", None),
         Delivery::Duplicate => ("processed", None),
         Delivery::InProgress => ("in_progress", None),
+        // An admin retry takes a failed event whenever it is due; this is another
+        // attempt failing it between the claim and its read.
+        Delivery::NotDue { .. } => ("failed", Some("another attempt just failed it".to_string())),
         Delivery::Dead => ("dead", None),
         Delivery::Failed(cause) => ("failed", Some(cause)),
     };
@@ -76,74 +78,43 @@ struct ResyncBody {
     user_id: Option<String>,
     #[serde(default)]
     all: bool,
+    /// With `all`: users per call (default 40, at most 100).
+    limit: Option<i64>,
+    /// With `all`: the `cursor` of the previous answer.
+    cursor: Option<String>,
 }
 
-/// Subscriptions listed per `{"all":true}` call at most (pages of 100).
-const RESYNC_MAX_PAGES: usize = 50;
-
-/// `POST /api/admin/resync {"userId":"usr_…"}` or `{"all":true}`: re-read subscriptions
-/// from Stripe and store the truth.
+/// `POST /api/admin/resync {"userId":"usr_…"}`: re-read one user's subscriptions from
+/// Stripe and store the truth. `{"all":true,"limit"?:N,"cursor"?:"…"}`: the same for
+/// the next N users with a Stripe customer; answers `{synced, failed, cursor, done}` —
+/// call again with `cursor` until `done`.
 pub async fn resync(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     authorize(ctx)?;
     let body: ResyncBody = ctx.json_body()?;
     let billing = ctx.billing();
     match (body.user_id, body.all) {
-        (Some(user_id), false) => {
+        (Some(user_id), false) if body.limit.is_none() && body.cursor.is_none() => {
             let user = users::find_by_id(ctx.db, &user_id).await?.ok_or(ApiError::NotFound)?;
             let synced = billing.resync_user(&user, "admin").await?;
             let user = users::find_by_id(ctx.db, &user_id).await?.ok_or(ApiError::NotFound)?;
             Ok(Reply::ok(json!({"ok": true, "synced": synced, "plan": user.plan_view()})))
         }
         (None, true) => {
-            // status=all listing, paginated; grouped by customer so each user's best
-            // subscription is chosen among all of theirs.
-            let mut by_customer: std::collections::BTreeMap<String, Vec<_>> = Default::default();
-            let mut after: Option<String> = None;
-            let mut pages = 0;
-            let mut complete = false;
-            while pages < RESYNC_MAX_PAGES {
-                pages += 1;
-                let mut req = StripeRequest::get("/v1/subscriptions").param("status", "all").param("limit", "100");
-                req = req.param("expand[]", "data.schedule");
-                if let Some(a) = &after {
-                    req = req.param("starting_after", a.as_str());
-                }
-                let page = billing.stripe.send(&req).await.map_err(ApiError::server)?;
-                let data = page.get("data").and_then(|d| d.as_array()).cloned().unwrap_or_default();
-                for s in data.iter().filter_map(|s| events::parse_subscription(s, ctx.now)) {
-                    by_customer.entry(s.customer.clone()).or_default().push(s);
-                }
-                after = data.last().and_then(|s| events::id_of(s.get("id")));
-                if page.get("has_more").and_then(|h| h.as_bool()) != Some(true) || after.is_none() {
-                    complete = true;
-                    break;
-                }
-            }
-            if !complete {
-                // A customer's subscriptions may sit on unread pages: applying a
-                // partial list could downgrade a paying user. Re-sync users one by one.
-                return Err(ApiError::coded(
-                    409,
-                    "RESYNC_INCOMPLETE",
-                    format!("More than {} subscriptions: re-sync users by userId instead", RESYNC_MAX_PAGES * 100),
-                ));
-            }
-            let (mut synced, mut unlinked) = (0, 0);
-            for (customer, subs) in &by_customer {
-                match users::find_by_customer(ctx.db, customer).await? {
-                    Some(user) => {
-                        billing.apply_best(&user, subs, "admin").await?;
-                        synced += 1;
-                    }
-                    None => unlinked += 1,
-                }
-            }
+            let limit = match body.limit {
+                None => resync::DEFAULT_PAGE,
+                Some(n) => u32::try_from(n).ok().filter(|n| (1..=resync::MAX_PAGE).contains(n)).ok_or_else(|| {
+                    ApiError::InvalidRequest(format!("limit must be a whole number from 1 to {}", resync::MAX_PAGE))
+                })?,
+            };
+            let page = billing.resync_page(body.cursor.as_deref(), limit).await?;
             Ok(Reply::ok(json!({
-                "ok": true, "customers": by_customer.len(), "synced": synced,
-                "unlinkedCustomers": unlinked, "complete": complete
+                "ok": true, "synced": page.synced, "failed": page.failed,
+                "done": page.cursor.is_none(), "cursor": page.cursor,
             })))
         }
-        _ => Err(ApiError::InvalidRequest("give either userId or all:true".into())),
+        _ => Err(ApiError::InvalidRequest(
+            "give either userId, or all:true (with limit and cursor to page through users)".into(),
+        )),
     }
 }
 

@@ -4,13 +4,17 @@
 //! 400 that writes nothing. An endpoint without a secret refuses every delivery with
 //! 500 `WEBHOOK_NOT_CONFIGURED` (Stripe keeps retrying until it is configured). A
 //! processing failure answers 500 so Stripe retries; the event is also kept `failed`
-//! for the cron.
+//! for the cron. A re-delivery of a failed event before its next retry is due is
+//! answered 503 `WEBHOOK_RETRY_LATER` (with `Retry-After`) without trying again: the
+//! attempts of one backoff window count once, so re-deliveries cannot use up the
+//! retries during an outage. A delivery of a `dead` event is tried again.
 
 use serde_json::json;
 
 use super::{Ctx, Reply};
 use crate::billing::Delivery;
 use crate::error::ApiError;
+use crate::log;
 use crate::stripe::{events, signature};
 
 pub async fn stripe(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
@@ -34,11 +38,26 @@ pub async fn stripe(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     match billing.deliver(&ev, payload, "webhook").await? {
         Delivery::Processed => Ok(Reply::ok(json!({"ok": true, "received": true, "status": "processed"}))),
         Delivery::Duplicate => Ok(Reply::ok(json!({"ok": true, "received": true, "status": "duplicate"}))),
-        // Given up after too many failures: listed for an admin, who retries it.
+        // Only the cron and the reconciliation stop at dead; a delivery from Stripe is
+        // always tried again, so this is not reached from here.
         Delivery::Dead => Ok(Reply::ok(json!({"ok": true, "received": true, "status": "dead"}))),
         // Another delivery holds the lease; if it fails, the cron retries the event.
         Delivery::InProgress => {
             Ok(Reply::ok(json!({"ok": true, "received": true, "status": "in_progress"})).with_status(202))
+        }
+        // Not an error of this delivery: Stripe (which ignores Retry-After and keeps its
+        // own, slower schedule) retries, and so does the cron from `retry_at`.
+        Delivery::NotDue { retry_at } => {
+            let wait = retry_after_seconds(retry_at, ctx.now);
+            log::info(ctx.request_id, "stripe.event_retry_later", json!({"eventId": ev.id, "retryAt": retry_at}));
+            Ok(Reply::ok(json!({
+                "ok": false,
+                "code": "WEBHOOK_RETRY_LATER",
+                "message": "This event failed recently; it is retried when its backoff has passed",
+                "retryAfter": wait,
+            }))
+            .with_status(503)
+            .header("Retry-After", wait.to_string()))
         }
         Delivery::Failed(cause) => Err(ApiError::CodedServer {
             status: 500,
@@ -46,5 +65,22 @@ pub async fn stripe(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
             public: "Webhook processing failed; it will be retried",
             cause: format!("event {}: {cause}", ev.id),
         }),
+    }
+}
+
+/// Seconds until `retry_at`, at least 1 (the `Retry-After` value).
+fn retry_after_seconds(retry_at: i64, now: i64) -> i64 {
+    retry_at.saturating_sub(now).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retry_after_seconds;
+
+    #[test]
+    fn retry_after_is_the_wait_until_the_next_attempt_and_never_zero() {
+        assert_eq!(retry_after_seconds(1_000_120, 1_000_000), 120);
+        assert_eq!(retry_after_seconds(1_000_000, 1_000_000), 1);
+        assert_eq!(retry_after_seconds(999_000, 1_000_000), 1);
     }
 }

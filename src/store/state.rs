@@ -24,6 +24,11 @@ pub async fn set(db: &Db, name: &str, value: &str, now: i64) -> Result<(), ApiEr
     Ok(())
 }
 
+pub async fn delete(db: &Db, name: &str) -> Result<(), ApiError> {
+    db.execute("DELETE FROM app_state WHERE name = ?1", &[name.into()]).await?;
+    Ok(())
+}
+
 /// Adds one to a counter (e.g. `counter:kv_dual_write_failed`).
 pub async fn increment(db: &Db, name: &str, now: i64) -> Result<(), ApiError> {
     db.execute(

@@ -10,8 +10,11 @@ use crate::stripe::events::Envelope;
 /// Longer than the worst case of one delivery (a few Stripe calls, each up to three
 /// 10 s attempts).
 pub const LEASE_SECONDS: i64 = 180;
-/// Failed attempts before an event is left `dead` (admin retry only).
+/// Failed attempts before the cron may leave an event `dead`…
 pub const MAX_ATTEMPTS: i64 = 8;
+/// …and how long after its first failure, at the least: Stripe itself retries for three
+/// days, and an outage of a few hours must not use up an event's retries.
+pub const DEAD_AFTER_SECONDS: i64 = 24 * 3600;
 /// Processed events are kept this long, then deleted by the cron.
 pub const RETENTION_SECONDS: i64 = 30 * 86_400;
 
@@ -21,16 +24,30 @@ pub fn backoff_seconds(attempts: i64) -> i64 {
     (60i64 << exp).min(6 * 3600)
 }
 
+/// Whether the cron gives up on an event after its `attempts`-th failure at `now`, the
+/// first one having been at `first_failed_at`: only when both the attempts and the
+/// time span are used up.
+pub fn exhausted(attempts: i64, first_failed_at: i64, now: i64) -> bool {
+    attempts >= MAX_ATTEMPTS && now - first_failed_at >= DEAD_AFTER_SECONDS
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
-    /// Ours to process; `attempts` counts this one.
+    /// Ours to process; `attempts` counts this one. `first_failed_at` is set once the
+    /// event has failed before.
     Claimed {
         attempts: i64,
+        first_failed_at: Option<i64>,
     },
     AlreadyProcessed,
     /// Another delivery holds an unexpired lease.
     InProgress,
-    /// Gave up on it; only an admin retry takes it again.
+    /// Failed, and its next retry is not due before `retry_at`: this delivery falls in
+    /// the same backoff window as the last attempt and is not another attempt.
+    NotDue {
+        retry_at: i64,
+    },
+    /// The cron gave up on it; only a delivery from Stripe or an admin retry takes it again.
     Dead,
 }
 
@@ -48,23 +65,29 @@ pub struct EventRow {
     pub received_at: i64,
     pub processed_at: Option<i64>,
     pub next_attempt_at: Option<i64>,
+    #[serde(default)]
+    pub first_failed_at: Option<i64>,
     pub source: String,
 }
 
 #[derive(Deserialize)]
 struct Attempts {
     attempts: i64,
+    first_failed_at: Option<i64>,
 }
 
 #[derive(Deserialize)]
 struct Status {
     status: String,
+    next_attempt_at: Option<i64>,
 }
 
-/// Claims an event for processing as `token` (the request id): a new id is inserted
-/// as `processing`; a `failed` one, a `processing` one whose lease expired, or — for an
-/// admin retry only — a `dead` one is taken over. One statement, so concurrent
-/// deliveries of the same event cannot both win.
+/// Claims an event for processing as `token` (the request id). A new id is inserted as
+/// `processing`. Taken over: a `failed` one whose `next_attempt_at` has come (any time
+/// for an admin retry), a `processing` one whose lease expired, and a `dead` one when
+/// Stripe delivers it again (`webhook`) or an admin retries it — the cron and the
+/// reconciliation stop at `dead`. One statement, so concurrent deliveries of the same
+/// event cannot both win.
 pub async fn claim(
     db: &Db,
     ev: &Envelope,
@@ -77,10 +100,11 @@ pub async fn claim(
          VALUES (?1, ?2, ?3, 'processing', 1, ?4, ?5, ?6, ?7, ?8) \
          ON CONFLICT(id) DO UPDATE SET status = 'processing', attempts = webhook_events.attempts + 1, \
            lease_until = excluded.lease_until, next_attempt_at = NULL, claim_token = excluded.claim_token \
-         WHERE webhook_events.status = 'failed' \
-            OR (webhook_events.status = 'dead' AND ?7 = 'admin') \
+         WHERE (webhook_events.status = 'failed' \
+                AND (?7 = 'admin' OR webhook_events.next_attempt_at IS NULL OR webhook_events.next_attempt_at <= ?5)) \
+            OR (webhook_events.status = 'dead' AND ?7 IN ('admin', 'webhook')) \
             OR (webhook_events.status = 'processing' AND webhook_events.lease_until < ?5) \
-         RETURNING attempts";
+         RETURNING attempts, first_failed_at";
     let params = [
         Param::from(ev.id.as_str()),
         ev.kind.as_str().into(),
@@ -92,13 +116,21 @@ pub async fn claim(
         token.into(),
     ];
     if let Some(row) = db.query_one::<Attempts>(SQL, &params).await? {
-        return Ok(Claim::Claimed { attempts: row.attempts });
+        return Ok(Claim::Claimed { attempts: row.attempts, first_failed_at: row.first_failed_at });
     }
-    let status =
-        db.query_one::<Status>("SELECT status FROM webhook_events WHERE id = ?1", &[ev.id.as_str().into()]).await?;
-    Ok(match status.map(|s| s.status).as_deref() {
-        Some("processed") => Claim::AlreadyProcessed,
-        Some("dead") => Claim::Dead,
+    let status = db
+        .query_one::<Status>(
+            "SELECT status, next_attempt_at FROM webhook_events WHERE id = ?1",
+            &[ev.id.as_str().into()],
+        )
+        .await?;
+    Ok(match status {
+        Some(Status { status, .. }) if status == "processed" => Claim::AlreadyProcessed,
+        Some(Status { status, .. }) if status == "dead" => Claim::Dead,
+        // Failed between our insert and this read, or not due yet.
+        Some(Status { status, next_attempt_at }) if status == "failed" => {
+            Claim::NotDue { retry_at: next_attempt_at.unwrap_or(now).max(now) }
+        }
         _ => Claim::InProgress,
     })
 }
@@ -112,30 +144,26 @@ pub fn processed_stmt(id: &str, token: &str, now: i64) -> Stmt {
     }
 }
 
-/// Marks the event failed (retried after backoff) or, past the limit or when `give_up`,
-/// dead — if `token` still holds it.
+/// Marks the event failed, retried after the backoff of its `attempts`-th failure, or —
+/// once [`exhausted`] — dead; only if `token` still holds it. The first failure's time
+/// is kept: it is what the 24 h span of the retries is measured from.
 pub async fn mark_failed(
     db: &Db,
     id: &str,
     token: &str,
     attempts: i64,
+    first_failed_at: Option<i64>,
     error: &str,
-    give_up: bool,
     now: i64,
 ) -> Result<(), ApiError> {
     let error: String = error.chars().take(1000).collect();
+    let dead = exhausted(attempts, first_failed_at.unwrap_or(now), now);
+    let next = if dead { Param::Null } else { Param::Int(now + backoff_seconds(attempts)) };
     db.execute(
-        "UPDATE webhook_events SET status = CASE WHEN ?5 = 1 OR attempts >= ?3 THEN 'dead' ELSE 'failed' END, \
-         last_error = ?2, lease_until = NULL, next_attempt_at = ?4 \
+        "UPDATE webhook_events SET status = CASE WHEN ?5 = 1 THEN 'dead' ELSE 'failed' END, \
+         last_error = ?2, lease_until = NULL, next_attempt_at = ?4, first_failed_at = COALESCE(first_failed_at, ?3) \
          WHERE id = ?1 AND claim_token = ?6 AND status = 'processing'",
-        &[
-            id.into(),
-            error.into(),
-            Param::Int(MAX_ATTEMPTS),
-            Param::Int(now + backoff_seconds(attempts)),
-            Param::Int(give_up as i64),
-            token.into(),
-        ],
+        &[id.into(), error.into(), Param::Int(now), next, Param::Int(dead as i64), token.into()],
     )
     .await?;
     Ok(())
@@ -153,7 +181,7 @@ pub async fn give_up(db: &Db, id: &str, error: &str) -> Result<(), ApiError> {
 }
 
 const ROW_COLUMNS: &str = "id, type, created, status, attempts, last_error, payload, received_at, processed_at, \
-                           next_attempt_at, source";
+                           next_attempt_at, first_failed_at, source";
 
 pub async fn get(db: &Db, id: &str) -> Result<Option<EventRow>, ApiError> {
     let sql = format!("SELECT {ROW_COLUMNS} FROM webhook_events WHERE id = ?1");
@@ -169,6 +197,23 @@ pub async fn due(db: &Db, now: i64, limit: i64) -> Result<Vec<EventRow>, ApiErro
          ORDER BY created LIMIT ?2"
     );
     db.query(&sql, &[Param::Int(now), Param::Int(limit)]).await
+}
+
+#[derive(Deserialize)]
+struct Id {
+    id: String,
+}
+
+/// Which of `ids` plangate has recorded, whatever their status: one query for a page of
+/// the Events API.
+pub async fn known(db: &Db, ids: &[String]) -> Result<std::collections::HashSet<String>, ApiError> {
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let list = serde_json::to_string(ids).map_err(ApiError::server)?;
+    let rows: Vec<Id> =
+        db.query("SELECT id FROM webhook_events WHERE id IN (SELECT value FROM json_each(?1))", &[list.into()]).await?;
+    Ok(rows.into_iter().map(|r| r.id).collect())
 }
 
 pub async fn list(db: &Db, status: &str, limit: i64) -> Result<Vec<EventRow>, ApiError> {
@@ -200,5 +245,35 @@ mod tests {
         assert_eq!(backoff_seconds(10), 6 * 3600);
         assert_eq!(backoff_seconds(1_000), 6 * 3600);
         assert_eq!(backoff_seconds(0), 60);
+    }
+
+    /// The fastest the cron can go: every retry exactly when it is due. Returns the
+    /// attempt and the time (seconds after the first failure) at which it gives up.
+    fn fastest_schedule_until_dead() -> (i64, i64) {
+        let first = 1_700_000_000;
+        let mut now = first;
+        for attempts in 1..1_000 {
+            if exhausted(attempts, first, now) {
+                return (attempts, now - first);
+            }
+            now += backoff_seconds(attempts);
+        }
+        panic!("never dead");
+    }
+
+    #[test]
+    fn an_event_is_dead_only_after_its_retries_span_a_day_and_eight_attempts() {
+        let (attempts, span) = fastest_schedule_until_dead();
+        assert!(span >= DEAD_AFTER_SECONDS, "dead after only {span} s");
+        assert!(attempts >= MAX_ATTEMPTS);
+        // 1+2+…+128 min, 256 min, then every 6 h: the 13th failure, ~26.5 h in.
+        assert_eq!((attempts, span), (13, 95_460));
+        // Eight quick failures (the old rule's limit, reached in ~2 h) are not enough…
+        let first = 1_700_000_000;
+        assert!(!exhausted(MAX_ATTEMPTS, first, first + 2 * 3600));
+        assert!(!exhausted(MAX_ATTEMPTS + 20, first, first + DEAD_AFTER_SECONDS - 1));
+        // …nor is a day with fewer attempts (e.g. the cron was not running).
+        assert!(!exhausted(MAX_ATTEMPTS - 1, first, first + 3 * 86_400));
+        assert!(exhausted(MAX_ATTEMPTS, first, first + DEAD_AFTER_SECONDS));
     }
 }

@@ -5,7 +5,8 @@ use std::sync::{Arc, Barrier};
 use serde_json::{json, Value};
 
 use crate::fixtures::*;
-use crate::support::{agent, now, send, unique};
+use crate::support::stripe_fake::StripeFake;
+use crate::support::{agent, now, send, unique, App};
 use crate::{
     broken, cron_app, error_code, shared, ADMIN_TOKEN, PRICE_ESSENTIAL, PRICE_PREMIUM, PRICE_PRO, WEBHOOK_SECRET,
     WEBHOOK_SECRET_OLD,
@@ -276,14 +277,21 @@ fn with_stripe_unreachable_payloads_apply_only_when_newer_and_retries_confirm_la
         stripe.put_subscription(final_sub);
         stripe.set_failing(&c.subscription, true);
         let mut order = shuffled(&events, &mut rng);
-        // Make sure a stale update comes after the deletion at least once.
-        order.push(events[10].clone());
+        // Make sure a stale update comes after the deletion at least once. A re-delivery
+        // of an event that already failed is not tried again inside its backoff window
+        // (503), so the stale update is an event of its own.
+        let mut stale = events[10].clone();
+        stale["id"] = json!(format!("evt_{}_11b", c.subscription));
+        order.push(stale);
         for ev in &order {
             let r = deliver(app, ev);
-            assert!(r.status == 200 || r.status == 500, "seed {seed:#x}: {} {}", r.status, r.body);
+            assert!([200, 500, 503].contains(&r.status), "seed {seed:#x}: {} {}", r.status, r.body);
             if r.status == 500 {
                 assert_eq!(error_code(&r.json()), "WEBHOOK_FAILED");
                 assert!(!r.body.contains(&c.subscription), "no internals in the answer");
+            }
+            if r.status == 503 {
+                assert_eq!(error_code(&r.json()), "WEBHOOK_RETRY_LATER", "only a re-delivery waits");
             }
         }
         let row = user_row(app, &c.user_id);
@@ -341,6 +349,181 @@ fn a_failed_handler_answers_500_keeps_the_event_and_the_cron_retry_succeeds() {
     // A redelivery by Stripe is now a no-op duplicate.
     let r = deliver(app, &event(&id, "invoice.paid", now(), json!({"id": "in_1", "object": "invoice"})));
     assert_eq!(r.json()["status"], "duplicate");
+}
+
+/// An app with a Stripe fake of its own, for tests that take all of Stripe down or fill
+/// its Events API: the shared fake's other users must not see that.
+fn isolated_app() -> (App, StripeFake) {
+    let stripe = StripeFake::start();
+    let app = App::spawn(crate::stripe_options(&stripe));
+    (app, stripe)
+}
+
+/// `id → attempts` of every recorded event.
+fn attempts_by_id(app: &App) -> std::collections::BTreeMap<String, i64> {
+    app.sql("SELECT id, attempts FROM webhook_events")
+        .into_iter()
+        .map(|r| (r["id"].as_str().unwrap().to_string(), r["attempts"].as_i64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn a_thirty_minute_stripe_outage_is_survived_without_an_admin() {
+    let (app, stripe) = isolated_app();
+    let t0 = now();
+    let customers: Vec<Customer> = (0..3).map(|_| new_customer(&app, "outage")).collect();
+    let mut events = Vec::new();
+    for c in &customers {
+        stripe.put_subscription(subscription(c, "active", PRICE_PRO));
+        let invoice = json!({"id": format!("in_{}", c.subscription), "object": "invoice",
+                             "customer": c.customer, "subscription": c.subscription});
+        let sub = subscription(c, "active", PRICE_PRO);
+        events.push(event(
+            &format!("evt_oco_{}", c.subscription),
+            "checkout.session.completed",
+            t0,
+            checkout_completed(c),
+        ));
+        events.push(event(&format!("evt_osc_{}", c.subscription), "customer.subscription.created", t0, sub));
+        events.push(event(&format!("evt_oin_{}", c.subscription), "invoice.paid", t0, invoice));
+    }
+    // Stripe's API is down for 30 minutes. Its deliveries reach plangate and fail, so
+    // its Events API lists them as undelivered (reconciliation sees them too).
+    stripe.set_subscriptions_down(true);
+    for ev in &events {
+        stripe.add_undelivered(ev.clone());
+    }
+    let mut retry_later = 0;
+    for step in 0..=6 {
+        // Stripe delivers every event again, then the cron (retries + reconciliation)
+        // runs; five minutes pass between steps.
+        let before = attempts_by_id(&app);
+        let mut waited = Vec::new();
+        for ev in &events {
+            let r = deliver(&app, ev);
+            match r.status {
+                500 => assert_eq!(error_code(&r.json()), "WEBHOOK_FAILED"),
+                503 => {
+                    assert_eq!(error_code(&r.json()), "WEBHOOK_RETRY_LATER");
+                    let wait = r.header("Retry-After").and_then(|w| w.parse::<i64>().ok());
+                    assert!(wait.is_some_and(|w| w >= 1), "Retry-After: {:?}", r.header("Retry-After"));
+                    waited.push(ev["id"].as_str().unwrap().to_string());
+                }
+                _ => panic!("step {step}: {} {}", r.status, r.body),
+            }
+        }
+        // A re-delivery answered 503 is not an attempt.
+        let after = attempts_by_id(&app);
+        for id in &waited {
+            assert_eq!(after[id], before[id], "step {step}: {id}");
+        }
+        retry_later += waited.len();
+        run_cron(&app, Some(t0 + step * 300));
+        let dead = app.count("SELECT count(*) FROM webhook_events WHERE status = 'dead'");
+        assert_eq!(dead, 0, "step {step}: nothing dies during a 30-minute outage");
+    }
+    assert!(retry_later >= 9 * 5, "re-deliveries inside a backoff window wait: {retry_later}");
+    for ev in &events {
+        let row = event_row(&app, ev["id"].as_str().unwrap()).unwrap();
+        assert_eq!(row["status"], "failed", "{row}");
+        // One attempt per backoff window (1, 2, 4, 8 … minutes), not one per delivery.
+        assert!(row["attempts"].as_i64().unwrap() <= 7, "{row}");
+    }
+
+    // Stripe heals; the next cron run (a while later) processes everything.
+    stripe.set_subscriptions_down(false);
+    run_cron(&app, Some(t0 + 3 * 3600));
+    for ev in &events {
+        let row = event_row(&app, ev["id"].as_str().unwrap()).unwrap();
+        assert_eq!(row["status"], "processed", "{row}");
+    }
+    assert_eq!(app.count("SELECT count(*) FROM webhook_events WHERE status != 'processed'"), 0);
+    for c in &customers {
+        let row = user_row(&app, &c.user_id);
+        assert_eq!((row["plan"].as_str(), row["subscription_status"].as_str()), (Some("pro"), Some("active")));
+        assert_eq!(row["stripe_customer_id"], c.customer.as_str());
+    }
+    assert!(stripe.requests().iter().all(|r| !r.path.contains("admin")));
+}
+
+#[test]
+fn an_event_the_cron_gave_up_on_is_processed_when_stripe_delivers_it_again() {
+    let _serial = crate::cron_serial();
+    let app = cron_app();
+    let stripe = &shared().stripe;
+    let c = subscribed(app, stripe, "dead");
+    stripe.put_subscription(subscription(&c, "active", PRICE_PRO));
+    stripe.set_failing(&c.subscription, true);
+    let id = format!("evt_dead_{}", c.subscription);
+    let invoice = json!({"id": "in_dead", "object": "invoice", "customer": c.customer, "subscription": c.subscription});
+    let ev = event(&id, "invoice.paid", now(), invoice);
+    let first = now();
+    assert_eq!(deliver(app, &ev).status, 500);
+    // The cron retries it every time it is due, as fast as it can, until it gives up.
+    let mut last = first;
+    for _ in 0..40 {
+        let row = event_row(app, &id).unwrap();
+        if row["status"] == "dead" {
+            break;
+        }
+        assert_eq!(row["status"], "failed", "{row}");
+        last = row["next_attempt_at"].as_i64().unwrap();
+        run_cron(app, Some(last));
+    }
+    let row = event_row(app, &id).unwrap();
+    assert_eq!(row["status"], "dead", "{row}");
+    assert!(row["attempts"].as_i64().unwrap() >= 8, "{row}");
+    assert!(last - first >= 86_400, "dead only once its retries span a day: {row}");
+    assert!(row["first_failed_at"].as_i64().is_some_and(|t| (first..first + 5).contains(&t)), "{row}");
+
+    // Stripe recovers. The cron does not take a dead event again…
+    stripe.set_failing(&c.subscription, false);
+    run_cron(app, Some(last + 7 * 3600));
+    let after = event_row(app, &id).unwrap();
+    assert_eq!((&after["status"], &after["attempts"]), (&json!("dead"), &row["attempts"]));
+    // …but Stripe's own (slower) retry of it is processed, without an admin.
+    let r = deliver(app, &ev);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["status"], "processed");
+    assert_eq!(event_row(app, &id).unwrap()["status"], "processed");
+    assert_eq!(user_row(app, &c.user_id)["plan"], "pro");
+}
+
+#[test]
+fn a_cron_run_scheduled_a_day_ahead_does_not_block_later_updates_from_stripe() {
+    let _serial = crate::cron_serial();
+    let app = cron_app();
+    let stripe = &shared().stripe;
+    let c = subscribed(app, stripe, "future-cron");
+    stripe.put_subscription(subscription(&c, "active", PRICE_PRO));
+    stripe.set_failing(&c.subscription, true);
+    let invoice =
+        json!({"id": "in_future", "object": "invoice", "customer": c.customer, "subscription": c.subscription});
+    let id = format!("evt_future_{}", c.subscription);
+    assert_eq!(deliver(app, &event(&id, "invoice.paid", now(), invoice)).status, 500);
+    stripe.set_failing(&c.subscription, false);
+    // A cron run fired "a day later" retries it: the state is stored as of the time
+    // Stripe's answer arrived, not as of the run's scheduled time.
+    run_cron(app, Some(now() + 86_400));
+    assert_eq!(event_row(app, &id).unwrap()["status"], "processed");
+    let row = user_row(app, &c.user_id);
+    assert_eq!(row["plan"], "pro");
+    // The customer upgrades now: the webhook (re-fetching Stripe) still applies.
+    stripe.put_subscription(subscription(&c, "active", PRICE_PREMIUM));
+    let r = deliver(
+        app,
+        &event(
+            &format!("evt_future2_{}", c.subscription),
+            "customer.subscription.updated",
+            now(),
+            subscription(&c, "active", PRICE_PREMIUM),
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let row = user_row(app, &c.user_id);
+    assert_eq!(row["plan"], "premium", "the later update from Stripe applies");
+    let synced = row["stripe_synced_at"].as_i64().unwrap();
+    assert!(synced <= now() + 5, "stripe_synced_at {synced} is in the future");
 }
 
 #[test]
@@ -419,6 +602,47 @@ fn a_missed_delivery_is_picked_up_by_reconciliation_from_the_events_api() {
     // A second run does not process it again.
     run_cron(app, None);
     assert_eq!(event_row(app, &id).unwrap()["attempts"], 1);
+}
+
+#[test]
+fn reconciliation_walks_every_page_of_1200_undelivered_events_over_several_runs() {
+    let (app, stripe) = isolated_app();
+    // 1,200 events Stripe never managed to deliver, of a type plangate only records
+    // (each delivery is cheap), one a second up to now: 12 pages, newest first.
+    let t0 = now();
+    let tag = unique("walk").replace('-', "");
+    let id = |i: usize| format!("evt_walk{i:04}_{tag}");
+    for i in 0..1200 {
+        let object = json!({"id": format!("prod_{i}"), "object": "product"});
+        stripe.add_undelivered(event(&id(i), "product.updated", t0 - 1200 + i as i64, object));
+    }
+    let recorded = || app.count(&format!("SELECT count(*) FROM webhook_events WHERE id LIKE 'evt_walk%_{tag}'"));
+    run_cron(&app, None);
+    let first = recorded();
+    assert!(first > 0 && first < 1200, "one run stays within its budget: {first}");
+    // An event created while the walk is under way: newer than its first page.
+    let late = format!("evt_walklate_{tag}");
+    stripe.add_undelivered(event(&late, "product.updated", now(), json!({"id": "prod_late", "object": "product"})));
+    let mut runs = 1;
+    while recorded() < 1201 && runs < 80 {
+        run_cron(&app, None);
+        runs += 1;
+    }
+    for i in [0, 1, 599, 1198, 1199] {
+        assert!(event_row(&app, &id(i)).is_some(), "{} not reached after {runs} runs", id(i));
+    }
+    let late_row = event_row(&app, &late).expect("the event created during the walk is picked up by the next walk");
+    assert_eq!(late_row["status"], "processed");
+    // Each delivered once: one attempt each, all by the reconciliation.
+    let rows = app.sql(&format!(
+        "SELECT status, attempts, source, count(*) AS n FROM webhook_events WHERE id LIKE 'evt_walk%_{tag}' \
+         GROUP BY status, attempts, source"
+    ));
+    assert_eq!(rows, vec![json!({"status": "processed", "attempts": 1, "source": "reconcile", "n": 1201})]);
+    // The walk kept its place: every page was read about once per walk, not from the top
+    // each run (two walks over 12-13 pages, plus pages resumed after a spent budget).
+    let pages = stripe.requests().iter().filter(|r| r.path == "/v1/events").count();
+    assert!(pages <= 2 * 13 + runs, "{pages} Events API pages in {runs} runs");
 }
 
 #[test]
@@ -583,13 +807,9 @@ fn admin_endpoints_list_failed_events_retry_one_and_resync_a_user() {
         1
     );
 
-    // Resync everyone: the status=all listing.
-    s.stripe.put_subscription(subscription(&c, "active", PRICE_ESSENTIAL));
-    let r =
-        send(&agent(), "POST", &s.app.url("/api/admin/resync"), &[("Authorization", &admin)], Some(br#"{"all":true}"#));
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.json()["complete"], true);
-    assert_eq!(user_row(&s.app, &c.user_id)["plan"], "essential");
+    // Re-syncing everyone is paged: see
+    // `resync_of_all_users_pages_through_them_with_a_cursor_across_calls` (on an app of
+    // its own, so that it does not re-sync the users of tests running meanwhile).
     let r = send(
         &agent(),
         "POST",
@@ -598,6 +818,68 @@ fn admin_endpoints_list_failed_events_retry_one_and_resync_a_user() {
         Some(br#"{"userId":"x","all":true}"#),
     );
     assert_eq!(r.status, 400);
+}
+
+#[test]
+fn resync_of_all_users_pages_through_them_with_a_cursor_across_calls() {
+    let (app, stripe) = isolated_app();
+    let admin = format!("Bearer {ADMIN_TOKEN}");
+    let resync = |body: Value| {
+        let body = body.to_string();
+        send(&agent(), "POST", &app.url("/api/admin/resync"), &[("Authorization", &admin)], Some(body.as_bytes()))
+    };
+    // Seven subscribed users and two free ones (no Stripe customer: nothing to re-read).
+    let customers: Vec<Customer> = (0..7).map(|_| subscribed(&app, &stripe, "resync-all")).collect();
+    let _free: Vec<Customer> = (0..2).map(|_| new_customer(&app, "resync-free")).collect();
+    // Stripe changed for all of them without telling plangate.
+    for c in &customers {
+        stripe.put_subscription(subscription(c, "past_due", PRICE_PREMIUM));
+    }
+    let mut cursor = Value::Null;
+    let (mut calls, mut synced) = (0, 0);
+    loop {
+        let listings_before = stripe.requests().iter().filter(|r| r.path == "/v1/subscriptions").count();
+        let r = resync(json!({"all": true, "limit": 3, "cursor": cursor}));
+        assert_eq!(r.status, 200, "{}", r.body);
+        let body = r.json();
+        calls += 1;
+        let n = body["synced"].as_i64().unwrap();
+        assert!(n <= 3, "at most `limit` users per call: {body}");
+        assert_eq!(body["failed"], json!([]));
+        // One Stripe listing per user re-synced: the call stays within its limit.
+        let listings = stripe.requests().iter().filter(|r| r.path == "/v1/subscriptions").count();
+        assert_eq!(listings - listings_before, n as usize);
+        synced += n;
+        if body["done"] == true {
+            assert!(body["cursor"].is_null(), "{body}");
+            break;
+        }
+        cursor = body["cursor"].clone();
+        assert!(cursor.is_string(), "{body}");
+        assert!(calls < 10, "never done");
+    }
+    assert_eq!((calls, synced), (3, 7));
+    for c in &customers {
+        let row = user_row(&app, &c.user_id);
+        assert_eq!((row["plan"].as_str(), row["subscription_status"].as_str()), (Some("premium"), Some("past_due")));
+    }
+    // Without a limit, one call of the default size (40) reaches all seven.
+    for c in &customers {
+        stripe.put_subscription(subscription(c, "active", PRICE_ESSENTIAL));
+    }
+    let r = resync(json!({"all": true}));
+    assert_eq!((r.json()["synced"].as_i64(), r.json()["done"].as_bool()), (Some(7), Some(true)), "{}", r.body);
+    assert!(customers.iter().all(|c| user_row(&app, &c.user_id)["plan"] == "essential"));
+    // Bad paging input is a 400 that changes nothing.
+    for bad in [
+        json!({"all": true, "limit": 0}),
+        json!({"all": true, "limit": 101}),
+        json!({"all": true, "limit": -1}),
+        json!({"userId": customers[0].user_id, "limit": 3}),
+        json!({"userId": customers[0].user_id, "cursor": "usr_x"}),
+    ] {
+        assert_eq!(resync(bad.clone()).status, 400, "{bad}");
+    }
 }
 
 #[test]

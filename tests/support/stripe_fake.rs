@@ -38,6 +38,8 @@ pub struct FakeState {
     pub undelivered: Vec<Value>,
     /// Ids (subscription, customer) whose reads answer 500.
     pub failing: BTreeSet<String>,
+    /// Every subscription read (one or a listing) answers 500: Stripe's outage.
+    pub subscriptions_down: bool,
     /// Ids whose reads do not answer until released (a hung Stripe).
     pub hanging: BTreeSet<String>,
     /// (path fragment, count): the next `count` POSTs whose path contains it answer 500.
@@ -264,6 +266,11 @@ impl StripeFake {
         } else {
             s.failing.remove(id);
         }
+    }
+
+    /// Stripe's outage: while on, every subscription read answers 500.
+    pub fn set_subscriptions_down(&self, down: bool) {
+        self.state.lock().unwrap().subscriptions_down = down;
     }
 
     /// Requests whose path or query mentions `needle` (e.g. a subscription id).
@@ -534,6 +541,9 @@ fn handle_get(state: &Arc<Mutex<FakeState>>, r: &Recorded) -> (u16, Value) {
     let params = query_pairs(&r.query);
     let s = state.lock().unwrap();
     let segs: Vec<&str> = r.path.trim_start_matches('/').split('/').collect();
+    if s.subscriptions_down && segs.get(1) == Some(&"subscriptions") {
+        return error(500, "api_error", "", "injected outage");
+    }
     match (r.method.as_str(), segs.as_slice()) {
         ("GET", ["v1", "subscriptions", id]) => {
             if s.failing.contains(*id) {
