@@ -46,7 +46,10 @@ pub async fn list_events(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     };
     let rows = webhooks::list(ctx.db, &status, limit).await?;
     let kv_failures = state::get(ctx.db, "counter:kv_dual_write_failed").await?.unwrap_or_else(|| "0".into());
-    Ok(Reply::ok(json!({"ok": true, "status": status, "events": rows, "kvDualWriteFailures": kv_failures})))
+    let kv_due = crate::store::outbox::pending(ctx.db).await?;
+    Ok(Reply::ok(json!({
+        "ok": true, "status": status, "events": rows, "kvDualWriteFailures": kv_failures, "kvCopiesDue": kv_due
+    })))
 }
 
 /// `POST /api/admin/webhook-events/{id}/retry`: process a failed or dead event now.

@@ -103,6 +103,14 @@ fn kv_copies_that_failed_while_kv_was_down_converge_once_it_heals() {
         assert_kv_matches_d1(&healed, c);
     }
     assert_eq!(healed.count("SELECT COUNT(*) FROM kv_outbox"), 0, "nothing left due");
+    let listing = crate::support::send(
+        &crate::support::agent(),
+        "GET",
+        &healed.url("/api/admin/webhook-events"),
+        &[("Authorization", &format!("Bearer {}", crate::ADMIN_TOKEN))],
+        None,
+    );
+    assert_eq!(listing.json()["kvCopiesDue"], 0, "{}", listing.body);
     drop(healed);
     let _ = std::fs::remove_dir_all(&persist);
 }
