@@ -12,10 +12,6 @@ use crate::error::ApiError;
 
 const RETURN_URL_MAX: usize = 2048;
 
-fn billing<'a>(ctx: &'a Ctx<'a>) -> crate::billing::Billing<'a> {
-    ctx.billing()
-}
-
 fn parse_tier(name: &str, allow_default: bool) -> Result<Tier, ApiError> {
     let catalog = Catalog::builtin();
     catalog.parse(name).filter(|t| allow_default || *t != catalog.default_tier()).ok_or_else(|| {
@@ -68,7 +64,7 @@ pub async fn upgrade_plan(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let url = return_url(ctx, body.return_url.as_deref())?;
     let source = body.source.as_deref().map(|s| s.chars().take(64).collect::<String>());
     let who = ctx.identity().await?;
-    match billing(ctx).upgrade(&who, target, CheckoutReturn { url, source }).await? {
+    match ctx.billing().upgrade(&who, target, CheckoutReturn { url, source }).await? {
         UpgradeResult::Redirect { url } => Ok(Reply::ok(json!({"ok": true, "action": "redirect", "url": url}))),
         UpgradeResult::Updated { plan, subscription_id, customer_id, pending_payment } => Ok(Reply::ok(json!({
             "ok": true, "action": "updated", "plan": plan, "subscriptionId": subscription_id,
@@ -91,7 +87,7 @@ pub async fn stripe_checkout(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let target = if body.plan == TRIAL_PLAN { None } else { Some(parse_tier(&body.plan, false)?) };
     let url = required_return_url(ctx, body.return_url.as_deref())?;
     let who = ctx.identity().await?;
-    let url = billing(ctx).checkout(&who, target, url).await?;
+    let url = ctx.billing().checkout(&who, target, url).await?;
     Ok(Reply::ok(json!({"ok": true, "url": url})))
 }
 
@@ -106,7 +102,7 @@ pub async fn billing_portal(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let body: PortalBody = ctx.json_body()?;
     let url = required_return_url(ctx, body.return_url.as_deref())?;
     let who = ctx.identity().await?;
-    let url = billing(ctx).portal(&who, url).await?;
+    let url = ctx.billing().portal(&who, url).await?;
     Ok(Reply::ok(json!({"ok": true, "url": url})))
 }
 
@@ -114,14 +110,14 @@ pub async fn billing_portal(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
 /// subscriptions billing the same customer end now).
 pub async fn cancel_subscription(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let who = ctx.identity().await?;
-    let user = billing(ctx).cancel(&who).await?;
+    let user = ctx.billing().cancel(&who).await?;
     plan_reply(&user, json!({"action": "cancel_scheduled"}))
 }
 
 /// `POST /api/resume-subscription`: undo a pending cancellation before the period ends.
 pub async fn resume_subscription(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let who = ctx.identity().await?;
-    let user = billing(ctx).resume(&who).await?;
+    let user = ctx.billing().resume(&who).await?;
     plan_reply(&user, json!({"action": "resumed"}))
 }
 
@@ -136,13 +132,13 @@ pub async fn downgrade_plan(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let body: DowngradeBody = ctx.json_body()?;
     let target = parse_tier(&body.target_plan, true)?;
     let who = ctx.identity().await?;
-    let (action, user) = billing(ctx).downgrade(&who, target).await?;
+    let (action, user) = ctx.billing().downgrade(&who, target).await?;
     plan_reply(&user, json!({"action": action}))
 }
 
 /// `POST /api/sync-stripe-plan`: re-read the caller's subscriptions from Stripe.
 pub async fn sync_stripe_plan(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let who = ctx.identity().await?;
-    let (synced, user) = billing(ctx).sync_own(&who).await?;
+    let (synced, user) = ctx.billing().sync_own(&who).await?;
     plan_reply(&user, json!({"synced": synced}))
 }
