@@ -17,16 +17,8 @@ pub fn backoff_seconds(attempts: i64) -> i64 {
     (60i64 << (attempts.clamp(1, 7) - 1)).min(3600)
 }
 
-/// Bumps the user's outbox version (batched with the change itself).
-pub fn due_stmt(user_id: &str, now: i64) -> Stmt {
-    Stmt {
-        sql: "INSERT INTO kv_outbox (user_id, version, due_at, attempts) VALUES (?1, 1, ?2, 0) \
-              ON CONFLICT(user_id) DO UPDATE SET version = kv_outbox.version + 1, due_at = MIN(kv_outbox.due_at, ?2)",
-        params: vec![user_id.into(), Param::Int(now)],
-    }
-}
-
-/// The same for the user holding a Stripe customer (before a batch clears it).
+/// Bumps the outbox version of the user holding a Stripe customer (batched before the
+/// statements that clear it; `users::apply_state_stmts` bumps its own).
 pub fn due_by_customer_stmt(customer_id: &str, now: i64) -> Stmt {
     Stmt {
         sql: "INSERT INTO kv_outbox (user_id, version, due_at, attempts) \

@@ -126,7 +126,26 @@ pub fn apply_state_stmts(
             link_customer.into(),
         ],
     };
-    vec![audit, update, super::outbox::due_stmt(user_id, now)]
+    // The KV copies are due only when what they show changes (read before the update,
+    // under the same as-of guard): a redelivery that changes nothing costs no KV work.
+    let copies_due = Stmt {
+        sql: "INSERT INTO kv_outbox (user_id, version, due_at, attempts) \
+              SELECT id, 1, ?2, 0 FROM users WHERE id = ?1 AND (stripe_synced_at IS NULL OR stripe_synced_at <= ?3) \
+                AND (plan IS NOT ?4 OR subscription_status IS NOT ?5 OR trial_ends_at IS NOT ?6 \
+                     OR current_period_end IS NOT ?7 OR trial_used < ?8) \
+              ON CONFLICT(user_id) DO UPDATE SET version = kv_outbox.version + 1, due_at = MIN(kv_outbox.due_at, ?2)",
+        params: vec![
+            user_id.into(),
+            Param::Int(now),
+            Param::Int(as_of),
+            state.plan.as_str().into(),
+            state.status.clone().into(),
+            state.trial_ends_at.into(),
+            state.current_period_end.into(),
+            Param::Int(state.trial_used as i64),
+        ],
+    };
+    vec![audit, copies_due, update]
 }
 
 /// The audit row of a change to one subscription that is not (or no longer) the one
