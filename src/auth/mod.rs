@@ -114,7 +114,10 @@ impl JwksStore<'_> {
         MEMORY.with(|m| *m.borrow_mut() = Some(fresh.clone()));
         if let Some(kv) = &self.kv {
             let ttl = (fresh.expires_at - self.now).max(JWKS_MIN_TTL) as u64;
-            let stored = match kv.put(&kv::jwks_cache_key(self.url), &fresh) {
+            // Bytes of serde_json's encoding: `put` of a value would link a second
+            // serializer (serde-wasm-bindgen) just for this.
+            let json = serde_json::to_vec(&fresh).unwrap_or_default();
+            let stored = match kv.put_bytes(&kv::jwks_cache_key(self.url), &json) {
                 Ok(put) => put.expiration_ttl(ttl).execute().await.map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };

@@ -447,7 +447,7 @@ impl Billing<'_> {
         };
         for (key, value) in kv::legacy_plan_values(&user) {
             let r = match value {
-                Some(v) => match store.put(&key, v) {
+                Some(v) => match store.put_bytes(&key, v.as_bytes()) {
                     Ok(put) => put.execute().await,
                     Err(e) => Err(e),
                 },

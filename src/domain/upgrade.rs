@@ -99,7 +99,10 @@ pub fn decide_upgrade(
 ) -> (Upgrade, Vec<String>) {
     let (chosen, others) = live(subs, prices);
     let Some(target_price) = prices.price_of(target).map(str::to_string) else {
-        return (Upgrade::NotConfigured(format!("no STRIPE_PRICE_{}", catalog.id(target).to_uppercase())), others);
+        return (
+            Upgrade::NotConfigured(format!("no STRIPE_PRICE_{}", catalog.id(target).to_ascii_uppercase())),
+            others,
+        );
     };
     let Some(sub) = chosen else {
         return match pending(subs) {
@@ -165,7 +168,7 @@ pub fn decide_downgrade(subs: &[Subscription], catalog: &Catalog, prices: &Price
         return Downgrade::CancelAtPeriodEnd { subscription_id: sub.id.clone() };
     }
     let (Some(current_price), Some(target_price)) = (prices.price_of(current), prices.price_of(target)) else {
-        return Downgrade::NotConfigured(format!("no STRIPE_PRICE_{}", catalog.id(target).to_uppercase()));
+        return Downgrade::NotConfigured(format!("no STRIPE_PRICE_{}", catalog.id(target).to_ascii_uppercase()));
     };
     let Some(at) = sub.current_period_end else {
         return Downgrade::NotConfigured(format!("subscription {} has no current period end", sub.id));
@@ -232,7 +235,7 @@ pub fn guard_checkout(
     };
     match prices.price_of(tier) {
         Some(p) => CheckoutGuard::Proceed { price: p.to_string(), trial_days },
-        None => CheckoutGuard::NotConfigured(format!("no STRIPE_PRICE_{}", catalog.id(tier).to_uppercase())),
+        None => CheckoutGuard::NotConfigured(format!("no STRIPE_PRICE_{}", catalog.id(tier).to_ascii_uppercase())),
     }
 }
 

@@ -1,19 +1,13 @@
 //! `GET /health`: version, commit and whether D1 answers. Public.
 
-use serde::Deserialize;
 use serde_json::json;
 
 use super::{Ctx, Reply};
 use crate::error::ApiError;
 
-#[derive(Deserialize)]
-struct One {
-    ok: i64,
-}
-
 pub async fn get(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
-    let d1 = match ctx.db.query_one::<One>("SELECT 1 AS ok", &[]).await {
-        Ok(Some(One { ok: 1 })) => "ok",
+    let d1 = match ctx.db.row("SELECT 1 AS ok", &[]).await {
+        Ok(Some(row)) if row.int("ok") == Some(1) => "ok",
         Ok(_) => "error",
         Err(e) => {
             crate::log::error(ctx.request_id, "health.d1_failed", json!({"error": e.to_string()}));

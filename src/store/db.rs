@@ -59,6 +59,21 @@ pub struct Db {
     rows_written: Cell<usize>,
 }
 
+/// One row as D1 returned it, read by column name.
+pub struct Row(serde_json::Value);
+
+impl Row {
+    /// An integer column (D1 numbers arrive as JS numbers); `None` for NULL or absent.
+    pub fn int(&self, column: &str) -> Option<i64> {
+        let v = self.0.get(column)?;
+        v.as_i64().or_else(|| v.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
+    }
+
+    pub fn text(&self, column: &str) -> Option<String> {
+        self.0.get(column)?.as_str().map(str::to_string)
+    }
+}
+
 pub struct Stmt {
     pub sql: &'static str,
     pub params: Vec<Param>,
@@ -97,6 +112,16 @@ impl Db {
         result.results::<serde_json::Value>().map_err(|e| ApiError::server(format!("d1 decode: {e}")))
     }
 
+    /// Runs a statement; its rows read by column name. For small answers (a count, a
+    /// claim's columns) this costs no `Deserialize` code per row shape in the Wasm.
+    pub async fn rows_of(&self, sql: &str, params: &[Param]) -> Result<Vec<Row>, ApiError> {
+        Ok(self.rows(sql, params).await?.into_iter().map(Row).collect())
+    }
+
+    pub async fn row(&self, sql: &str, params: &[Param]) -> Result<Option<Row>, ApiError> {
+        Ok(self.rows_of(sql, params).await?.into_iter().next())
+    }
+
     /// Runs a statement and deserializes every returned row.
     pub async fn query<T: DeserializeOwned>(&self, sql: &str, params: &[Param]) -> Result<Vec<T>, ApiError> {
         decode_rows(self.rows(sql, params).await?)
@@ -119,5 +144,21 @@ impl Db {
             self.account(r);
         }
         Ok(results)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Row;
+    use serde_json::json;
+
+    #[test]
+    fn row_columns_are_read_by_name_whatever_number_form_d1_used() {
+        let r = Row(json!({"n": 3, "f": 4.0, "half": 1.5, "s": "x", "null": null}));
+        assert_eq!((r.int("n"), r.int("f"), r.int("half")), (Some(3), Some(4), None));
+        assert_eq!(
+            (r.text("s").as_deref(), r.text("n"), r.int("null"), r.int("absent")),
+            (Some("x"), None, None, None)
+        );
     }
 }

@@ -1,25 +1,17 @@
 //! Per-user billing locks: a D1 lease row, so two billing actions for the same user
 //! never race (the second gets `409 BILLING_IN_PROGRESS`).
 
-use serde::Deserialize;
-
 use super::db::{Db, Param};
 use crate::error::ApiError;
 
 /// Longer than any billing action (a few Stripe calls, each up to three 10 s attempts).
 pub const LOCK_SECONDS: i64 = 180;
 
-#[derive(Deserialize)]
-struct Held {
-    holder: String,
-    seq: i64,
-}
-
 /// Takes the lock for `user_id` as `holder`, unless someone else holds an unexpired
 /// one. Returns the action sequence number to build idempotency keys from.
 pub async fn acquire(db: &Db, user_id: &str, holder: &str, action: &str, now: i64) -> Result<Option<i64>, ApiError> {
     let row = db
-        .query_one::<Held>(
+        .row(
             "INSERT INTO billing_locks (user_id, holder, action, expires_at, seq) VALUES (?1, ?2, ?3, ?4, 0) \
              ON CONFLICT(user_id) DO UPDATE SET holder = excluded.holder, action = excluded.action, \
                expires_at = excluded.expires_at \
@@ -28,7 +20,7 @@ pub async fn acquire(db: &Db, user_id: &str, holder: &str, action: &str, now: i6
             &[user_id.into(), holder.into(), action.into(), Param::Int(now + LOCK_SECONDS), Param::Int(now)],
         )
         .await?;
-    Ok(row.filter(|r| r.holder == holder).map(|r| r.seq))
+    Ok(row.filter(|r| r.text("holder").as_deref() == Some(holder)).and_then(|r| r.int("seq")))
 }
 
 /// Ends the holder's action, successful or not: the next one gets a new `seq`.

@@ -5,8 +5,6 @@
 //! meanwhile. So KV converges on the newest D1 state whatever fails or races: a failed
 //! write leaves the row for the cron, a change during a flush makes it flush again.
 
-use serde::Deserialize;
-
 use super::db::{Db, Param, Stmt};
 use crate::error::ApiError;
 
@@ -28,22 +26,16 @@ pub fn due_by_customer_stmt(customer_id: &str, now: i64) -> Stmt {
     }
 }
 
-#[derive(Deserialize)]
-struct Claimed {
-    version: i64,
-    attempts: i64,
-}
-
 /// Takes the lease on a due row; `Some((version, attempts))` when ours.
 pub async fn claim(db: &Db, user_id: &str, now: i64) -> Result<Option<(i64, i64)>, ApiError> {
     let row = db
-        .query_one::<Claimed>(
+        .row(
             "UPDATE kv_outbox SET lease_until = ?3, attempts = attempts + 1 \
              WHERE user_id = ?1 AND (lease_until IS NULL OR lease_until < ?2) RETURNING version, attempts",
             &[user_id.into(), Param::Int(now), Param::Int(now + LEASE_SECONDS)],
         )
         .await?;
-    Ok(row.map(|r| (r.version, r.attempts)))
+    Ok(row.and_then(|r| Some((r.int("version")?, r.int("attempts")?))))
 }
 
 /// Done with `version`: the row goes if nothing changed meanwhile (true), else the
@@ -72,30 +64,21 @@ pub async fn failed(db: &Db, user_id: &str, attempts: i64, now: i64) -> Result<(
     Ok(())
 }
 
-#[derive(Deserialize)]
-struct Due {
-    user_id: String,
-}
-
 /// Users whose copies are due and not being written, oldest first.
 pub async fn due(db: &Db, now: i64, limit: i64) -> Result<Vec<String>, ApiError> {
-    let rows: Vec<Due> = db
-        .query(
+    let rows = db
+        .rows_of(
             "SELECT user_id FROM kv_outbox WHERE due_at <= ?1 AND (lease_until IS NULL OR lease_until < ?1) \
              ORDER BY due_at LIMIT ?2",
             &[Param::Int(now), Param::Int(limit)],
         )
         .await?;
-    Ok(rows.into_iter().map(|d| d.user_id).collect())
+    Ok(rows.into_iter().filter_map(|r| r.text("user_id")).collect())
 }
 
 /// How many users' copies are due (reported to admins).
 pub async fn pending(db: &Db) -> Result<i64, ApiError> {
-    #[derive(Deserialize)]
-    struct N {
-        n: i64,
-    }
-    Ok(db.query_one::<N>("SELECT COUNT(*) AS n FROM kv_outbox", &[]).await?.map_or(0, |r| r.n))
+    Ok(db.row("SELECT COUNT(*) AS n FROM kv_outbox", &[]).await?.and_then(|r| r.int("n")).unwrap_or(0))
 }
 
 #[cfg(test)]

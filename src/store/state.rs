@@ -1,17 +1,10 @@
 //! The `app_state` table: named values kept between cron runs, and counters.
 
-use serde::Deserialize;
-
 use super::db::{Db, Param};
 use crate::error::ApiError;
 
-#[derive(Deserialize)]
-struct Value {
-    value: String,
-}
-
 pub async fn get(db: &Db, name: &str) -> Result<Option<String>, ApiError> {
-    Ok(db.query_one::<Value>("SELECT value FROM app_state WHERE name = ?1", &[name.into()]).await?.map(|v| v.value))
+    Ok(db.row("SELECT value FROM app_state WHERE name = ?1", &[name.into()]).await?.and_then(|r| r.text("value")))
 }
 
 pub async fn set(db: &Db, name: &str, value: &str, now: i64) -> Result<(), ApiError> {

@@ -70,18 +70,6 @@ pub struct EventRow {
     pub source: String,
 }
 
-#[derive(Deserialize)]
-struct Attempts {
-    attempts: i64,
-    first_failed_at: Option<i64>,
-}
-
-#[derive(Deserialize)]
-struct Status {
-    status: String,
-    next_attempt_at: Option<i64>,
-}
-
 /// Claims an event for processing as `token` (the request id). A new id is inserted as
 /// `processing`. Taken over: a `failed` one whose `next_attempt_at` has come (any time
 /// for an admin retry), a `processing` one whose lease expired, and a `dead` one when
@@ -115,21 +103,20 @@ pub async fn claim(
         source.into(),
         token.into(),
     ];
-    if let Some(row) = db.query_one::<Attempts>(SQL, &params).await? {
-        return Ok(Claim::Claimed { attempts: row.attempts, first_failed_at: row.first_failed_at });
+    if let Some(row) = db.row(SQL, &params).await? {
+        let attempts = row.int("attempts").ok_or_else(|| ApiError::server("claim without attempts"))?;
+        return Ok(Claim::Claimed { attempts, first_failed_at: row.int("first_failed_at") });
     }
-    let status = db
-        .query_one::<Status>(
-            "SELECT status, next_attempt_at FROM webhook_events WHERE id = ?1",
-            &[ev.id.as_str().into()],
-        )
-        .await?;
-    Ok(match status {
-        Some(Status { status, .. }) if status == "processed" => Claim::AlreadyProcessed,
-        Some(Status { status, .. }) if status == "dead" => Claim::Dead,
+    let row =
+        db.row("SELECT status, next_attempt_at FROM webhook_events WHERE id = ?1", &[ev.id.as_str().into()]).await?;
+    let status = row.as_ref().and_then(|r| r.text("status"));
+    Ok(match status.as_deref() {
+        Some("processed") => Claim::AlreadyProcessed,
+        Some("dead") => Claim::Dead,
         // Failed between our insert and this read, or not due yet.
-        Some(Status { status, next_attempt_at }) if status == "failed" => {
-            Claim::NotDue { retry_at: next_attempt_at.unwrap_or(now).max(now) }
+        Some("failed") => {
+            let next = row.and_then(|r| r.int("next_attempt_at"));
+            Claim::NotDue { retry_at: next.unwrap_or(now).max(now) }
         }
         _ => Claim::InProgress,
     })
@@ -199,21 +186,17 @@ pub async fn due(db: &Db, now: i64, limit: i64) -> Result<Vec<EventRow>, ApiErro
     db.query(&sql, &[Param::Int(now), Param::Int(limit)]).await
 }
 
-#[derive(Deserialize)]
-struct Id {
-    id: String,
-}
-
 /// Which of `ids` plangate has recorded, whatever their status: one query for a page of
 /// the Events API.
-pub async fn known(db: &Db, ids: &[String]) -> Result<std::collections::HashSet<String>, ApiError> {
+pub async fn known(db: &Db, ids: &[String]) -> Result<std::collections::BTreeSet<String>, ApiError> {
     if ids.is_empty() {
         return Ok(Default::default());
     }
     let list = serde_json::to_string(ids).map_err(ApiError::server)?;
-    let rows: Vec<Id> =
-        db.query("SELECT id FROM webhook_events WHERE id IN (SELECT value FROM json_each(?1))", &[list.into()]).await?;
-    Ok(rows.into_iter().map(|r| r.id).collect())
+    let rows = db
+        .rows_of("SELECT id FROM webhook_events WHERE id IN (SELECT value FROM json_each(?1))", &[list.into()])
+        .await?;
+    Ok(rows.into_iter().filter_map(|r| r.text("id")).collect())
 }
 
 pub async fn list(db: &Db, status: &str, limit: i64) -> Result<Vec<EventRow>, ApiError> {
