@@ -188,7 +188,7 @@ pub async fn due(db: &Db, now: i64, limit: i64) -> Result<Vec<EventRow>, ApiErro
 
 /// Which of `ids` plangate has recorded, whatever their status: one query for a page of
 /// the Events API.
-pub async fn known(db: &Db, ids: &[String]) -> Result<std::collections::BTreeSet<String>, ApiError> {
+pub async fn known(db: &Db, ids: &[String]) -> Result<std::collections::HashSet<String>, ApiError> {
     if ids.is_empty() {
         return Ok(Default::default());
     }
