@@ -14,6 +14,11 @@ CREATE TABLE kv_outbox (
   version     INTEGER NOT NULL,
   due_at      INTEGER NOT NULL,
   lease_until INTEGER,
+  lease_token TEXT,            -- the flusher holding the lease (only it completes the row)
   attempts    INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX idx_kv_outbox_due ON kv_outbox(due_at);
+
+-- Every existing user is due once: copies that diverged before the outbox existed (failed
+-- dual-writes were only counted) are rewritten from D1 by the cron.
+INSERT INTO kv_outbox (user_id, version, due_at, attempts) SELECT id, 1, 0, 0 FROM users;

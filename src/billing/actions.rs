@@ -197,6 +197,7 @@ impl Billing<'_> {
                 let gone =
                     users::customer_gone_stmts(&customer, default_plan, "api:customer_missing", self.now, self.now);
                 self.db.batch(gone).await?;
+                self.refresh_copies(std::slice::from_ref(&user.id)).await;
                 let user =
                     users::find_by_id(self.db, &user.id).await?.ok_or_else(|| ApiError::server("user vanished"))?;
                 let customer = self.customer(&user).await?;
@@ -209,11 +210,12 @@ impl Billing<'_> {
     /// Stripe says the customer does not exist (or was deleted).
     async fn customer_is_gone(&self, customer: &str) -> Result<bool, ApiError> {
         if !StripeRequest::is_safe_id(customer) {
-            return Ok(true);
+            return Ok(false);
         }
         match self.stripe.send(&StripeRequest::get(format!("/v1/customers/{customer}"))).await {
+            // Only Stripe's own word: a 404 means another account or mode (a wrong key),
+            // where clearing every customer would wipe paid plans.
             Ok(c) => Ok(c.get("deleted").and_then(Value::as_bool) == Some(true)),
-            Err(StripeError::Api { status: 404, .. }) => Ok(true),
             Err(e) => Err(stripe_failure("UPDATE_FAILED", "read customer", e)),
         }
     }
@@ -268,12 +270,18 @@ impl Billing<'_> {
             .param("status", "open")
             .param("limit", "100");
         let listed = self.call(open, "CHECKOUT_FAILED", "list checkout sessions").await?;
+        let mut reuse = None;
         for session in listed.get("data").and_then(Value::as_array).into_iter().flatten() {
+            // Only subscription Checkouts compete with this one (a one-off payment does not).
+            if session.get("mode").and_then(Value::as_str) != Some("subscription") {
+                continue;
+            }
             let url = session.get("url").and_then(Value::as_str);
             let same =
                 session.get("metadata").and_then(|m| m.get("offer")).and_then(Value::as_str) == Some(offer.as_str());
-            if let (true, Some(url)) = (same, url) {
-                return Ok(url.to_string());
+            if let (true, Some(url), None) = (same, url, &reuse) {
+                reuse = Some(url.to_string()); // kept; every other open one is expired
+                continue;
             }
             let Some(id) = events::id_of(session.get("id")).filter(|id| StripeRequest::is_safe_id(id)) else {
                 continue;
@@ -292,7 +300,7 @@ impl Billing<'_> {
             );
             match now.await?.get("status").and_then(Value::as_str) {
                 Some("expired") => continue,
-                Some("complete") => return Err(self.subscribed_meanwhile(user, customer).await),
+                Some("complete") => break, // the listing below sees its subscription
                 _ => {
                     let cause = match expired {
                         Err(e) => e.to_string(),
@@ -306,6 +314,19 @@ impl Billing<'_> {
                     });
                 }
             }
+        }
+        // No other session can be paid any more, so the subscriptions listed now are the
+        // truth: one paid since the caller's guard looked (before or while the sessions
+        // were listed or expired) shows here, and no second Checkout is offered.
+        let subs = self.subscriptions(customer, "CHECKOUT_FAILED").await?;
+        if subs.iter().any(|s| s.status.is_live()) {
+            return Err(self.subscribed_meanwhile(user, customer, &subs).await);
+        }
+        if let Some(p) = upgrade::pending(&subs) {
+            return Err(payment_pending(p));
+        }
+        if let Some(url) = reuse {
+            return Ok(url);
         }
         let mut req = StripeRequest::post("/v1/checkout/sessions", key(user, seq, &["checkout", customer, &offer]))
             .param("mode", "subscription")
@@ -332,22 +353,18 @@ impl Billing<'_> {
             .ok_or_else(|| ApiError::server("checkout session without url"))
     }
 
-    /// A checkout completed while we were replacing it: store what Stripe now says
-    /// and answer `ALREADY_SUBSCRIBED` with the plan it grants.
-    async fn subscribed_meanwhile(&self, user: &UserRecord, customer: &str) -> ApiError {
-        let subs = match self.subscriptions(customer, "CHECKOUT_FAILED").await {
-            Ok(s) => s,
-            Err(e) => return e,
-        };
-        if let Err(e) = self.apply_best(user, &subs, "api:checkout").await {
+    /// A Checkout was paid while we were about to offer another: store what Stripe now
+    /// says and answer `ALREADY_SUBSCRIBED` with the plan it grants.
+    async fn subscribed_meanwhile(&self, user: &UserRecord, customer: &str, subs: &[Subscription]) -> ApiError {
+        if let Err(e) = self.apply_best(user, subs, "api:checkout").await {
             return e;
         }
-        let plan = match best(&subs, &self.cfg.prices) {
-            Some(s) if s.status.is_live() => match s.status {
-                crate::domain::subscription::SubStatus::Trialing => crate::domain::plans::TRIAL_PLAN.to_string(),
-                _ => tier_of(s, &self.cfg.prices).map(|t| self.catalog.id(t).to_string()).unwrap_or_default(),
-            },
-            _ => "unknown".into(),
+        let plan = match best(subs, &self.cfg.prices) {
+            Some(s) if s.status == crate::domain::subscription::SubStatus::Trialing => {
+                crate::domain::plans::TRIAL_PLAN.to_string()
+            }
+            Some(s) => tier_of(s, &self.cfg.prices).map(|t| self.catalog.id(t).to_string()).unwrap_or_default(),
+            None => "unknown".into(),
         };
         log::warn(
             self.request_id,
@@ -382,7 +399,13 @@ impl Billing<'_> {
                         Ok(UpgradeResult::Redirect { url })
                     }
                     Upgrade::Update { subscription_id, item_id, price, end_trial, release_schedule } => {
-                        if let Some(schedule) = release_schedule {
+                        let cancelling = subs.iter().find(|s| s.id == subscription_id && s.cancel_pending());
+                        if let Some(sub) = cancelling {
+                            // Upgrading is staying: undo the pending cancellation first (it
+                            // releases a schedule too), or the user pays for the upgrade
+                            // and still loses the plan at the period end.
+                            self.set_cancel_at_period_end(user, seq, sub, false, "api:upgrade").await?;
+                        } else if let Some(schedule) = release_schedule {
                             self.release_schedule(user, seq, &schedule).await?;
                         }
                         let mut req = StripeRequest::post(
@@ -540,17 +563,31 @@ impl Billing<'_> {
 
     /// Ends a subscription now (a legacy duplicate, or one still waiting for its first
     /// payment), recorded in `plan_changes` with its id.
-    async fn cancel_now(&self, user: &UserRecord, sub: &Subscription, cause: &str) -> Result<(), ApiError> {
+    async fn cancel_now(&self, user: &UserRecord, seq: i64, sub: &Subscription, cause: &str) -> Result<(), ApiError> {
+        if let Some(schedule) = &sub.schedule_id {
+            self.release_schedule(user, seq, schedule).await?; // a schedule-managed one cannot be deleted
+        }
         let answer = match self.stripe.send(&StripeRequest::delete(format!("/v1/subscriptions/{}", sub.id))).await {
             Ok(a) => a,
-            // Already canceled or gone: read what Stripe has now.
-            Err(StripeError::Api { status: 400 | 404, .. }) => {
+            Err(StripeError::Api { status: 404, .. }) => json!({"status": "canceled"}), // gone
+            // Refused (already canceled, or not cancellable): read what Stripe has now.
+            Err(StripeError::Api { status: 400, .. }) => {
                 let req = StripeRequest::get(format!("/v1/subscriptions/{}", sub.id));
                 self.call(req, "UPDATE_FAILED", "read subscription").await?
             }
             Err(e) => return Err(stripe_failure("UPDATE_FAILED", "cancel subscription", e)),
         };
         let status = answer.get("status").and_then(Value::as_str).unwrap_or("unknown");
+        let after = crate::domain::subscription::SubStatus::parse(status);
+        if after.is_live() || after.may_become_live() {
+            // Stripe refused to end it (e.g. a schedule manages it): never report success.
+            return Err(ApiError::CodedServer {
+                status: 502,
+                code: "UPDATE_FAILED",
+                public: "Stripe could not complete the request; try again or sync the plan",
+                cause: format!("subscription {} is still {status} after cancel", sub.id),
+            });
+        }
         let old_plan = tier_of(sub, &self.cfg.prices).map(|t| self.catalog.id(t)).unwrap_or("unknown");
         let new_plan = self.catalog.id(self.catalog.default_tier());
         self.db
@@ -582,7 +619,7 @@ impl Billing<'_> {
                 self.set_cancel_at_period_end(&user, seq, sub, true, "api:cancel").await?;
             }
             for sub in &plan.immediately {
-                self.cancel_now(&user, sub, "api:cancel").await?;
+                self.cancel_now(&user, seq, sub, "api:cancel").await?;
             }
             self.reread(&user.id).await
         })

@@ -263,7 +263,8 @@ impl Billing<'_> {
             (Some(uid), None) => users::find_by_id(self.db, uid).await?.map(|u| (u, None)),
             (None, None) => None,
         };
-        if let Some((u, Some(customer))) = &user {
+        let linkable = |u: &UserRecord, c: &str| u.previous_customer_id.as_deref() != Some(c);
+        if let Some((u, Some(customer))) = user.as_ref().filter(|(u, c)| c.as_deref().is_some_and(|c| linkable(u, c))) {
             stmts.push(users::link_customer_stmt(&u.id, customer, self.now));
             touched.push(u.id.clone());
         }
@@ -369,7 +370,10 @@ impl Billing<'_> {
         };
         // `subs` were just read: as of now (the clock has moved past that answer).
         let as_of = crate::clock::now();
-        self.db.batch(users::apply_state_stmts(&user.id, &state, as_of, cause, None, self.now)).await?;
+        let mut stmts = users::apply_state_stmts(&user.id, &state, as_of, cause, None, self.now);
+        // A re-sync also repairs a KV copy that diverged: due whatever changed.
+        stmts.push(outbox::due_stmt(&user.id, self.now));
+        self.db.batch(stmts).await?;
         self.refresh_copies(std::slice::from_ref(&user.id)).await;
         Ok(true)
     }
@@ -418,13 +422,19 @@ impl Billing<'_> {
     /// One pass for one user. `Ok(true)`: the row changed while we wrote, go again.
     async fn flush_one(&self, user_id: &str) -> Result<bool, String> {
         let now = crate::clock::now().max(self.now);
-        let Some((version, attempts)) = outbox::claim(self.db, user_id, now).await.map_err(|e| e.to_string())? else {
+        let Some((version, attempts)) =
+            outbox::claim(self.db, user_id, self.request_id, now).await.map_err(|e| e.to_string())?
+        else {
             return Ok(false); // nothing due, or another flusher holds it
         };
-        match self.write_copies(user_id).await {
-            Ok(()) => outbox::complete(self.db, user_id, version).await.map(|done| !done).map_err(|e| e.to_string()),
+        let written = crate::util::with_timeout(self.write_copies(user_id), outbox::WRITE_TIMEOUT_MS).await;
+        match written.unwrap_or_else(|| Err("KV writes timed out".into())) {
+            Ok(()) => outbox::complete(self.db, user_id, self.request_id, version)
+                .await
+                .map(|done| !done)
+                .map_err(|e| e.to_string()),
             Err(e) => {
-                if let Err(e2) = outbox::failed(self.db, user_id, attempts, now).await {
+                if let Err(e2) = outbox::failed(self.db, user_id, self.request_id, attempts, now).await {
                     log::error(
                         self.request_id,
                         "kv.outbox_release_failed",

@@ -8,11 +8,22 @@
 use super::db::{Db, Param, Stmt};
 use crate::error::ApiError;
 
-/// How long one flusher owns a user's row.
+/// How long one flusher owns a user's row; its KV writes give up well before.
 pub const LEASE_SECONDS: i64 = 60;
+pub const WRITE_TIMEOUT_MS: u64 = 20_000;
 /// Retry delay after a failed flush: 1, 2, 4 … minutes, at most an hour.
 pub fn backoff_seconds(attempts: i64) -> i64 {
     (60i64 << (attempts.clamp(1, 7) - 1)).min(3600)
+}
+
+/// Bumps the user's outbox version whatever changed (re-syncs: they also repair copies
+/// that diverged).
+pub fn due_stmt(user_id: &str, now: i64) -> Stmt {
+    Stmt {
+        sql: "INSERT INTO kv_outbox (user_id, version, due_at, attempts) VALUES (?1, 1, ?2, 0) \
+              ON CONFLICT(user_id) DO UPDATE SET version = kv_outbox.version + 1, due_at = MIN(kv_outbox.due_at, ?2)",
+        params: vec![user_id.into(), Param::Int(now)],
+    }
 }
 
 /// Bumps the outbox version of the user holding a Stripe customer (batched before the
@@ -26,39 +37,43 @@ pub fn due_by_customer_stmt(customer_id: &str, now: i64) -> Stmt {
     }
 }
 
-/// Takes the lease on a due row; `Some((version, attempts))` when ours.
-pub async fn claim(db: &Db, user_id: &str, now: i64) -> Result<Option<(i64, i64)>, ApiError> {
+/// Takes the lease on a due row as `token`; `Some((version, attempts))` when ours.
+pub async fn claim(db: &Db, user_id: &str, token: &str, now: i64) -> Result<Option<(i64, i64)>, ApiError> {
     let row = db
         .row(
-            "UPDATE kv_outbox SET lease_until = ?3, attempts = attempts + 1 \
+            "UPDATE kv_outbox SET lease_until = ?3, lease_token = ?4, attempts = attempts + 1 \
              WHERE user_id = ?1 AND (lease_until IS NULL OR lease_until < ?2) RETURNING version, attempts",
-            &[user_id.into(), Param::Int(now), Param::Int(now + LEASE_SECONDS)],
+            &[user_id.into(), Param::Int(now), Param::Int(now + LEASE_SECONDS), token.into()],
         )
         .await?;
     Ok(row.and_then(|r| Some((r.int("version")?, r.int("attempts")?))))
 }
 
-/// Done with `version`: the row goes if nothing changed meanwhile (true), else the
-/// lease is released and the row stays due (false).
-pub async fn complete(db: &Db, user_id: &str, version: i64) -> Result<bool, ApiError> {
+/// `token` is done with `version`: the row goes if nothing changed meanwhile and the
+/// lease is still ours (true), else our lease is released and the row stays due
+/// (false). A flusher whose lease was taken over can remove nothing.
+pub async fn complete(db: &Db, user_id: &str, token: &str, version: i64) -> Result<bool, ApiError> {
     let deleted = db
         .execute(
-            "DELETE FROM kv_outbox WHERE user_id = ?1 AND version = ?2 RETURNING 1 AS n",
-            &[user_id.into(), Param::Int(version)],
+            "DELETE FROM kv_outbox WHERE user_id = ?1 AND version = ?2 AND lease_token = ?3 RETURNING 1 AS n",
+            &[user_id.into(), Param::Int(version), token.into()],
         )
         .await?;
     if deleted == 0 {
-        db.execute("UPDATE kv_outbox SET lease_until = NULL, attempts = 0 WHERE user_id = ?1", &[user_id.into()])
-            .await?;
+        db.execute(
+            "UPDATE kv_outbox SET lease_until = NULL, attempts = 0 WHERE user_id = ?1 AND lease_token = ?2",
+            &[user_id.into(), token.into()],
+        )
+        .await?;
     }
     Ok(deleted > 0)
 }
 
-/// A failed flush: due again after backoff.
-pub async fn failed(db: &Db, user_id: &str, attempts: i64, now: i64) -> Result<(), ApiError> {
+/// A failed flush: due again after backoff (if the lease is still ours).
+pub async fn failed(db: &Db, user_id: &str, token: &str, attempts: i64, now: i64) -> Result<(), ApiError> {
     db.execute(
-        "UPDATE kv_outbox SET lease_until = NULL, due_at = ?2 WHERE user_id = ?1",
-        &[user_id.into(), Param::Int(now + backoff_seconds(attempts))],
+        "UPDATE kv_outbox SET lease_until = NULL, due_at = ?2 WHERE user_id = ?1 AND lease_token = ?3",
+        &[user_id.into(), Param::Int(now + backoff_seconds(attempts)), token.into()],
     )
     .await?;
     Ok(())

@@ -615,3 +615,56 @@ fn an_action_that_meets_a_deleted_customer_recovers_with_a_new_one_instead_of_fa
     ));
     assert_eq!(audit.len(), 1);
 }
+
+#[test]
+fn a_session_paid_before_plangate_lists_the_open_ones_is_still_never_followed_by_a_second() {
+    let s = shared();
+    let c = new_customer(&s.app, "paid-before-list");
+    let first = call(&c, "/api/stripe-checkout", json!({"plan": "pro"}));
+    assert_eq!(first.status, 200, "{}", first.body);
+    let session = s.stripe.session_by_url(first.json()["url"].as_str().unwrap()).unwrap();
+    // Tab A pays after tab B's action checked the subscriptions but before it lists the
+    // open sessions: there is nothing left to expire, and the guard's answer is stale.
+    s.stripe.pay_before_listing(session["id"].as_str().unwrap());
+    let r = call(
+        &c,
+        "/api/upgrade-plan",
+        json!({"targetPlan": "premium", "returnUrl": format!("{ALLOWED_ORIGIN_FOR_TESTS}/")}),
+    );
+    assert_eq!((r.status, error_code(&r.json())), (409, "ALREADY_SUBSCRIBED"), "{}", r.body);
+    let customer = customer_of(&c);
+    assert!(s.stripe.sessions_of(&customer).iter().all(|x| x["status"] != "open"), "no second session to pay");
+    assert_eq!(s.stripe.subscriptions_of(&customer).len(), 1);
+    assert_eq!(plan_me(&c)["plan"], "pro");
+}
+
+#[test]
+fn upgrading_while_a_cancellation_is_pending_keeps_the_subscription() {
+    let s = shared();
+    let (c, sub) = on_plan("upgrade-cancelled", "essential");
+    let r = call(&c, "/api/cancel-subscription", json!({}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(s.stripe.subscription(&sub).unwrap()["cancel_at_period_end"], true);
+    let r = call(&c, "/api/upgrade-plan", json!({"targetPlan": "pro"}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let now = s.stripe.subscription(&sub).unwrap();
+    assert_eq!(now["cancel_at_period_end"], false, "paying for an upgrade does not end at the period end");
+    assert_eq!(now["items"]["data"][0]["price"]["id"], PRICE_PRO);
+    let me = plan_me(&c);
+    assert_eq!((me["plan"].as_str(), me["cancelAt"].is_null()), (Some("pro"), true), "{me}");
+}
+
+#[test]
+fn a_customer_stripe_does_not_know_is_not_taken_for_deleted_and_nothing_is_cleared() {
+    let s = shared();
+    let (c, sub) = on_plan("cust-unknown", "essential");
+    let customer = customer_of(&c);
+    // A wrong key or mode makes Stripe answer 404 for a customer that exists elsewhere.
+    s.stripe.forget_customer(&customer);
+    let r = call(&c, "/api/billing-portal", json!({"returnUrl": format!("{ALLOWED_ORIGIN_FOR_TESTS}/")}));
+    assert_eq!(r.status, 502, "{}", r.body);
+    let row = user_row(&s.app, &c.user_id);
+    assert_eq!(row["stripe_customer_id"], customer.as_str(), "the customer is kept");
+    assert_eq!((row["plan"].as_str(), row["stripe_subscription_id"].as_str()), (Some("essential"), Some(sub.as_str())));
+    assert_eq!(customers_for(&c), 0, "no replacement customer was created");
+}

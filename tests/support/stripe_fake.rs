@@ -51,6 +51,8 @@ pub struct FakeState {
     pub lose_answers: Vec<(String, usize)>,
     /// Checkout sessions the customer pays just before plangate's expire reaches Stripe.
     pub pay_before_expire: BTreeSet<String>,
+    /// Checkout sessions the customer pays just before plangate lists the open ones.
+    pub pay_before_listing: BTreeSet<String>,
     /// Idempotency-Key → the answer given, replayed for the same key.
     pub idempotent: BTreeMap<String, (u16, Value)>,
     pub counter: u64,
@@ -163,6 +165,16 @@ impl StripeFake {
     /// The customer pays this open session just before plangate's expire arrives.
     pub fn pay_before_expire(&self, session_id: &str) {
         self.state.lock().unwrap().pay_before_expire.insert(session_id.to_string());
+    }
+
+    /// The customer pays this open session just before plangate lists open sessions.
+    pub fn pay_before_listing(&self, session_id: &str) {
+        self.state.lock().unwrap().pay_before_listing.insert(session_id.to_string());
+    }
+
+    /// Stripe no longer knows the customer at all (another account or mode: 404).
+    pub fn forget_customer(&self, id: &str) {
+        self.state.lock().unwrap().customers.remove(id);
     }
 
     /// The customer is deleted (as in the dashboard): its subscriptions are canceled.
@@ -539,7 +551,12 @@ fn handle_post(s: &mut FakeState, r: &Recorded) -> (u16, Value) {
 
 fn handle_get(state: &Arc<Mutex<FakeState>>, r: &Recorded) -> (u16, Value) {
     let params = query_pairs(&r.query);
-    let s = state.lock().unwrap();
+    let mut s = state.lock().unwrap();
+    if r.path == "/v1/checkout/sessions" && !s.pay_before_listing.is_empty() {
+        for id in std::mem::take(&mut s.pay_before_listing) {
+            complete_checkout(&mut s, &id);
+        }
+    }
     let segs: Vec<&str> = r.path.trim_start_matches('/').split('/').collect();
     if s.subscriptions_down && segs.get(1) == Some(&"subscriptions") {
         return error(500, "api_error", "", "injected outage");
