@@ -11,6 +11,7 @@ pub mod cors;
 pub mod cron;
 pub mod domain;
 pub mod error;
+pub mod fetch;
 pub mod log;
 pub mod routes;
 pub mod store;

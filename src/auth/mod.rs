@@ -11,7 +11,7 @@ use serde_json::json;
 use worker::js_sys::{Array, Object, Reflect};
 use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::wasm_bindgen_futures::JsFuture;
-use worker::{Fetch, KvStore};
+use worker::KvStore;
 
 use crate::config::Config;
 use crate::error::ApiError;
@@ -96,18 +96,15 @@ impl JwksStore<'_> {
 
     async fn fetch(&self) -> Result<CachedJwks, String> {
         let send = async {
-            let request =
-                worker::Request::new(self.url, worker::Method::Get).map_err(|_| "invalid AUTH_JWKS_URL".to_string())?;
-            let mut resp = Fetch::Request(request).send().await.map_err(|e| format!("fetch: {e}"))?;
-            if resp.status_code() != 200 {
-                return Err(format!("status {}", resp.status_code()));
+            let resp = crate::fetch::send("GET", self.url, &[], None).await.map_err(|e| format!("fetch: {e}"))?;
+            if resp.status != 200 {
+                return Err(format!("status {}", resp.status));
             }
-            let ttl = cache_ttl(resp.headers().get("cache-control").ok().flatten().as_deref());
-            let body = resp.bytes().await.map_err(|e| format!("body: {e}"))?;
-            if body.len() > JWKS_MAX_BYTES {
+            let ttl = cache_ttl(resp.cache_control.as_deref());
+            if resp.body.len() > JWKS_MAX_BYTES {
                 return Err("JWKS too large".into());
             }
-            let keys: Jwks = serde_json::from_slice(&body).map_err(|e| format!("JWKS JSON: {e}"))?;
+            let keys: Jwks = serde_json::from_str(&resp.body).map_err(|e| format!("JWKS JSON: {e}"))?;
             Ok(CachedJwks { url: self.url.to_string(), expires_at: self.now + ttl, keys })
         };
         let fresh = with_timeout(send, JWKS_FETCH_TIMEOUT_MS).await.unwrap_or_else(|| Err("timeout".into()))?;

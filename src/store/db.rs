@@ -6,8 +6,11 @@
 use std::cell::Cell;
 
 use serde::de::DeserializeOwned;
-use worker::wasm_bindgen::JsValue;
-use worker::{D1Database, D1PreparedStatement, D1Result};
+use worker::js_sys::{Array, Reflect, JSON};
+use worker::wasm_bindgen::{JsCast, JsValue};
+use worker::wasm_bindgen_futures::JsFuture;
+use worker::worker_sys::{D1Database as D1DatabaseSys, D1Result as D1ResultSys};
+use worker::{D1Database, D1PreparedStatement};
 
 use crate::error::ApiError;
 
@@ -47,6 +50,11 @@ impl<T: Into<Param>> From<Option<T>> for Param {
     fn from(v: Option<T>) -> Self {
         v.map(Into::into).unwrap_or(Param::Null)
     }
+}
+
+/// A D1 failure (a rejected promise or a thrown error) with its message, for the log.
+fn d1_error(what: &str, e: JsValue) -> ApiError {
+    ApiError::server(format!("{what}: {}", crate::fetch::message(e)))
 }
 
 fn decode_rows<T: DeserializeOwned>(rows: Vec<serde_json::Value>) -> Result<Vec<T>, ApiError> {
@@ -97,19 +105,29 @@ impl Db {
         self.d1.prepare(sql).bind(&values).map_err(|e| ApiError::server(format!("d1 bind: {e}")))
     }
 
-    fn account(&self, result: &D1Result) {
-        if let Ok(Some(meta)) = result.meta() {
-            self.rows_read.set(self.rows_read.get() + meta.rows_read.unwrap_or(0));
-            self.rows_written.set(self.rows_written.get() + meta.rows_written.unwrap_or(0));
+    /// Adds a result's `meta.rows_read/rows_written` to the request's counts.
+    fn account(&self, result: &D1ResultSys) {
+        if let Ok(meta) = result.meta() {
+            let n =
+                |name: &str| Reflect::get(&meta, &name.into()).ok().and_then(|v| v.as_f64()).unwrap_or(0.0) as usize;
+            self.rows_read.set(self.rows_read.get() + n("rows_read"));
+            self.rows_written.set(self.rows_written.get() + n("rows_written"));
         }
     }
 
     /// Runs a statement; every returned row as JSON. Not generic, so the async code
-    /// exists once in the Wasm rather than once per row type.
+    /// exists once in the Wasm rather than once per row type. Rows cross from JS as one
+    /// JSON text read by serde_json (the same decoder the rest of plangate uses) rather
+    /// than through worker's serde-wasm-bindgen path, which would link a second one.
     async fn rows(&self, sql: &str, params: &[Param]) -> Result<Vec<serde_json::Value>, ApiError> {
-        let result = self.prepare(sql, params)?.all().await.map_err(|e| ApiError::server(format!("d1 query: {e}")))?;
+        let promise = self.prepare(sql, params)?.inner().all().map_err(|e| d1_error("d1 query", e))?;
+        let result: D1ResultSys = JsFuture::from(promise).await.map_err(|e| d1_error("d1 query", e))?.unchecked_into();
         self.account(&result);
-        result.results::<serde_json::Value>().map_err(|e| ApiError::server(format!("d1 decode: {e}")))
+        let Some(rows) = result.results().map_err(|e| d1_error("d1 results", e))? else {
+            return Ok(Vec::new());
+        };
+        let text = JSON::stringify(&rows).map_err(|e| d1_error("d1 results", e))?;
+        serde_json::from_str(&String::from(text)).map_err(|e| ApiError::server(format!("d1 decode: {e}")))
     }
 
     /// Runs a statement; its rows read by column name. For small answers (a count, a
@@ -137,13 +155,18 @@ impl Db {
     }
 
     /// Runs the statements as one transaction (D1 has no `BEGIN`; a batch is atomic).
-    pub async fn batch(&self, stmts: Vec<Stmt>) -> Result<Vec<D1Result>, ApiError> {
-        let prepared = stmts.iter().map(|s| self.prepare(s.sql, &s.params)).collect::<Result<Vec<_>, _>>()?;
-        let results = self.d1.batch(prepared).await.map_err(|e| ApiError::server(format!("d1 batch: {e}")))?;
-        for r in &results {
-            self.account(r);
+    pub async fn batch(&self, stmts: Vec<Stmt>) -> Result<(), ApiError> {
+        let prepared = Array::new();
+        for s in &stmts {
+            prepared.push(self.prepare(s.sql, &s.params)?.inner());
         }
-        Ok(results)
+        let sys: &D1DatabaseSys = self.d1.as_ref().unchecked_ref();
+        let promise = sys.batch(prepared).map_err(|e| d1_error("d1 batch", e))?;
+        let results = JsFuture::from(promise).await.map_err(|e| d1_error("d1 batch", e))?;
+        for r in Array::from(&results).iter() {
+            self.account(r.unchecked_ref());
+        }
+        Ok(())
     }
 }
 

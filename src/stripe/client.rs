@@ -1,6 +1,6 @@
 //! Stripe's REST API by hand. Requests are data ([`StripeRequest`]) encoded with
 //! Stripe's bracket syntax (`items[0][price]`, `metadata[user_id]`, `expand[]`) by pure
-//! functions; [`StripeClient::send`] puts them on the wire with `worker::Fetch`:
+//! functions; [`StripeClient::send`] puts them on the wire with the runtime's `fetch`:
 //! `Authorization: Bearer STRIPE_SECRET_KEY`, a pinned `Stripe-Version`, and an
 //! `Idempotency-Key` on every POST. Network failures, 5xx and 429 are retried a bounded
 //! number of times with the same idempotency key; every attempt has a timeout.
@@ -201,33 +201,20 @@ impl StripeClient {
     }
 
     async fn attempt(&self, key: &str, req: &StripeRequest) -> Result<Value, StripeError> {
-        use worker::{Fetch, Headers, Method, Request, RequestInit};
-        let headers = Headers::new();
-        let set =
-            |k: &str, v: &str| headers.set(k, v).map_err(|e| StripeError::Unreachable(format!("header {k}: {e}")));
-        set("Authorization", &format!("Bearer {key}"))?;
-        set("Stripe-Version", &self.api_version)?;
-        let mut init = RequestInit::new();
-        init.with_method(match req.method {
-            HttpMethod::Get => Method::Get,
-            HttpMethod::Post => Method::Post,
-            HttpMethod::Delete => Method::Delete,
-        });
+        let auth = format!("Bearer {key}");
+        let mut headers = vec![("Authorization", auth.as_str()), ("Stripe-Version", self.api_version.as_str())];
         if let Some(k) = &req.idempotency_key {
-            set("Idempotency-Key", k)?;
+            headers.push(("Idempotency-Key", k.as_str()));
         }
-        if let Some(body) = req.body() {
-            set("Content-Type", "application/x-www-form-urlencoded")?;
-            init.with_body(Some(worker::wasm_bindgen::JsValue::from_str(&body)));
+        let body = req.body();
+        if body.is_some() {
+            headers.push(("Content-Type", "application/x-www-form-urlencoded"));
         }
-        init.with_headers(headers);
-        let request = Request::new_with_init(&req.url(&self.base), &init)
-            .map_err(|e| StripeError::Unreachable(format!("request: {e}")))?;
         let call = async {
-            let mut resp = Fetch::Request(request).send().await.map_err(|e| StripeError::Unreachable(e.to_string()))?;
-            let status = resp.status_code();
-            let text = resp.text().await.map_err(|e| StripeError::Unreachable(format!("body: {e}")))?;
-            parse_response(status, &text)
+            let answer = crate::fetch::send(req.method.as_str(), &req.url(&self.base), &headers, body.as_deref())
+                .await
+                .map_err(StripeError::Unreachable)?;
+            parse_response(answer.status, &answer.body)
         };
         crate::util::with_timeout(call, ATTEMPT_TIMEOUT_MS)
             .await
