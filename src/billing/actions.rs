@@ -229,11 +229,11 @@ impl Billing<'_> {
         if let Some(c) = &user.stripe_customer_id {
             return Ok(c.clone());
         }
-        let mut req = StripeRequest::post("/v1/customers", customer_key(&user.id, replaces))
+        // Only what never changes goes with the per-user key: the email can be filled in
+        // between a lost answer and the retry, and Stripe refuses a key reused with other
+        // parameters (`idempotency_error`). The email follows in its own request.
+        let req = StripeRequest::post("/v1/customers", customer_key(&user.id, replaces))
             .param("metadata[user_id]", user.id.as_str());
-        if let Some(email) = &user.email {
-            req = req.param("email", email.as_str());
-        }
         let created = self.stripe.send(&req).await.map_err(|e| ApiError::CodedServer {
             status: 500,
             code: "CUSTOMER_NOT_FOUND",
@@ -242,6 +242,21 @@ impl Billing<'_> {
         })?;
         let id = events::id_of(created.get("id")).ok_or_else(|| ApiError::server("customer answer without id"))?;
         users::set_customer_if_missing(self.db, &user.id, &id, self.now).await?;
+        if let Some(email) = user.email.as_deref().filter(|_| StripeRequest::is_safe_id(&id)) {
+            use sha2::{Digest, Sha256};
+            let tag = hex::encode(&Sha256::digest(email.as_bytes())[..8]);
+            let req =
+                StripeRequest::post(format!("/v1/customers/{id}"), idempotency_key(&["customer_email", &id, &tag]))
+                    .param("email", email);
+            if let Err(e) = self.stripe.send(&req).await {
+                // Receipts go without an email until the next try; nothing is billed wrong.
+                log::warn(
+                    self.request_id,
+                    "billing.customer_email_failed",
+                    json!({"customer": id, "error": e.to_string()}),
+                );
+            }
+        }
         let stored = users::find_by_id(self.db, &user.id).await?.and_then(|u| u.stripe_customer_id);
         stored.ok_or_else(|| ApiError::server("customer id not stored"))
     }

@@ -668,3 +668,38 @@ fn a_customer_stripe_does_not_know_is_not_taken_for_deleted_and_nothing_is_clear
     assert_eq!((row["plan"].as_str(), row["stripe_subscription_id"].as_str()), (Some("essential"), Some(sub.as_str())));
     assert_eq!(customers_for(&c), 0, "no replacement customer was created");
 }
+
+#[test]
+fn a_customer_whose_creation_answer_was_lost_is_reused_even_when_the_email_arrived_meanwhile() {
+    use crate::support::{claims, hs256, unique, JWT_SECRET};
+    let s = shared();
+    let auth_id = unique("email-later");
+    let mut no_email = claims(&auth_id);
+    no_email.as_object_mut().unwrap().remove("email");
+    let bare = hs256(JWT_SECRET, &no_email);
+    let with_email = crate::support::token(&auth_id);
+    let post = |token: &str, body: Value| {
+        let auth = format!("Bearer {token}");
+        let b = body.to_string();
+        send(
+            &agent(),
+            "POST",
+            &s.app.url("/api/stripe-checkout"),
+            &[("Authorization", &auth), ("Content-Type", "application/json")],
+            Some(b.as_bytes()),
+        )
+    };
+    assert_eq!(get(&s.app.url("/api/plan/me"), Some(&bare)).status, 200);
+    let user_id =
+        s.app.sql(&format!("SELECT id FROM users WHERE auth_id = '{auth_id}'"))[0]["id"].as_str().unwrap().to_string();
+    s.stripe.lose_next_answers(&format!("metadata%5Buser_id%5D={user_id}"), 3);
+    let r = post(&bare, json!({"plan": "pro"}));
+    assert_eq!((r.status, error_code(&r.json())), (500, "CUSTOMER_NOT_FOUND"), "{}", r.body);
+    // The next request carries the email (the row gets it), then creates the customer again.
+    assert_eq!(get(&s.app.url("/api/plan/me"), Some(&with_email)).status, 200);
+    let r = post(&with_email, json!({"plan": "pro"}));
+    assert_eq!(r.status, 200, "the same key with the same parameters: {}", r.body);
+    let customers = s.stripe.customers_of_user(&user_id);
+    assert_eq!(customers.len(), 1, "{customers:?}");
+    assert_eq!(customers[0]["email"], format!("{auth_id}@example.test"), "the email follows in its own request");
+}

@@ -54,7 +54,9 @@ pub struct FakeState {
     /// Checkout sessions the customer pays just before plangate lists the open ones.
     pub pay_before_listing: BTreeSet<String>,
     /// Idempotency-Key → the answer given, replayed for the same key.
-    pub idempotent: BTreeMap<String, (u16, Value)>,
+    /// Idempotency-Key → (the request's path and body, the answer given). Like Stripe,
+    /// the same key with other parameters is refused with `idempotency_error`.
+    pub idempotent: BTreeMap<String, (String, (u16, Value))>,
     pub counter: u64,
     pub requests: Vec<Recorded>,
 }
@@ -312,13 +314,20 @@ fn handle(state: &Arc<Mutex<FakeState>>, r: &Recorded) -> (u16, Value) {
             return error(500, "api_error", "", "injected failure");
         }
         let key = r.header("Idempotency-Key").map(str::to_string);
+        let request = format!("{} {}", r.path, r.body);
         let answer = match key.as_ref().and_then(|k| s.idempotent.get(k)) {
-            Some(replayed) => replayed.clone(),
+            Some((seen, replayed)) if *seen == request => replayed.clone(),
+            Some(_) => error(
+                400,
+                "idempotency_error",
+                "",
+                "Keys for idempotent requests can only be used with the same parameters they were first used with.",
+            ),
             None => {
                 let answer = handle_post(&mut s, r);
                 if let Some(k) = key {
                     if answer.0 < 500 {
-                        s.idempotent.insert(k, answer.clone());
+                        s.idempotent.insert(k, (request, answer.clone()));
                     }
                 }
                 answer
@@ -419,6 +428,15 @@ fn handle_post(s: &mut FakeState, r: &Recorded) -> (u16, Value) {
     s.counter += 1;
     let n = s.counter;
     match segs.as_slice() {
+        ["v1", "customers", id] => match s.customers.get_mut(*id) {
+            Some(c) if c["deleted"] != true => {
+                if let Some(email) = param(&f, "email") {
+                    c["email"] = json!(email);
+                }
+                (200, c.clone())
+            }
+            _ => error(404, "invalid_request_error", "resource_missing", "No such customer"),
+        },
         ["v1", "customers"] => {
             let id = format!("cus_fake{n}");
             let c = json!({"id": id, "object": "customer", "email": param(&f, "email"),
