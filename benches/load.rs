@@ -47,8 +47,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 type Prepared = (Vec<(String, String)>, Option<Vec<u8>>);
 
 /// `requests[t]` are sent in order by thread `t` over one keep-alive agent; returns the
-/// run and, per response, the D1 rows (read, written) the Worker reported.
-fn load_prepared(method: &'static str, url: &str, requests: Vec<Vec<Prepared>>) -> (Run, Vec<(usize, usize)>) {
+/// run and, per response, the D1 rows read and written and the D1 round trips the
+/// Worker reported.
+type D1Stats = (usize, usize, usize);
+
+fn load_prepared(method: &'static str, url: &str, requests: Vec<Vec<Prepared>>) -> (Run, Vec<D1Stats>) {
     let concurrency = requests.len();
     let barrier = Arc::new(Barrier::new(concurrency + 1));
     let handles: Vec<_> = requests
@@ -71,7 +74,7 @@ fn load_prepared(method: &'static str, url: &str, requests: Vec<Vec<Prepared>>) 
                         errors += 1;
                     }
                     let n = |name| r.header(name).and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
-                    rows.push((n("X-D1-Rows-Read"), n("X-D1-Rows-Written")));
+                    rows.push((n("X-D1-Rows-Read"), n("X-D1-Rows-Written"), n("X-D1-Round-Trips")));
                 }
                 (lat, rows, errors)
             })
@@ -154,8 +157,8 @@ fn main() {
     let rows = |t: &str| {
         let r = send(&agent(), "GET", &me, &[("Authorization", &format!("Bearer {t}"))], None);
         assert_eq!(r.status, 200, "{}", r.body);
-        let n = |h| r.header(h).and_then(|v| v.parse::<usize>().ok()).expect("X-D1-Rows-* header");
-        (n("X-D1-Rows-Read"), n("X-D1-Rows-Written"))
+        let n = |h| r.header(h).and_then(|v| v.parse::<usize>().ok()).expect("X-D1-* header");
+        (n("X-D1-Rows-Read"), n("X-D1-Rows-Written"), n("X-D1-Round-Trips"))
     };
     let first = rows(&tokens[0]);
     for t in &tokens[1..] {
@@ -217,11 +220,18 @@ fn main() {
         &webhook,
         vec![vec![delivery(format!("evt_bench_change_{tag0}"), sub_json(uid0, tag0, PRICE_PRO))]],
     );
-    let (_, same_rows) = load_prepared(
-        "POST",
-        &webhook,
-        vec![vec![delivery(format!("evt_bench_same_{tag0}"), sub_json(uid0, tag0, PRICE_PRO))]],
-    );
+    let same = delivery(format!("evt_bench_same_{tag0}"), sub_json(uid0, tag0, PRICE_PRO));
+    let (_, same_rows) = load_prepared("POST", &webhook, vec![vec![same.clone()]]);
+    let (_, dup_rows) = load_prepared("POST", &webhook, vec![vec![same]]);
+    // An event type the Worker only records (no Stripe call, no effect).
+    let recorded = {
+        let body = json!({"id": format!("evt_bench_recorded_{tag0}"), "object": "event", "type": "product.created",
+                          "created": now(), "data": {"object": {"id": "prod_bench", "object": "product"}}})
+        .to_string();
+        let sig = plangate::stripe::signature::sign_for_test(body.as_bytes(), WEBHOOK_SECRET, now());
+        (vec![("Stripe-Signature".to_string(), sig)], Some(body.into_bytes()))
+    };
+    let (_, recorded_rows) = load_prepared("POST", &webhook, vec![vec![recorded]]);
     let mut webhook_runs = Vec::new();
     let mut webhook_rows = Vec::new();
     for round in 0..rounds {
@@ -237,9 +247,13 @@ fn main() {
         webhook_runs.push(run);
         webhook_rows.extend(rows);
     }
-    let mean = |rows: &[(usize, usize)]| {
+    let mean = |rows: &[D1Stats]| {
         let n = rows.len().max(1) as f64;
-        (rows.iter().map(|r| r.0).sum::<usize>() as f64 / n, rows.iter().map(|r| r.1).sum::<usize>() as f64 / n)
+        (
+            rows.iter().map(|r| r.0).sum::<usize>() as f64 / n,
+            rows.iter().map(|r| r.1).sum::<usize>() as f64 / n,
+            rows.iter().map(|r| r.2).sum::<usize>() as f64 / n,
+        )
     };
     let wh_mean = mean(&webhook_rows);
     app.stop();
@@ -278,6 +292,8 @@ fn main() {
         first.0, first.1
     );
     out += &format!("| D1 rows per /api/plan/me, existing user | read {}, written {} |\n", steady.0, steady.1);
+    out +=
+        &format!("| D1 round trips per /api/plan/me: first request / existing user | {} / {} |\n", first.2, steady.2);
     out += &format!(
         "| POST /api/stripe-webhook (signed customer.subscription.updated, re-fetch from local fake) | {w_rps:.0} deliveries/s, p50 {w50:.2} ms, p99 {w99:.2} ms ({} per round) |\n",
         concurrency * (per_thread / 2)
@@ -291,6 +307,14 @@ fn main() {
     out += &format!(
         "| D1 rows per delivery: first for a user / plan change / no change / mean under load | read {}, written {} / read {}, written {} / read {}, written {} / read {:.1}, written {:.1} |\n",
         first_rows[0].0, first_rows[0].1, change_rows[0].0, change_rows[0].1, same_rows[0].0, same_rows[0].1, wh_mean.0, wh_mean.1
+    );
+    out += &format!(
+        "| D1 round trips per delivery: first / plan change / no change / duplicate / recorded-only type / mean under load | {} / {} / {} / {} / {} / {:.1} |\n",
+        first_rows[0].2, change_rows[0].2, same_rows[0].2, dup_rows[0].2, recorded_rows[0].2, wh_mean.2
+    );
+    out += &format!(
+        "| D1 rows per duplicate / recorded-only delivery | read {}, written {} / read {}, written {} |\n",
+        dup_rows[0].0, dup_rows[0].1, recorded_rows[0].0, recorded_rows[0].1
     );
     out += &format!("| non-200 answers during load | {errors} |\n");
     println!("{out}");

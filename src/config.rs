@@ -70,7 +70,24 @@ pub fn normalize_origin(origin: &str) -> String {
     origin.trim().trim_end_matches('/').to_ascii_lowercase()
 }
 
+thread_local! {
+    /// The configuration of this isolate, once parsed successfully: vars and secrets
+    /// cannot change inside an isolate (a deploy or secret change starts new ones).
+    static PARSED: std::cell::RefCell<Option<std::rc::Rc<Config>>> = const { std::cell::RefCell::new(None) };
+}
+
 impl Config {
+    /// The isolate's configuration: parsed on first use and kept. A failed parse is not
+    /// kept, so every request (and cron run) meets it and logs it.
+    pub fn cached(get: impl Fn(&str) -> Option<String>) -> Result<std::rc::Rc<Config>, String> {
+        if let Some(c) = PARSED.with(|p| p.borrow().clone()) {
+            return Ok(c);
+        }
+        let parsed = std::rc::Rc::new(Config::from_lookup(get)?);
+        PARSED.with(|p| *p.borrow_mut() = Some(parsed.clone()));
+        Ok(parsed)
+    }
+
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
         let mut allowed_origins = Vec::new();
         for entry in non_empty(get("ALLOWED_ORIGINS")).unwrap_or_default().split(',') {
@@ -175,6 +192,20 @@ mod tests {
     fn cfg(pairs: &[(&str, &str)]) -> Result<Config, String> {
         let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn the_configuration_is_parsed_once_per_isolate_but_a_failure_is_never_kept() {
+        std::thread::spawn(|| {
+            let bad = Config::cached(|k| (k == "MAX_BODY_BYTES").then(|| "lots".to_string()));
+            assert!(bad.is_err());
+            let first = Config::cached(|k| (k == "MAX_BODY_BYTES").then(|| "2048".to_string())).unwrap();
+            assert_eq!(first.max_body_bytes, 2048, "a failed parse was not kept");
+            let again = Config::cached(|_| panic!("not parsed again")).unwrap();
+            assert!(std::rc::Rc::ptr_eq(&first, &again));
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

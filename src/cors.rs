@@ -12,7 +12,7 @@ pub const ALLOW_HEADERS: &str = "Authorization, Content-Type";
 /// Response headers a page may read: the request id to quote in a report.
 pub const EXPOSE_HEADERS: &str = "X-Request-Id";
 /// The same with the D1 row counts, when `EXPOSE_D1_STATS` sends them.
-pub const EXPOSE_HEADERS_WITH_D1_STATS: &str = "X-Request-Id, X-D1-Rows-Read, X-D1-Rows-Written";
+pub const EXPOSE_HEADERS_WITH_D1_STATS: &str = "X-Request-Id, X-D1-Rows-Read, X-D1-Rows-Written, X-D1-Round-Trips";
 pub const MAX_AGE_SECONDS: &str = "600";
 
 /// Headers to add to a normal (non-preflight) response.
@@ -77,7 +77,10 @@ mod tests {
         let h = response_headers(&cfg(), Some("https://app.example.com"));
         assert_eq!(get(&h, "Access-Control-Expose-Headers"), Some("X-Request-Id"));
         let h = response_headers(&cfg_with_d1_stats(), Some("https://app.example.com"));
-        assert_eq!(get(&h, "Access-Control-Expose-Headers"), Some("X-Request-Id, X-D1-Rows-Read, X-D1-Rows-Written"));
+        assert_eq!(
+            get(&h, "Access-Control-Expose-Headers"),
+            Some("X-Request-Id, X-D1-Rows-Read, X-D1-Rows-Written, X-D1-Round-Trips")
+        );
         assert_eq!(
             get(&response_headers(&cfg_with_d1_stats(), Some("https://evil.example")), "Access-Control-Expose-Headers"),
             None

@@ -147,7 +147,7 @@ fn build_response(status: u16, body: Option<String>, headers: &[(&'static str, S
 
 /// After the response: the KV copies of the users this request changed (their outbox
 /// rows make the cron finish whatever this does not).
-async fn write_copies_later(env: Env, cfg: Config, user_ids: Vec<String>, request_id: String) {
+async fn write_copies_later(env: Env, cfg: std::rc::Rc<Config>, user_ids: Vec<String>, request_id: String) {
     let Ok(d1) = env.d1("DB") else { return };
     let db = Db::new(d1);
     let billing = billing::Billing::new(&db, &cfg, env.kv("APP_KV").ok(), clock::now(), &request_id);
@@ -171,7 +171,7 @@ pub async fn fetch(mut req: Request, env: Env, worker_ctx: Context) -> worker::R
     let method = req.method();
     let (path, query) = util::split_url(&req.inner().url());
 
-    let cfg = match Config::from_lookup(env_lookup(&env)) {
+    let cfg = match Config::cached(env_lookup(&env)) {
         Ok(c) => c,
         Err(e) => {
             let err = ApiError::server(format!("configuration: {e}"));
@@ -221,20 +221,21 @@ pub async fn fetch(mut req: Request, env: Env, worker_ctx: Context) -> worker::R
         if !due.is_empty() {
             worker_ctx.wait_until(write_copies_later(env.clone(), cfg.clone(), due, request_id.clone()));
         }
-        Ok((reply, db.rows_read(), db.rows_written()))
+        Ok((reply, (db.rows_read(), db.rows_written(), db.round_trips())))
     }
     .await;
 
     let (status, body) = match outcome {
-        Ok((Ok(reply), read, written)) => {
+        Ok((Ok(reply), (read, written, trips))) => {
             headers.extend(reply.headers);
             if cfg.expose_d1_stats {
                 headers.push(("X-D1-Rows-Read", read.to_string()));
                 headers.push(("X-D1-Rows-Written", written.to_string()));
+                headers.push(("X-D1-Round-Trips", trips.to_string()));
             }
             (reply.status, reply.body.to_string())
         }
-        Ok((Err(e), _, _)) | Err(e) => {
+        Ok((Err(e), _)) | Err(e) => {
             if let Some(cause) = e.log_cause() {
                 log::error(
                     &request_id,

@@ -9,7 +9,7 @@ use super::Billing;
 use crate::error::ApiError;
 use crate::store::{state, webhooks};
 use crate::stripe::client::{StripeError, StripeRequest};
-use crate::stripe::events::{self, Envelope};
+use crate::stripe::events::{self, Envelope, EventKind};
 use crate::{clock, log};
 
 /// The result of one delivery (webhook, cron retry, reconciliation or admin retry).
@@ -33,6 +33,13 @@ pub enum Delivery {
 impl Billing<'_> {
     /// Claims, processes and records one event.
     pub async fn deliver(&self, ev: &Envelope, payload: &str, source: &str) -> Result<Delivery, ApiError> {
+        if EventKind::of(&ev.kind) == EventKind::Unknown {
+            // Recorded only: one D1 statement, new or duplicate.
+            return Ok(match webhooks::record_only(self.db, ev, payload, source, self.now).await? {
+                true => Delivery::Processed,
+                false => Delivery::Duplicate,
+            });
+        }
         let token = self.request_id;
         let (attempts, first_failed_at) = match webhooks::claim(self.db, ev, payload, source, token, self.now).await? {
             webhooks::Claim::Claimed { attempts, first_failed_at } => (attempts, first_failed_at),

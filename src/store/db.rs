@@ -65,6 +65,8 @@ pub struct Db {
     d1: D1Database,
     rows_read: Cell<usize>,
     rows_written: Cell<usize>,
+    /// Calls to D1 (a statement or a batch each): the round trips of the request.
+    round_trips: Cell<usize>,
 }
 
 /// One row as D1 returned it, read by column name.
@@ -89,7 +91,7 @@ pub struct Stmt {
 
 impl Db {
     pub fn new(d1: D1Database) -> Self {
-        Db { d1, rows_read: Cell::new(0), rows_written: Cell::new(0) }
+        Db { d1, rows_read: Cell::new(0), rows_written: Cell::new(0), round_trips: Cell::new(0) }
     }
 
     pub fn rows_read(&self) -> usize {
@@ -98,6 +100,10 @@ impl Db {
 
     pub fn rows_written(&self) -> usize {
         self.rows_written.get()
+    }
+
+    pub fn round_trips(&self) -> usize {
+        self.round_trips.get()
     }
 
     fn prepare(&self, sql: &str, params: &[Param]) -> Result<D1PreparedStatement, ApiError> {
@@ -121,6 +127,7 @@ impl Db {
     /// than through worker's serde-wasm-bindgen path, which would link a second one.
     async fn rows(&self, sql: &str, params: &[Param]) -> Result<Vec<serde_json::Value>, ApiError> {
         let promise = self.prepare(sql, params)?.inner().all().map_err(|e| d1_error("d1 query", e))?;
+        self.round_trips.set(self.round_trips.get() + 1);
         let result: D1ResultSys = JsFuture::from(promise).await.map_err(|e| d1_error("d1 query", e))?.unchecked_into();
         self.account(&result);
         let Some(rows) = result.results().map_err(|e| d1_error("d1 results", e))? else {
@@ -162,6 +169,7 @@ impl Db {
         }
         let sys: &D1DatabaseSys = self.d1.as_ref().unchecked_ref();
         let promise = sys.batch(prepared).map_err(|e| d1_error("d1 batch", e))?;
+        self.round_trips.set(self.round_trips.get() + 1);
         let results = JsFuture::from(promise).await.map_err(|e| d1_error("d1 batch", e))?;
         for r in Array::from(&results).iter() {
             self.account(r.unchecked_ref());

@@ -122,6 +122,27 @@ pub async fn claim(
     })
 }
 
+/// An event of a type plangate only records: inserted already `processed` in one
+/// statement — there is nothing to apply, so nothing to claim. `true` when it is new,
+/// `false` for a redelivery (whatever its row says, it has nothing left to do).
+pub async fn record_only(db: &Db, ev: &Envelope, payload: &str, source: &str, now: i64) -> Result<bool, ApiError> {
+    let inserted = db
+        .execute(
+            "INSERT INTO webhook_events (id, type, created, status, attempts, payload, received_at, processed_at, source) \
+             VALUES (?1, ?2, ?3, 'processed', 1, ?4, ?5, ?5, ?6) ON CONFLICT(id) DO NOTHING RETURNING 1 AS n",
+            &[
+                ev.id.as_str().into(),
+                ev.kind.as_str().into(),
+                Param::Int(ev.created),
+                payload.into(),
+                Param::Int(now),
+                source.into(),
+            ],
+        )
+        .await?;
+    Ok(inserted > 0)
+}
+
 /// Marks the event processed (if `token` still holds it); batched with its effects.
 pub fn processed_stmt(id: &str, token: &str, now: i64) -> Stmt {
     Stmt {

@@ -57,10 +57,10 @@ fn real_responses_carry_cors_headers_only_for_allowed_origins_and_never_a_wildca
     let ok = send(&agent(), "GET", &url, &[("Origin", ALLOWED_ORIGIN), ("Authorization", &auth)], None);
     assert_eq!(ok.status, 200);
     assert_eq!(ok.header("Access-Control-Allow-Origin"), Some(ALLOWED_ORIGIN));
-    // The shared app has EXPOSE_D1_STATS on, so the row counts are readable too.
+    // The shared app has EXPOSE_D1_STATS on, so the D1 counts are readable too.
     assert_eq!(
         names(ok.header("Access-Control-Expose-Headers")),
-        ["x-request-id", "x-d1-rows-read", "x-d1-rows-written"]
+        ["x-request-id", "x-d1-rows-read", "x-d1-rows-written", "x-d1-round-trips"]
     );
     let foreign = send(&agent(), "GET", &url, &[("Origin", "https://evil.example"), ("Authorization", &auth)], None);
     assert_eq!(foreign.status, 200);

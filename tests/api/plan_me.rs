@@ -59,6 +59,7 @@ fn asking_again_returns_the_same_row_and_writes_nothing() {
     assert_eq!(rows[0]["id"], id);
     assert_eq!(second.header("X-D1-Rows-Written"), Some("0"));
     assert_eq!(second.header("X-D1-Rows-Read"), Some("1"));
+    assert_eq!(second.header("X-D1-Round-Trips"), Some("1"), "one D1 call for an existing user");
 }
 
 #[test]

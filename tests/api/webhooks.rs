@@ -114,6 +114,10 @@ fn unknown_event_types_are_recorded_and_acknowledged() {
     let row = event_row(&s.app, &id).expect("recorded");
     assert_eq!(row["status"], "processed");
     assert_eq!(row["type"], "product.created");
+    assert_eq!(r.header("X-D1-Round-Trips"), Some("1"), "recorded in one statement");
+    let again = deliver(&s.app, &event(&id, "product.created", now(), json!({"id": "prod_1", "object": "product"})));
+    assert_eq!((again.status, again.json()["status"].as_str()), (200, Some("duplicate")), "{}", again.body);
+    assert_eq!(again.header("X-D1-Round-Trips"), Some("1"), "a duplicate answered from the same statement");
 }
 
 #[test]
