@@ -52,6 +52,11 @@ type Prepared = (Vec<(String, String)>, Option<Vec<u8>>);
 type D1Stats = (usize, usize, usize);
 
 fn load_prepared(method: &'static str, url: &str, requests: Vec<Vec<Prepared>>) -> (Run, Vec<D1Stats>) {
+    load_expect(method, url, requests, 200)
+}
+
+/// As `load_prepared`, counting answers other than `expect` as errors.
+fn load_expect(method: &'static str, url: &str, requests: Vec<Vec<Prepared>>, expect: u16) -> (Run, Vec<D1Stats>) {
     let concurrency = requests.len();
     let barrier = Arc::new(Barrier::new(concurrency + 1));
     let handles: Vec<_> = requests
@@ -70,7 +75,7 @@ fn load_prepared(method: &'static str, url: &str, requests: Vec<Vec<Prepared>>) 
                     let t = Instant::now();
                     let r = send(&a, method, &url, &h, body.as_deref());
                     lat.push(t.elapsed().as_secs_f64() * 1000.0);
-                    if r.status != 200 {
+                    if r.status != expect {
                         errors += 1;
                     }
                     let n = |name| r.header(name).and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
@@ -134,6 +139,52 @@ fn load(url: &str, tokens: &[String], concurrency: usize, per_thread: usize) -> 
     let elapsed = start.elapsed().as_secs_f64();
     all.sort_by(|a, b| a.partial_cmp(b).unwrap());
     Run { rps: all.len() as f64 / elapsed, p50_ms: percentile(&all, 50.0), p99_ms: percentile(&all, 99.0), errors }
+}
+
+/// The JavaScript peer (`../shared/peers/stripe-node-webhook`: the `stripe` SDK and one
+/// D1 insert), copied under `target/peer` with its `stripe` dependency, run by the same
+/// `wrangler` on fresh local state.
+fn spawn_peer(root: &std::path::Path) -> App {
+    let src = root.join("../shared/peers/stripe-node-webhook");
+    let dir = root.join("target/peer");
+    std::fs::create_dir_all(&dir).unwrap();
+    for item in ["package.json", "package-lock.json", "wrangler.toml", "src", "migrations"] {
+        let ok = std::process::Command::new("cp").arg("-r").arg(src.join(item)).arg(&dir).status().unwrap();
+        assert!(ok.success(), "copy the peer's {item} from {}", src.display());
+    }
+    if !dir.join("node_modules/stripe").exists() {
+        eprintln!("installing the peer's npm dependencies (once) …");
+        let ok = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--omit=dev"])
+            .current_dir(&dir)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "npm ci in {}", dir.display());
+    }
+    App::spawn(
+        support::AppOptions { config: Some(dir.join("wrangler.toml")), ..support::AppOptions::default() }
+            .var("STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET)
+            .var("STRIPE_SECRET_KEY", "sk_test_peer"),
+    )
+}
+
+/// `concurrency` threads × `n` signed events of a type neither Worker acts on beyond
+/// recording, each with its own id.
+fn recorded_events(tag: &str, concurrency: usize, n: usize) -> Vec<Vec<Prepared>> {
+    (0..concurrency)
+        .map(|t| {
+            (0..n)
+                .map(|i| {
+                    let body = json!({"id": format!("evt_rec_{tag}_{t}_{i}_{}", support::unique("x").replace('-', "")),
+                                      "object": "event", "type": "product.created", "created": now(),
+                                      "data": {"object": {"id": "prod_bench", "object": "product"}}})
+                    .to_string();
+                    let sig = plangate::stripe::signature::sign_for_test(body.as_bytes(), WEBHOOK_SECRET, now());
+                    (vec![("Stripe-Signature".to_string(), sig)], Some(body.into_bytes()))
+                })
+                .collect()
+        })
+        .collect()
 }
 
 fn main() {
@@ -256,13 +307,56 @@ fn main() {
         )
     };
     let wh_mean = mean(&webhook_rows);
+
+    // plangate and the JavaScript peer side by side, alternating rounds: recorded-only
+    // webhook deliveries and the unrouted 404 path (the per-request fixed cost).
+    eprintln!("starting the JavaScript peer …");
+    let peer = spawn_peer(&root);
+    let unrouted = |n: usize| -> Vec<Vec<Prepared>> { (0..concurrency).map(|_| vec![(Vec::new(), None); n]).collect() };
+    let (ours_hook, peer_hook) = (app.url("/api/stripe-webhook"), peer.url("/api/stripe-webhook"));
+    let (ours_404, peer_404) = (app.url("/no-such-route"), peer.url("/no-such-route"));
+    load_prepared("POST", &ours_hook, recorded_events("warm-ours", concurrency, 20));
+    load_prepared("POST", &peer_hook, recorded_events("warm-peer", concurrency, 20));
+    let (mut rec_ours, mut rec_peer, mut nf_ours, mut nf_peer) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let n = per_thread / 2;
+        rec_ours.push(load_prepared("POST", &ours_hook, recorded_events(&format!("o{round}"), concurrency, n)).0);
+        rec_peer.push(load_prepared("POST", &peer_hook, recorded_events(&format!("p{round}"), concurrency, n)).0);
+        nf_ours.push(load_expect("GET", &ours_404, unrouted(per_thread), 404).0);
+        nf_peer.push(load_expect("GET", &peer_404, unrouted(per_thread), 404).0);
+    }
+    peer.stop();
     app.stop();
     let median = |runs: &[Run], f: fn(&Run) -> f64| {
         let mut v: Vec<f64> = runs.iter().map(f).collect();
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
         v[v.len() / 2]
     };
-    let errors: usize = health.iter().chain(plan.iter()).chain(webhook_runs.iter()).map(|r| r.errors).sum();
+    let errors: usize = health
+        .iter()
+        .chain(plan.iter())
+        .chain(webhook_runs.iter())
+        .chain(rec_ours.iter())
+        .chain(rec_peer.iter())
+        .chain(nf_ours.iter())
+        .chain(nf_peer.iter())
+        .map(|r| r.errors)
+        .sum();
+    let side = |ours: &[Run], peer: &[Run]| {
+        let m = |runs: &[Run], f: fn(&Run) -> f64| {
+            let mut v: Vec<f64> = runs.iter().map(f).collect();
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            v[v.len() / 2]
+        };
+        let (o, p) = (
+            (m(ours, |r| r.rps), m(ours, |r| r.p50_ms), m(ours, |r| r.p99_ms)),
+            (m(peer, |r| r.rps), m(peer, |r| r.p50_ms), m(peer, |r| r.p99_ms)),
+        );
+        format!(
+            "plangate {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms; peer {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms; plangate ÷ peer: throughput {:.2}×, p50 {:.2}×, p99 {:.2}×",
+            o.0, o.1, o.2, p.0, p.1, p.2, o.0 / p.0, o.1 / p.1, o.2 / p.2
+        )
+    };
     let (w_rps, w50, w99) =
         (median(&webhook_runs, |r| r.rps), median(&webhook_runs, |r| r.p50_ms), median(&webhook_runs, |r| r.p99_ms));
     let (h_rps, p_rps) = (median(&health, |r| r.rps), median(&plan, |r| r.rps));
@@ -316,7 +410,12 @@ fn main() {
         "| D1 rows per duplicate / recorded-only delivery | read {}, written {} / read {}, written {} |\n",
         dup_rows[0].0, dup_rows[0].1, recorded_rows[0].0, recorded_rows[0].1
     );
-    out += &format!("| non-200 answers during load | {errors} |\n");
+    out += &format!(
+        "| recorded-only webhook (signed product.created, new id each) vs the JS peer | {} |\n",
+        side(&rec_ours, &rec_peer)
+    );
+    out += &format!("| unrouted 404 vs the JS peer | {} |\n", side(&nf_ours, &nf_peer));
+    out += &format!("| unexpected answers during load | {errors} |\n");
     println!("{out}");
     let report = root.join("target/bench-report.md");
     let _ = std::fs::write(&report, &out);

@@ -206,12 +206,13 @@ fn tool_path() -> String {
     )
 }
 
-fn apply_migrations(persist: &Path) {
-    let out = wrangler_command()
-        .args(["d1", "migrations", "apply", "DB", "--local", "--persist-to"])
-        .arg(persist)
-        .output()
-        .expect("run wrangler d1 migrations apply");
+fn apply_migrations(persist: &Path, config: Option<&Path>) {
+    let mut cmd = wrangler_command();
+    cmd.args(["d1", "migrations", "apply", "DB", "--local", "--persist-to"]).arg(persist);
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    let out = cmd.output().expect("run wrangler d1 migrations apply");
     assert!(
         out.status.success(),
         "migrations failed:\n{}\n{}",
@@ -230,7 +231,7 @@ impl App {
         let persist = opts.persist.clone().unwrap_or_else(|| std::env::temp_dir().join(unique("plangate-e2e")));
         std::fs::create_dir_all(&persist).unwrap();
         if opts.migrate {
-            apply_migrations(&persist);
+            apply_migrations(&persist, opts.config.as_deref());
         }
         // Secrets and vars come only from here, never from a developer's .dev.vars.
         // wrangler.toml's development [vars] apply underneath; EXPOSE_D1_STATS is blanked
