@@ -343,11 +343,7 @@ fn main() {
         .map(|r| r.errors)
         .sum();
     let side = |ours: &[Run], peer: &[Run]| {
-        let m = |runs: &[Run], f: fn(&Run) -> f64| {
-            let mut v: Vec<f64> = runs.iter().map(f).collect();
-            v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-            v[v.len() / 2]
-        };
+        let m = median;
         let (o, p) = (
             (m(ours, |r| r.rps), m(ours, |r| r.p50_ms), m(ours, |r| r.p99_ms)),
             (m(peer, |r| r.rps), m(peer, |r| r.p50_ms), m(peer, |r| r.p99_ms)),
