@@ -571,7 +571,17 @@ fn handle_get(state: &Arc<Mutex<FakeState>>, r: &Recorded) -> (u16, Value) {
     let params = query_pairs(&r.query);
     let mut s = state.lock().unwrap();
     if r.path == "/v1/checkout/sessions" && !s.pay_before_listing.is_empty() {
-        for id in std::mem::take(&mut s.pay_before_listing) {
+        // Only the listing of that session's own customer: tests share one fake, and
+        // another test's listing must not pay this session before the action under test runs.
+        let listed = params.iter().find(|(k, _)| k == "customer").map(|(_, v)| v.clone());
+        let due: Vec<String> = s
+            .pay_before_listing
+            .iter()
+            .filter(|id| s.checkout_sessions.get(*id).and_then(|x| x["customer"].as_str()) == listed.as_deref())
+            .cloned()
+            .collect();
+        for id in due {
+            s.pay_before_listing.remove(&id);
             complete_checkout(&mut s, &id);
         }
     }
