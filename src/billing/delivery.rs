@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::Billing;
 use crate::error::ApiError;
-use crate::store::{state, webhooks};
+use crate::store::{state, users, webhooks};
 use crate::stripe::client::{StripeError, StripeRequest};
 use crate::stripe::events::{self, Envelope, EventKind};
 use crate::{clock, log};
@@ -41,14 +41,32 @@ impl Billing<'_> {
             });
         }
         let token = self.request_id;
-        let (attempts, first_failed_at) = match webhooks::claim(self.db, ev, payload, source, token, self.now).await? {
-            webhooks::Claim::Claimed { attempts, first_failed_at } => (attempts, first_failed_at),
+        // The user of the event's customer is read with the claim: one round trip less
+        // for every event that needs it (see `sync::user_by_customer`).
+        let customer = events::customer_of(&ev.object).or_else(|| {
+            (ev.object.get("object").and_then(Value::as_str) == Some("customer"))
+                .then(|| events::id_of(ev.object.get("id")))
+                .flatten()
+        });
+        let also = customer.as_deref().map(users::by_customer_stmt);
+        let (claim, rows) = webhooks::claim(self.db, ev, payload, source, token, self.now, also).await?;
+        let (attempts, first_failed_at) = match claim {
+            webhooks::Claim::Claimed { attempts, first_failed_at } => {
+                // A row that does not decode is not taken: processing reads it again
+                // and fails the event (retried) rather than the request.
+                if let Ok(user) = rows.into_iter().next().map(users::from_row).transpose() {
+                    *self.prefetched.borrow_mut() = customer.map(|c| (c, user));
+                }
+                (attempts, first_failed_at)
+            }
             webhooks::Claim::AlreadyProcessed => return Ok(Delivery::Duplicate),
             webhooks::Claim::InProgress => return Ok(Delivery::InProgress),
             webhooks::Claim::NotDue { retry_at } => return Ok(Delivery::NotDue { retry_at }),
             webhooks::Claim::Dead => return Ok(Delivery::Dead),
         };
-        match self.process(ev).await {
+        let processed = self.process(ev).await;
+        self.prefetched.borrow_mut().take();
+        match processed {
             Ok(outcome) => {
                 let mut stmts = outcome.stmts;
                 stmts.push(webhooks::processed_stmt(&ev.id, token, self.now));

@@ -20,6 +20,7 @@ use std::cell::RefCell;
 use worker::KvStore;
 
 use crate::config::Config;
+use crate::domain::account::UserRecord;
 use crate::domain::plans::Catalog;
 use crate::store::db::Db;
 use crate::stripe::client::StripeClient;
@@ -39,6 +40,10 @@ pub struct Billing<'a> {
     /// Where users whose KV copies are due are collected to be written after the
     /// response (`ctx.wait_until`); without it they are written before returning.
     pub deferred: Option<&'a RefCell<Vec<String>>>,
+    /// The user of a customer, read in the same round trip as a delivery's claim: the
+    /// first lookup of that customer while processing the event takes it (see
+    /// `sync::user_by_customer`).
+    pub prefetched: RefCell<Option<(String, Option<UserRecord>)>>,
 }
 
 impl<'a> Billing<'a> {
@@ -56,6 +61,7 @@ impl<'a> Billing<'a> {
             request_id,
             catalog: Catalog::builtin(),
             deferred: None,
+            prefetched: RefCell::new(None),
         }
     }
 

@@ -166,6 +166,17 @@ impl Billing<'_> {
         }
     }
 
+    /// The user whose row holds `customer`. The first lookup of the customer a delivery
+    /// read with its claim takes that row (read one Stripe call earlier; every write
+    /// the event causes is guarded in SQL on the row's state, not on this read).
+    async fn user_by_customer(&self, customer: &str) -> Result<Option<UserRecord>, ApiError> {
+        let taken = self.prefetched.borrow_mut().take_if(|(c, _)| c == customer);
+        match taken {
+            Some((_, user)) => Ok(user),
+            None => users::find_by_customer(self.db, customer).await,
+        }
+    }
+
     /// The plangate user a Stripe object belongs to, and the customer id to link to
     /// them if their row has none yet.
     async fn resolve_user(
@@ -173,35 +184,37 @@ impl Billing<'_> {
         hint: Option<&str>,
         customer: &str,
     ) -> Result<Option<(UserRecord, Option<String>)>, ApiError> {
-        // A hint (client_reference_id / metadata.user_id) is trusted only for a user
-        // without a customer yet, or with this very customer: it must never move
-        // another customer's subscription onto someone else's row.
-        if let Some(user_id) = hint {
-            if let Some(user) = users::find_by_id(self.db, user_id).await? {
-                match user.stripe_customer_id.as_deref() {
-                    Some(c) if c == customer => return Ok(Some((user, None))),
-                    None => {
-                        return Ok(match users::find_by_customer(self.db, customer).await? {
-                            Some(owner) if owner.id != user.id => {
-                                log::warn(
-                                    self.request_id,
-                                    "stripe.hint_ignored_customer_owned_by_another_user",
-                                    json!({"customer": customer, "hintUser": user.id, "owner": owner.id}),
-                                );
-                                Some((owner, None))
-                            }
-                            _ => Some((user, Some(customer.to_string()))),
-                        });
-                    }
-                    Some(other) => log::warn(
-                        self.request_id,
-                        "stripe.hint_ignored_user_has_another_customer",
-                        json!({"customer": customer, "hintUser": user.id, "userCustomer": other}),
-                    ),
-                }
+        // The customer's owner, when there is one, is the answer whatever the hint
+        // (client_reference_id / metadata.user_id) says: a hint must never move another
+        // customer's subscription onto someone else's row. A hint is trusted only for a
+        // user without a customer yet, who is then linked to this one.
+        if let Some(owner) = self.user_by_customer(customer).await? {
+            if let Some(hinted) = hint.filter(|h| *h != owner.id) {
+                log::warn(
+                    self.request_id,
+                    "stripe.hint_ignored_customer_owned_by_another_user",
+                    json!({"customer": customer, "hintUser": hinted, "owner": owner.id}),
+                );
+            }
+            return Ok(Some((owner, None)));
+        }
+        let Some(user_id) = hint else {
+            return Ok(None);
+        };
+        let Some(user) = users::find_by_id(self.db, user_id).await? else {
+            return Ok(None);
+        };
+        match user.stripe_customer_id.as_deref() {
+            None => Ok(Some((user, Some(customer.to_string())))),
+            Some(other) => {
+                log::warn(
+                    self.request_id,
+                    "stripe.hint_ignored_user_has_another_customer",
+                    json!({"customer": customer, "hintUser": user.id, "userCustomer": other}),
+                );
+                Ok(None)
             }
         }
-        Ok(users::find_by_customer(self.db, customer).await?.map(|u| (u, None)))
     }
 
     async fn apply_subscription(
@@ -290,7 +303,7 @@ impl Billing<'_> {
     async fn record_payment(&self, ev: &Envelope, p: &events::Payment, status: &str) -> Result<Outcome, Failure> {
         let user = match (&p.user_id, &p.customer) {
             (Some(uid), _) => users::find_by_id(self.db, uid).await?,
-            (None, Some(c)) => users::find_by_customer(self.db, c).await?,
+            (None, Some(c)) => self.user_by_customer(c).await?,
             (None, None) => None,
         };
         Ok(Outcome {
@@ -342,7 +355,7 @@ impl Billing<'_> {
         let Some(id) = events::id_of(ev.object.get("id")) else {
             return Ok(Outcome::noop("customer without id"));
         };
-        let Some(user) = users::find_by_customer(self.db, &id).await? else {
+        let Some(user) = self.user_by_customer(&id).await? else {
             return Ok(Outcome::noop("deleted customer belongs to no plangate user"));
         };
         let default_plan = self.catalog.id(self.catalog.default_tier());

@@ -70,7 +70,7 @@ pub struct Db {
 }
 
 /// One row as D1 returned it, read by column name.
-pub struct Row(serde_json::Value);
+pub struct Row(pub serde_json::Value);
 
 impl Row {
     /// An integer column (D1 numbers arrive as JS numbers); `None` for NULL or absent.
@@ -163,18 +163,42 @@ impl Db {
 
     /// Runs the statements as one transaction (D1 has no `BEGIN`; a batch is atomic).
     pub async fn batch(&self, stmts: Vec<Stmt>) -> Result<(), ApiError> {
+        self.run_batch(&stmts).await.map(|_| ())
+    }
+
+    /// Runs the statements as one transaction, in one round trip, and returns each
+    /// statement's rows: a statement sees the effects of the ones before it.
+    pub async fn batch_rows(&self, stmts: &[Stmt]) -> Result<Vec<Vec<Row>>, ApiError> {
+        let results = self.run_batch(stmts).await?;
+        let mut out = Vec::with_capacity(stmts.len());
+        for r in results.iter() {
+            let r: &D1ResultSys = r.unchecked_ref();
+            let rows = match r.results().map_err(|e| d1_error("d1 results", e))? {
+                Some(rows) => {
+                    let text = JSON::stringify(&rows).map_err(|e| d1_error("d1 results", e))?;
+                    serde_json::from_str::<Vec<serde_json::Value>>(&String::from(text))
+                        .map_err(|e| ApiError::server(format!("d1 decode: {e}")))?
+                }
+                None => Vec::new(),
+            };
+            out.push(rows.into_iter().map(Row).collect());
+        }
+        Ok(out)
+    }
+
+    async fn run_batch(&self, stmts: &[Stmt]) -> Result<Array, ApiError> {
         let prepared = Array::new();
-        for s in &stmts {
+        for s in stmts {
             prepared.push(self.prepare(s.sql, &s.params)?.inner());
         }
         let sys: &D1DatabaseSys = self.d1.as_ref().unchecked_ref();
         let promise = sys.batch(prepared).map_err(|e| d1_error("d1 batch", e))?;
         self.round_trips.set(self.round_trips.get() + 1);
-        let results = JsFuture::from(promise).await.map_err(|e| d1_error("d1 batch", e))?;
-        for r in Array::from(&results).iter() {
+        let results = Array::from(&JsFuture::from(promise).await.map_err(|e| d1_error("d1 batch", e))?);
+        for r in results.iter() {
             self.account(r.unchecked_ref());
         }
-        Ok(())
+        Ok(results)
     }
 }
 

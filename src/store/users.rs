@@ -1,6 +1,6 @@
 //! The `users` table.
 
-use super::db::{Db, Param, Stmt};
+use super::db::{Db, Param, Row, Stmt};
 use crate::auth::jwt::Identity;
 use crate::domain::account::UserRecord;
 use crate::domain::subscription::BillingState;
@@ -71,6 +71,16 @@ pub async fn find_by_id(db: &Db, id: &str) -> Result<Option<UserRecord>, ApiErro
 
 pub async fn find_by_customer(db: &Db, customer_id: &str) -> Result<Option<UserRecord>, ApiError> {
     db.query_one(SELECT_BY_CUSTOMER, &[customer_id.into()]).await
+}
+
+/// [`find_by_customer`] as a statement, to ride in another batch.
+pub fn by_customer_stmt(customer_id: &str) -> Stmt {
+    Stmt { sql: SELECT_BY_CUSTOMER, params: vec![customer_id.into()] }
+}
+
+/// A user read by one of the statements above.
+pub fn from_row(row: Row) -> Result<UserRecord, ApiError> {
+    serde_json::from_value(row.0).map_err(|e| ApiError::server(format!("d1 row: {e}")))
 }
 
 /// The statements that store `state` for `user_id`, as of `as_of` (unix seconds of the

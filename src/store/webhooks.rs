@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::db::{Db, Param, Stmt};
+use super::db::{Db, Param, Row, Stmt};
 use crate::error::ApiError;
 use crate::stripe::events::Envelope;
 
@@ -76,6 +76,10 @@ pub struct EventRow {
 /// Stripe delivers it again (`webhook`) or an admin retries it — the cron and the
 /// reconciliation stop at `dead`. One statement, so concurrent deliveries of the same
 /// event cannot both win.
+///
+/// One round trip: the claim, the row's status after it (what a duplicate is answered
+/// from) and `also` (a read the processing will need, e.g. the user of the event's
+/// customer) go in one batch. `also`'s rows are returned with the claim.
 pub async fn claim(
     db: &Db,
     ev: &Envelope,
@@ -83,7 +87,8 @@ pub async fn claim(
     source: &str,
     token: &str,
     now: i64,
-) -> Result<Claim, ApiError> {
+    also: Option<Stmt>,
+) -> Result<(Claim, Vec<Row>), ApiError> {
     const SQL: &str = "INSERT INTO webhook_events (id, type, created, status, attempts, payload, received_at, lease_until, source, claim_token) \
          VALUES (?1, ?2, ?3, 'processing', 1, ?4, ?5, ?6, ?7, ?8) \
          ON CONFLICT(id) DO UPDATE SET status = 'processing', attempts = webhook_events.attempts + 1, \
@@ -93,7 +98,7 @@ pub async fn claim(
             OR (webhook_events.status = 'dead' AND ?7 IN ('admin', 'webhook')) \
             OR (webhook_events.status = 'processing' AND webhook_events.lease_until < ?5) \
          RETURNING attempts, first_failed_at";
-    let params = [
+    let params = vec![
         Param::from(ev.id.as_str()),
         ev.kind.as_str().into(),
         Param::Int(ev.created),
@@ -103,19 +108,35 @@ pub async fn claim(
         source.into(),
         token.into(),
     ];
-    if let Some(row) = db.row(SQL, &params).await? {
+    let mut stmts = vec![
+        Stmt { sql: SQL, params },
+        Stmt {
+            sql: "SELECT status, next_attempt_at FROM webhook_events WHERE id = ?1",
+            params: vec![ev.id.as_str().into()],
+        },
+    ];
+    stmts.extend(also);
+    let mut results = db.batch_rows(&stmts).await?.into_iter();
+    let claimed = results.next().and_then(|rows| rows.into_iter().next());
+    let after = results.next().and_then(|rows| rows.into_iter().next());
+    let extra = results.next().unwrap_or_default();
+    Ok((claim_from(claimed, after, now)?, extra))
+}
+
+/// The claim's outcome from the claim statement's row (present when it won) and the
+/// event's row as it stands after the claim (same transaction).
+fn claim_from(claimed: Option<Row>, after: Option<Row>, now: i64) -> Result<Claim, ApiError> {
+    if let Some(row) = claimed {
         let attempts = row.int("attempts").ok_or_else(|| ApiError::server("claim without attempts"))?;
         return Ok(Claim::Claimed { attempts, first_failed_at: row.int("first_failed_at") });
     }
-    let row =
-        db.row("SELECT status, next_attempt_at FROM webhook_events WHERE id = ?1", &[ev.id.as_str().into()]).await?;
-    let status = row.as_ref().and_then(|r| r.text("status"));
+    let status = after.as_ref().and_then(|r| r.text("status"));
     Ok(match status.as_deref() {
         Some("processed") => Claim::AlreadyProcessed,
         Some("dead") => Claim::Dead,
-        // Failed between our insert and this read, or not due yet.
+        // Failed, and not due yet.
         Some("failed") => {
-            let next = row.and_then(|r| r.int("next_attempt_at"));
+            let next = after.and_then(|r| r.int("next_attempt_at"));
             Claim::NotDue { retry_at: next.unwrap_or(now).max(now) }
         }
         _ => Claim::InProgress,
@@ -239,6 +260,32 @@ pub async fn purge_processed(db: &Db, now: i64) -> Result<i64, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn row(v: serde_json::Value) -> Option<Row> {
+        Some(Row(v))
+    }
+
+    #[test]
+    fn a_claim_is_read_from_the_claim_row_or_else_from_the_status_after_it() {
+        use serde_json::json;
+        let now = 1_700_000_000;
+        assert_eq!(
+            claim_from(row(json!({"attempts": 2, "first_failed_at": 5})), row(json!({"status": "processing"})), now)
+                .unwrap(),
+            Claim::Claimed { attempts: 2, first_failed_at: Some(5) }
+        );
+        let after = |status: &str, next: Option<i64>| row(json!({"status": status, "next_attempt_at": next}));
+        assert_eq!(claim_from(None, after("processed", None), now).unwrap(), Claim::AlreadyProcessed);
+        assert_eq!(claim_from(None, after("dead", None), now).unwrap(), Claim::Dead);
+        assert_eq!(claim_from(None, after("processing", None), now).unwrap(), Claim::InProgress);
+        assert_eq!(
+            claim_from(None, after("failed", Some(now + 60)), now).unwrap(),
+            Claim::NotDue { retry_at: now + 60 }
+        );
+        // A retry time already past (failed between the two reads) is not in the past.
+        assert_eq!(claim_from(None, after("failed", Some(now - 5)), now).unwrap(), Claim::NotDue { retry_at: now });
+        assert!(claim_from(row(json!({"first_failed_at": null})), None, now).is_err(), "a claim row without attempts");
+    }
 
     #[test]
     fn backoff_doubles_from_a_minute_and_is_capped_at_six_hours() {

@@ -121,6 +121,39 @@ fn unknown_event_types_are_recorded_and_acknowledged() {
 }
 
 #[test]
+fn a_subscription_event_costs_two_d1_round_trips_and_its_duplicate_one() {
+    let s = shared();
+    let c = subscribed(&s.app, &s.stripe, "roundtrips");
+    s.stripe.put_subscription(subscription(&c, "active", PRICE_PRO));
+    let ev = event(
+        &format!("evt_rt_{}", c.subscription),
+        "customer.subscription.updated",
+        now(),
+        subscription(&c, "active", PRICE_PRO),
+    );
+    // The claim, the row's status and the customer's user in one batch; the effects,
+    // audit and processed mark in a second. KV is written after the response.
+    let r = deliver(&s.app, &ev);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("X-D1-Round-Trips"), Some("2"), "claim batch + effects batch");
+    assert_eq!(user_row(&s.app, &c.user_id)["plan"], "pro");
+    let again = deliver(&s.app, &ev);
+    assert_eq!((again.status, again.json()["status"].as_str()), (200, Some("duplicate")), "{}", again.body);
+    assert_eq!(again.header("X-D1-Round-Trips"), Some("1"), "a duplicate is answered from the claim batch");
+    // Nothing changed at Stripe: still two, and nothing about the plan moves.
+    let same = event(
+        &format!("evt_rt2_{}", c.subscription),
+        "customer.subscription.updated",
+        now(),
+        subscription(&c, "active", PRICE_PRO),
+    );
+    let r = deliver(&s.app, &same);
+    assert_eq!((r.status, r.header("X-D1-Round-Trips")), (200, Some("2")), "{}", r.body);
+    let audit = s.app.sql(&format!("SELECT new_plan FROM plan_changes WHERE user_id = '{}'", c.user_id));
+    assert_eq!(audit.len(), 2, "essential, then pro: {audit:?}");
+}
+
+#[test]
 fn the_same_event_delivered_fifty_times_at_once_has_one_effect() {
     let s = shared();
     let c = new_customer(&s.app, "fifty");
