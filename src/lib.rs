@@ -211,7 +211,8 @@ pub async fn fetch(mut req: Request, env: Env, worker_ctx: Context) -> worker::R
             request_id: &request_id,
             now: clock::now(),
             authorization: req.headers().get("Authorization").ok().flatten(),
-            headers: req.headers().clone(),
+            // The same JS object, not a copy (`Headers::clone` copies every header).
+            headers: Headers(req.headers().0.clone()),
             query,
             body,
             copies_due: Default::default(),

@@ -386,6 +386,7 @@ impl Billing<'_> {
         let mut stmts = users::apply_state_stmts(&user.id, &state, as_of, cause, None, self.now);
         // A re-sync also repairs a KV copy that diverged: due whatever changed.
         stmts.push(outbox::due_stmt(&user.id, self.now));
+        stmts.push(users::forget_kv_written_stmt(&user.id));
         self.db.batch(stmts).await?;
         self.refresh_copies(std::slice::from_ref(&user.id)).await;
         Ok(true)
@@ -444,10 +445,13 @@ impl Billing<'_> {
         };
         let written = crate::util::with_timeout(self.write_copies(user_id), outbox::WRITE_TIMEOUT_MS).await;
         match written.unwrap_or_else(|| Err("KV writes timed out".into())) {
-            Ok(()) => outbox::complete(self.db, user_id, self.request_id, version)
-                .await
-                .map(|done| !done)
-                .map_err(|e| e.to_string()),
+            Ok(record) => {
+                let record = record.as_ref().map(|(was, now)| (was, now.as_str()));
+                outbox::complete(self.db, user_id, self.request_id, version, record)
+                    .await
+                    .map(|done| !done)
+                    .map_err(|e| e.to_string())
+            }
             Err(e) => {
                 if let Err(e2) = outbox::failed(self.db, user_id, self.request_id, attempts, now).await {
                     log::error(
@@ -461,26 +465,30 @@ impl Billing<'_> {
         }
     }
 
-    async fn write_copies(&self, user_id: &str) -> Result<(), String> {
+    /// Drops the entitlements cache and writes the legacy keys whose value differs from
+    /// what the last completed flush wrote. Returns that record as read and the new one
+    /// (`None` when no legacy key is kept).
+    async fn write_copies(&self, user_id: &str) -> Result<Option<(Option<String>, String)>, String> {
         let store = self.kv.as_ref().ok_or("APP_KV is not bound")?;
         store.delete(&kv::entitlements_key(user_id)).await.map_err(|e| e.to_string())?;
         if !self.cfg.dual_write_kv {
-            return Ok(());
+            return Ok(None);
         }
         let Some(user) = users::find_by_id(self.db, user_id).await.map_err(|e| e.to_string())? else {
-            return Ok(());
+            return Ok(None);
         };
-        for (key, value) in kv::legacy_plan_values(&user) {
+        let values = kv::legacy_plan_values(&user);
+        for (key, value) in kv::changed_values(&values, user.kv_written.as_deref()) {
             let r = match value {
-                Some(v) => match store.put_bytes(&key, v.as_bytes()) {
+                Some(v) => match store.put_bytes(key, v.as_bytes()) {
                     Ok(put) => put.execute().await,
                     Err(e) => Err(e),
                 },
-                None => store.delete(&key).await,
+                None => store.delete(key).await,
             };
             r.map_err(|e| format!("{key}: {e}"))?;
         }
-        Ok(())
+        Ok(Some((user.kv_written, kv::written_record(&values))))
     }
 
     /// Stores the subscription Stripe answered with after one of plangate's own

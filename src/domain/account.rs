@@ -30,6 +30,9 @@ pub struct UserRecord {
     /// The user's last Stripe customer that was deleted (see `billing::actions`).
     #[serde(default)]
     pub previous_customer_id: Option<String>,
+    /// The legacy KV values last written for this user (JSON; see `billing::sync`).
+    #[serde(default)]
+    pub kv_written: Option<String>,
 }
 
 /// The body of `GET /api/plan/me`, field for field the old endpoint's format.

@@ -32,9 +32,11 @@ pub struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    /// Billing for this request; KV copies are written after the response.
+    /// Billing for this request. It holds no KV handle: nothing on the response path
+    /// can touch KV. The copies it makes due are written after the response
+    /// (`lib.rs`, `ctx.wait_until`) and by the cron, from the outbox.
     pub fn billing(&'a self) -> crate::billing::Billing<'a> {
-        crate::billing::Billing::new(self.db, self.cfg, self.app_kv(), self.now, self.request_id)
+        crate::billing::Billing::new(self.db, self.cfg, None, self.now, self.request_id)
             .deferring_copies_to(&self.copies_due)
     }
 

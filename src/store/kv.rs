@@ -55,6 +55,33 @@ pub fn legacy_plan_values(user: &crate::domain::account::UserRecord) -> Vec<(Str
     ]
 }
 
+/// The record of values written (`users.kv_written`): JSON, key → value or null.
+pub fn written_record(values: &[(String, Option<String>)]) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = values
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_ref().map_or(serde_json::Value::Null, |v| v.as_str().into())))
+        .collect();
+    serde_json::Value::Object(map).to_string()
+}
+
+/// Which of `values` a flush must write, given the record of the last completed one:
+/// every key whose value differs from it, and every key when there is no readable
+/// record (never written, or forgotten by a re-sync).
+pub fn changed_values<'v>(
+    values: &'v [(String, Option<String>)],
+    record: Option<&str>,
+) -> Vec<&'v (String, Option<String>)> {
+    let record = record.and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok());
+    values
+        .iter()
+        .filter(|(key, value)| match record.as_ref().and_then(|r| r.get(key.as_str())) {
+            Some(serde_json::Value::Null) => value.is_some(),
+            Some(serde_json::Value::String(old)) => value.as_deref() != Some(old.as_str()),
+            _ => true,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod legacy_tests {
     use super::*;
@@ -98,5 +125,28 @@ mod legacy_tests {
         assert_eq!(v[1].1.as_deref(), Some("none"));
         assert_eq!(v[2].1, None);
         assert_eq!(v[3].1, None);
+    }
+
+    #[test]
+    fn a_flush_writes_only_the_keys_whose_value_changed_since_the_last_one() {
+        let before = legacy_plan_values(&user());
+        let record = written_record(&before);
+        assert!(changed_values(&before, Some(&record)).is_empty(), "nothing changed: nothing written");
+        let mut u = user();
+        u.subscription_status = Some("past_due".into());
+        u.trial_ends_at = None;
+        let after = legacy_plan_values(&u);
+        let keys: Vec<&str> = changed_values(&after, Some(&record)).iter().map(|(k, _)| k.as_str()).collect();
+        // `trial` → `essential` (no longer trialing), the status, the trial end deleted.
+        assert_eq!(keys, ["planByUid:fb-uid-1", "billingStatus:fb-uid-1", "trialEndByUid:fb-uid-1"]);
+        assert_eq!(changed_values(&after, Some(&written_record(&after))).len(), 0);
+        // No record, an unreadable one, or one without the key: everything is written.
+        assert_eq!(changed_values(&after, None).len(), 4);
+        assert_eq!(changed_values(&after, Some("not json")).len(), 4);
+        assert_eq!(changed_values(&after, Some("{}")).len(), 4);
+        // A key recorded as deleted is written again once it has a value.
+        let deleted = written_record(&[("trialUsedByUid:fb-uid-1".to_string(), None)]);
+        let with_trial = legacy_plan_values(&user());
+        assert!(changed_values(&with_trial, Some(&deleted)).iter().any(|(k, _)| k == "trialUsedByUid:fb-uid-1"));
     }
 }

@@ -49,24 +49,39 @@ pub async fn claim(db: &Db, user_id: &str, token: &str, now: i64) -> Result<Opti
     Ok(row.and_then(|r| Some((r.int("version")?, r.int("attempts")?))))
 }
 
-/// `token` is done with `version`: the row goes if nothing changed meanwhile and the
-/// lease is still ours (true), else our lease is released and the row stays due
-/// (false). A flusher whose lease was taken over can remove nothing.
-pub async fn complete(db: &Db, user_id: &str, token: &str, version: i64) -> Result<bool, ApiError> {
-    let deleted = db
-        .execute(
-            "DELETE FROM kv_outbox WHERE user_id = ?1 AND version = ?2 AND lease_token = ?3 RETURNING 1 AS n",
-            &[user_id.into(), Param::Int(version), token.into()],
-        )
-        .await?;
-    if deleted == 0 {
-        db.execute(
-            "UPDATE kv_outbox SET lease_until = NULL, attempts = 0 WHERE user_id = ?1 AND lease_token = ?2",
-            &[user_id.into(), token.into()],
-        )
-        .await?;
+/// `token` is done with `version`, having written the legacy values `written` (JSON)
+/// over the record `was` it read: the record is kept if the lease is still ours and
+/// nobody changed it meanwhile (an admin re-sync clears it to force a full rewrite).
+/// The row goes if nothing changed meanwhile and the lease is still ours (true), else
+/// our lease is released and the row stays due (false). A flusher whose lease was
+/// taken over can remove nothing. One round trip.
+pub async fn complete(
+    db: &Db,
+    user_id: &str,
+    token: &str,
+    version: i64,
+    written: Option<(&Option<String>, &str)>,
+) -> Result<bool, ApiError> {
+    let mut stmts = Vec::with_capacity(3);
+    if let Some((was, written)) = written {
+        stmts.push(Stmt {
+            sql: "UPDATE users SET kv_written = ?2 WHERE id = ?1 AND kv_written IS ?3 \
+                  AND EXISTS (SELECT 1 FROM kv_outbox WHERE user_id = ?1 AND lease_token = ?4)",
+            params: vec![user_id.into(), written.into(), was.clone().into(), token.into()],
+        });
     }
-    Ok(deleted > 0)
+    let deleted_at = stmts.len();
+    stmts.push(Stmt {
+        sql: "DELETE FROM kv_outbox WHERE user_id = ?1 AND version = ?2 AND lease_token = ?3 RETURNING 1 AS n",
+        params: vec![user_id.into(), Param::Int(version), token.into()],
+    });
+    // Still there (changed meanwhile): release our lease, due at once.
+    stmts.push(Stmt {
+        sql: "UPDATE kv_outbox SET lease_until = NULL, attempts = 0 WHERE user_id = ?1 AND lease_token = ?2",
+        params: vec![user_id.into(), token.into()],
+    });
+    let results = db.batch_rows(&stmts).await?;
+    Ok(results.get(deleted_at).is_some_and(|rows| !rows.is_empty()))
 }
 
 /// A failed flush: due again after backoff (if the lease is still ours).

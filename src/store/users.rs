@@ -10,7 +10,7 @@ macro_rules! user_columns {
     () => {
         "id, auth_id, email, plan, stripe_customer_id, stripe_subscription_id, subscription_status, \
          trial_ends_at, current_period_end, cancel_at, scheduled_plan, scheduled_at, \
-         plan_updated_at, created_at, updated_at, stripe_synced_at, trial_used, previous_customer_id"
+         plan_updated_at, created_at, updated_at, stripe_synced_at, trial_used, previous_customer_id, kv_written"
     };
 }
 
@@ -76,6 +76,12 @@ pub async fn find_by_customer(db: &Db, customer_id: &str) -> Result<Option<UserR
 /// [`find_by_customer`] as a statement, to ride in another batch.
 pub fn by_customer_stmt(customer_id: &str) -> Stmt {
     Stmt { sql: SELECT_BY_CUSTOMER, params: vec![customer_id.into()] }
+}
+
+/// Forgets which legacy KV values were written for the user: the next flush writes
+/// every key (an admin re-sync repairs copies that diverged behind plangate's back).
+pub fn forget_kv_written_stmt(user_id: &str) -> Stmt {
+    Stmt { sql: "UPDATE users SET kv_written = NULL WHERE id = ?1", params: vec![user_id.into()] }
 }
 
 /// A user read by one of the statements above.

@@ -160,3 +160,67 @@ fn concurrent_deliveries_for_one_user_leave_kv_on_the_newest_state() {
     let row = user_row(&s.app, &c.user_id);
     assert_eq!((row["plan"].as_str(), row["subscription_status"].as_str()), (Some("premium"), Some("active")));
 }
+
+#[test]
+fn only_the_legacy_keys_whose_value_changed_are_written_and_a_resync_rewrites_all() {
+    let s = shared();
+    let c = new_customer(&s.app, "kv-diff");
+    let admin = format!("Bearer {}", crate::ADMIN_TOKEN);
+    let plan_key = format!("planByUid:{}", c.auth_id);
+    let status_key = format!("billingStatus:{}", c.auth_id);
+    let settle = |want: &str| {
+        // The copies are written after the response: wait for the outbox to empty.
+        let start = std::time::Instant::now();
+        while s.app.count(&format!("SELECT COUNT(*) FROM kv_outbox WHERE user_id = '{}'", c.user_id)) > 0 {
+            assert!(start.elapsed() < Duration::from_secs(10), "copies of {want} still due");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    s.stripe.put_subscription(subscription(&c, "active", PRICE_ESSENTIAL));
+    let r = deliver(
+        &s.app,
+        &event(
+            &format!("evt_kvd1_{}", c.subscription),
+            "customer.subscription.created",
+            now(),
+            subscription(&c, "active", PRICE_ESSENTIAL),
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    settle("essential");
+    assert_kv_matches_d1(&s.app, &c);
+    // Someone overwrites the plan key behind plangate's back; then only the status
+    // changes at Stripe. The flush writes the status and leaves the plan key alone.
+    s.app.kv_put(&plan_key, "sentinel");
+    s.stripe.put_subscription(subscription(&c, "past_due", PRICE_ESSENTIAL));
+    let r = deliver(
+        &s.app,
+        &event(
+            &format!("evt_kvd2_{}", c.subscription),
+            "customer.subscription.updated",
+            now(),
+            subscription(&c, "past_due", PRICE_ESSENTIAL),
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    settle("past_due");
+    let status = s.app.kv_get_when(&status_key, Duration::from_secs(10), |v| v.as_deref() == Some("past_due"));
+    assert_eq!(status.as_deref(), Some("past_due"));
+    assert_eq!(
+        s.app.kv_get_when(&plan_key, Duration::ZERO, |_| true).as_deref(),
+        Some("sentinel"),
+        "unchanged: not written"
+    );
+    // An admin re-sync repairs copies that diverged: every key is written again.
+    let body = json!({"userId": c.user_id}).to_string();
+    let r = crate::support::send(
+        &crate::support::agent(),
+        "POST",
+        &s.app.url("/api/admin/resync"),
+        &[("Authorization", &admin)],
+        Some(body.as_bytes()),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    settle("resync");
+    assert_kv_matches_d1(&s.app, &c);
+}

@@ -377,6 +377,18 @@ impl App {
         }
     }
 
+    /// Writes a value of the local `APP_KV` behind the Worker's back (as another
+    /// writer would).
+    pub fn kv_put(&self, key: &str, value: &str) {
+        let out = wrangler_command()
+            .args(["kv", "key", "put", "--binding", "APP_KV", "--local", "--persist-to"])
+            .arg(&self.persist)
+            .args([key, value])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "kv put {key}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     /// Runs a read-only SQL query against the local D1 (SQLite) file.
     pub fn sql(&self, query: &str) -> Vec<Value> {
         let dir = self.persist.join("v3/d1/miniflare-D1DatabaseObject");
