@@ -265,14 +265,31 @@ fn main() {
         &webhook,
         vec![vec![delivery(format!("evt_bench_first_{tag0}"), sub_json(uid0, tag0, PRICE_ESSENTIAL))]],
     );
+    // KV operations after the response (none happen before it: request-path billing
+    // has no KV handle), summed from the Worker's `kv.copies_written` log lines.
+    let kv_ops_after = |from: usize| -> usize {
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let log = app.log_text();
+        log[from.min(log.len())..]
+            .lines()
+            .filter(|l| l.contains("kv.copies_written"))
+            .filter_map(|l| {
+                l.split("\"kvOps\":").nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse::<usize>().ok()
+            })
+            .sum()
+    };
+    let mark = app.log_text().len();
     stripe.put_subscription(sub_json(uid0, tag0, PRICE_PRO));
     let (_, change_rows) = load_prepared(
         "POST",
         &webhook,
         vec![vec![delivery(format!("evt_bench_change_{tag0}"), sub_json(uid0, tag0, PRICE_PRO))]],
     );
+    let change_kv = kv_ops_after(mark);
+    let mark = app.log_text().len();
     let same = delivery(format!("evt_bench_same_{tag0}"), sub_json(uid0, tag0, PRICE_PRO));
     let (_, same_rows) = load_prepared("POST", &webhook, vec![vec![same.clone()]]);
+    let same_kv = kv_ops_after(mark);
     let (_, dup_rows) = load_prepared("POST", &webhook, vec![vec![same]]);
     // An event type the Worker only records (no Stripe call, no effect).
     let recorded = {
@@ -401,6 +418,9 @@ fn main() {
     out += &format!(
         "| D1 round trips per delivery: first / plan change / no change / duplicate / recorded-only type / mean under load | {} / {} / {} / {} / {} / {:.1} |\n",
         first_rows[0].2, change_rows[0].2, same_rows[0].2, dup_rows[0].2, recorded_rows[0].2, wh_mean.2
+    );
+    out += &format!(
+        "| KV operations per delivery: on the response path / after it, plan change / after it, no change | 0 / {change_kv} / {same_kv} |\n"
     );
     out += &format!(
         "| D1 rows per duplicate / recorded-only delivery | read {}, written {} / read {}, written {} |\n",

@@ -471,7 +471,9 @@ impl Billing<'_> {
     async fn write_copies(&self, user_id: &str) -> Result<Option<(Option<String>, String)>, String> {
         let store = self.kv.as_ref().ok_or("APP_KV is not bound")?;
         store.delete(&kv::entitlements_key(user_id)).await.map_err(|e| e.to_string())?;
+        let mut ops = 1;
         if !self.cfg.dual_write_kv {
+            log::info(self.request_id, "kv.copies_written", json!({"userId": user_id, "kvOps": ops}));
             return Ok(None);
         }
         let Some(user) = users::find_by_id(self.db, user_id).await.map_err(|e| e.to_string())? else {
@@ -487,7 +489,9 @@ impl Billing<'_> {
                 None => store.delete(key).await,
             };
             r.map_err(|e| format!("{key}: {e}"))?;
+            ops += 1;
         }
+        log::info(self.request_id, "kv.copies_written", json!({"userId": user_id, "kvOps": ops}));
         Ok(Some((user.kv_written, kv::written_record(&values))))
     }
 
