@@ -260,6 +260,7 @@ fn main() {
     }
     // Rows for one delivery that changes the plan, and one that changes nothing.
     let (uid0, tag0) = &wh_users[0];
+    let mark0 = app.log_text().len();
     let (_, first_rows) = load_prepared(
         "POST",
         &webhook,
@@ -278,6 +279,7 @@ fn main() {
             })
             .sum()
     };
+    let first_kv = kv_ops_after(mark0);
     let mark = app.log_text().len();
     stripe.put_subscription(sub_json(uid0, tag0, PRICE_PRO));
     let (_, change_rows) = load_prepared(
@@ -420,7 +422,7 @@ fn main() {
         first_rows[0].2, change_rows[0].2, same_rows[0].2, dup_rows[0].2, recorded_rows[0].2, wh_mean.2
     );
     out += &format!(
-        "| KV operations per delivery: on the response path / after it, plan change / after it, no change | 0 / {change_kv} / {same_kv} |\n"
+        "| KV operations per delivery: on the response path / after it: first for a user, plan change, no change | 0 / {first_kv}, {change_kv}, {same_kv} |\n"
     );
     out += &format!(
         "| D1 rows per duplicate / recorded-only delivery | read {}, written {} / read {}, written {} |\n",

@@ -57,10 +57,11 @@ pub fn legacy_plan_values(user: &crate::domain::account::UserRecord) -> Vec<(Str
 
 /// The record of values written (`users.kv_written`): JSON, key → value or null.
 pub fn written_record(values: &[(String, Option<String>)]) -> String {
-    let map: serde_json::Map<String, serde_json::Value> = values
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_ref().map_or(serde_json::Value::Null, |v| v.as_str().into())))
-        .collect();
+    // Inserted one by one: collecting into a map links a sort and a bulk B-tree build.
+    let mut map = serde_json::Map::new();
+    for (k, v) in values {
+        map.insert(k.clone(), v.as_ref().map_or(serde_json::Value::Null, |v| v.as_str().into()));
+    }
     serde_json::Value::Object(map).to_string()
 }
 
