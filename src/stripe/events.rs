@@ -161,6 +161,8 @@ pub fn parse_subscription(v: &Value, now: i64) -> Option<Subscription> {
     // Moved from the subscription to its items in API 2025-03-31.basil.
     let current_period_end = int_field(v, "current_period_end")
         .or_else(|| items(v).filter_map(|i| int_field(i, "current_period_end")).max());
+    let current_period_start = int_field(v, "current_period_start")
+        .or_else(|| items(v).filter_map(|i| int_field(i, "current_period_start")).max());
     Some(Subscription {
         id,
         customer,
@@ -168,6 +170,7 @@ pub fn parse_subscription(v: &Value, now: i64) -> Option<Subscription> {
         price_ids,
         item_ids,
         schedule_id: id_of(v.get("schedule")),
+        current_period_start,
         current_period_end,
         cancel_at_period_end: v.get("cancel_at_period_end").and_then(Value::as_bool).unwrap_or(false),
         cancel_at: int_field(v, "cancel_at"),
