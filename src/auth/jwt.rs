@@ -145,7 +145,10 @@ struct Parts<'t> {
 
 fn decode_json_object(segment: &str) -> Result<Map<String, Value>, JwtError> {
     let bytes = b64::decode(segment).ok_or(JwtError::Malformed)?;
-    match serde_json::from_slice::<Value>(&bytes) {
+    // `from_str`, never `from_slice`: each serde_json reader is a copy of the parser in
+    // the Wasm, and plangate keeps one (see `routes::Ctx::json_body`).
+    let text = std::str::from_utf8(&bytes).map_err(|_| JwtError::Malformed)?;
+    match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(m)) => Ok(m),
         _ => Err(JwtError::Malformed),
     }

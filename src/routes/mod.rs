@@ -51,9 +51,15 @@ impl<'a> Ctx<'a> {
     }
 
     /// The body as JSON of type `T`; 400 `INVALID_REQUEST` saying what is wrong.
+    ///
+    /// Read with `from_str` after a UTF-8 check, never `from_slice`: serde_json's parser
+    /// is generic over its reader, and D1 rows and stored payloads already need the
+    /// `&str` one; a second reader would add another copy of the parser to the Wasm.
     pub fn json_body<T: serde::de::DeserializeOwned>(&self) -> Result<T, ApiError> {
         let bytes: &[u8] = if self.body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &self.body };
-        serde_json::from_slice(bytes).map_err(|e| ApiError::InvalidRequest(format!("Invalid JSON body: {e}")))
+        let text =
+            std::str::from_utf8(bytes).map_err(|_| ApiError::InvalidRequest("Invalid JSON body: not UTF-8".into()))?;
+        serde_json::from_str(text).map_err(|e| ApiError::InvalidRequest(format!("Invalid JSON body: {e}")))
     }
 
     /// The verified caller, or 401.
