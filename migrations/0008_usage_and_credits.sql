@@ -6,9 +6,10 @@ ALTER TABLE users ADD COLUMN current_period_start INTEGER;
 
 -- Uses of a feature in one period. `period` names it: `s<start unix seconds>` for a
 -- Stripe billing period, `m<YYYY-MM>` for a calendar month. A consume increments `used`
--- in one conditional statement (never past the limit); `last_key` is the idempotency
--- key of the last request that counted, read back in the same batch to learn whether
--- this request's increment happened.
+-- in one conditional statement (never past the limit); `last_key` is the request id of
+-- the last request that counted, read back in the same batch to learn whether this
+-- request's increment happened (request ids are never reused; idempotency keys may be,
+-- once their rows are purged).
 CREATE TABLE usage (
   user_id    TEXT NOT NULL REFERENCES users(id),
   period     TEXT NOT NULL,
@@ -22,7 +23,8 @@ CREATE TABLE usage (
 
 -- One row per consume request (idempotency key, per user): the first answer is kept
 -- and replayed for the same key. `token` is the request that created the row: only it
--- may count. `outcome`: `ok:<used>` or `quota:<used>`. Deleted by the cron after 30 days.
+-- may count. `outcome`: `ok:<used>`, `quota:<used>` (a counted feature), `spent:<balance>`,
+-- `credits:<balance>` (a feature paid in credits). Deleted by the cron after 30 days.
 CREATE TABLE usage_requests (
   user_id         TEXT NOT NULL REFERENCES users(id),
   idempotency_key TEXT NOT NULL,

@@ -187,6 +187,12 @@ async fn write_copies_later(env: Env, cfg: std::rc::Rc<Config>, user_ids: Vec<St
 /// After the response: a cache entry (e.g. entitlements) put in `APP_KV`.
 async fn cache_later(env: Env, key: String, value: String, ttl: u64, request_id: String) {
     let Ok(kv) = env.kv("APP_KV") else { return };
+    // A change since this answer was computed left a tombstone: the answer is old.
+    if let (Ok(Some(current)), Some(at)) = (kv.get(&key).text().await, store::kv::computed_at(&value)) {
+        if store::kv::superseded(&current, at) {
+            return;
+        }
+    }
     let put = match kv.put_bytes(&key, value.as_bytes()) {
         Ok(p) => p.expiration_ttl(ttl).execute().await,
         Err(e) => Err(e),
@@ -208,7 +214,13 @@ fn start() {
 
 #[event(fetch)]
 pub async fn fetch(mut req: Request, env: Env, worker_ctx: Context) -> worker::Result<Response> {
-    let request_id = format!("req_{}", util::random_hex(8).unwrap_or_else(|_| "0".repeat(16)));
+    // Request ids are unique: consume counts a use only for the request that claimed its
+    // idempotency key, by this id. Without randomness there is no safe id: refuse.
+    let Ok(hex) = util::random_hex(8) else {
+        let err = ApiError::server("no randomness for a request id");
+        return build_response(500, Some(err.body_json()), &[]);
+    };
+    let request_id = format!("req_{hex}");
     let origin = req.headers().get("Origin").ok().flatten();
     let method = req.method();
     let (path, query) = util::split_url(&req.inner().url());

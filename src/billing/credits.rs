@@ -52,10 +52,11 @@ pub fn insufficient(balance: i64, required: i64) -> ApiError {
 }
 
 /// What a paid invoice grants: the tier's credits for the period it opens, and that
-/// period's start. Only the invoice that opens a period (the first one or a renewal)
-/// counts: a proration invoice of an upgrade mid-period starts no period; without a
-/// reason (older API versions) its line must start the subscription's current period.
-/// Nothing for a free invoice (a trial) or a tier without credits.
+/// period's start. Only an invoice that opens a period counts (the first one, a
+/// renewal, or an update that restarted the cycle, e.g. a trial ended by an upgrade);
+/// a proration invoice of an upgrade mid-period starts none. Nothing for a free
+/// invoice (a trial; a period paid by a coupon or the balance still counts) or a tier
+/// without credits.
 pub fn period_grant(
     invoice: &PaidInvoice,
     subscription_period_start: Option<i64>,
@@ -63,12 +64,14 @@ pub fn period_grant(
     catalog: &Catalog,
     prices: &PriceMap,
 ) -> Option<(&'static TierDef, i64)> {
+    // A first invoice or a renewal opens a period; so does an update that restarts the
+    // billing cycle (a trial ended early by an upgrade): its line starts the
+    // subscription's current period. A proration mid-period starts nothing.
     let opens_period = match invoice.billing_reason.as_deref() {
         Some("subscription_create" | "subscription_cycle") => true,
-        Some(_) => false,
-        None => invoice.period_start.is_some() && invoice.period_start == subscription_period_start,
+        _ => invoice.period_start.is_some() && invoice.period_start == subscription_period_start,
     };
-    if !invoice.paid || invoice.amount_paid <= 0 || !opens_period {
+    if !invoice.paid || invoice.charged <= 0 || !opens_period {
         return None;
     }
     let tier = invoice.price.as_deref().and_then(|p| prices.tier_of(p)).or_else(|| catalog.parse(subscription_plan))?;
@@ -235,6 +238,7 @@ mod tests {
             id: "in_1".into(),
             paid: true,
             amount_paid: amount,
+            charged: amount,
             period_start: start,
             price: Some(price.into()),
             billing_reason: reason.map(str::to_string),
@@ -262,6 +266,11 @@ mod tests {
     fn prorations_trials_unpaid_invoices_and_tiers_without_credits_grant_nothing() {
         let proration = invoice(Some("subscription_update"), 450, Some(150), "price_prem");
         assert_eq!(grant(&proration, Some(100), "premium"), None, "an upgrade mid-period opens no period");
+        // A trial ended by an upgrade restarts the cycle: the update's invoice opens it.
+        assert_eq!(grant(&proration, Some(150), "premium"), Some(("premium", 50, 150)));
+        let mut coupon = invoice(Some("subscription_cycle"), 0, Some(100), "price_pro");
+        coupon.charged = 900;
+        assert_eq!(grant(&coupon, Some(100), "pro"), Some(("pro", 20, 100)), "paid by a coupon: still a paid period");
         assert_eq!(grant(&invoice(None, 450, Some(150), "price_prem"), Some(100), "premium"), None);
         assert_eq!(
             grant(&invoice(Some("subscription_create"), 0, Some(100), "price_pro"), Some(100), "pro"),

@@ -5,14 +5,13 @@
 
 use serde_json::{json, Value};
 
-use super::credits::Spent;
 use super::Billing;
 use crate::domain::account::UserRecord;
 use crate::domain::quota::{self, current_period, Gate};
 use crate::error::ApiError;
 use crate::store::credits;
 use crate::store::db::Stmt;
-use crate::store::usage::{self, Consume};
+use crate::store::usage::{self, Consume, Outcome};
 use crate::store::users;
 
 /// Idempotency keys are at most this long.
@@ -102,64 +101,69 @@ impl Billing<'_> {
     }
 
     /// `POST /api/usage/consume`: counts `amount` uses of `feature` in one conditional
-    /// statement (never past the limit), or spends its credits; the same `key` again
-    /// answers the first result and counts nothing.
+    /// statement (never past the limit), or spends its credits. Every kind of use shares
+    /// the user's key space: the same `key` again answers the first result (refusals
+    /// included) and counts nothing, even after a plan change; the same key for another
+    /// feature or amount is `409 IDEMPOTENCY_KEY_REUSED`.
     pub async fn consume(&self, user: &UserRecord, feature: &str, amount: u64, key: &str) -> Result<Value, ApiError> {
         let tier = quota::tier_of(&self.catalog, user);
-        match quota::gate(&self.catalog, tier, feature).ok_or_else(|| unknown_feature(feature))? {
-            Gate::NotInPlan => Err(not_in_plan(feature, user)),
+        let gate = quota::gate(&self.catalog, tier, feature).ok_or_else(|| unknown_feature(feature))?;
+        let period = current_period(user, self.now);
+        let c = Consume {
+            user_id: &user.id,
+            period: &period.key,
+            period_end: period.end,
+            feature,
+            amount,
+            limit: match gate {
+                Gate::Limit(l) => l,
+                _ => None,
+            },
+            key,
+            token: self.request_id,
+        };
+        let done = match gate {
+            // Not (or no longer) in the plan: only a replay of an earlier answer.
+            Gate::NotInPlan => match usage::earlier(self.db, &user.id, key).await? {
+                Some(earlier) => earlier,
+                None => return Err(not_in_plan(feature, user)),
+            },
             Gate::Credits(cost) => {
-                let spend = cost.saturating_mul(amount) as i64;
-                let metadata = json!({"feature": feature, "uses": amount, "idempotencyKey": key});
-                let source = format!("consume:{}:{key}", user.id);
-                let Spent { spent, balance, replayed, .. } = self
-                    .debit(user, spend, "spend", source, metadata, &|m| {
-                        let m = m.as_ref();
-                        m.and_then(|m| m.get("feature")).and_then(Value::as_str) == Some(feature)
-                            && m.and_then(|m| m.get("uses")).and_then(Value::as_u64) == Some(amount)
-                    })
-                    .await?;
-                Ok(
-                    json!({"ok": true, "feature": feature, "credits": {"spent": spent, "balance": balance}, "replayed": replayed}),
-                )
+                let spend = cost.saturating_mul(amount).min(super::credits::MAX_AMOUNT as u64) as i64;
+                usage::consume_credits(self.db, &c, spend, &credits::new_id()?, self.now).await?
             }
-            Gate::Limit(limit) => {
-                let period = current_period(user, self.now);
-                let c = Consume {
-                    user_id: &user.id,
-                    period: &period.key,
-                    period_end: period.end,
-                    feature,
-                    amount,
-                    limit,
-                    key,
-                    token: self.request_id,
-                };
-                let done = usage::consume(self.db, &c, self.now).await?;
-                if done.feature != feature || done.amount != amount {
-                    return Err(ApiError::coded(
-                        409,
-                        "IDEMPOTENCY_KEY_REUSED",
-                        "This idempotencyKey was already used for a different request; use a new key",
-                    ));
-                }
-                let entry = quota::usage_entry(limit, done.used, &period);
-                if !done.counted {
-                    return Err(ApiError::Detailed {
-                        status: 402,
-                        code: "QUOTA_EXCEEDED",
-                        message: format!("The limit of `{feature}` for this period is reached"),
-                        fields: json!({
-                            "feature": feature, "limit": limit, "used": done.used,
-                            "resetsAt": entry["resetsAt"], "replayed": !done.first,
-                        }),
-                    });
-                }
+            Gate::Limit(_) => usage::consume(self.db, &c, self.now).await?,
+        };
+        if done.feature != feature || done.amount != amount {
+            return Err(ApiError::coded(
+                409,
+                "IDEMPOTENCY_KEY_REUSED",
+                "This idempotencyKey was already used for a different request; use a new key",
+            ));
+        }
+        let replayed = !done.first;
+        let required = self.catalog.credit_cost(feature).unwrap_or(0).saturating_mul(amount) as i64;
+        match done.outcome {
+            Outcome::Counted(used) => {
+                let entry = quota::usage_entry(c.limit, used, &period);
                 Ok(json!({
-                    "ok": true, "feature": feature, "used": done.used, "limit": limit,
-                    "remaining": entry["remaining"], "resetsAt": entry["resetsAt"], "replayed": !done.first,
+                    "ok": true, "feature": feature, "used": used, "limit": c.limit,
+                    "remaining": entry["remaining"], "resetsAt": entry["resetsAt"], "replayed": replayed,
                 }))
             }
+            Outcome::Quota(used) => Err(ApiError::Detailed {
+                status: 402,
+                code: "QUOTA_EXCEEDED",
+                message: format!("The limit of `{feature}` for this period is reached"),
+                fields: json!({
+                    "feature": feature, "limit": c.limit, "used": used,
+                    "resetsAt": quota::usage_entry(c.limit, used, &period)["resetsAt"], "replayed": replayed,
+                }),
+            }),
+            Outcome::Spent(balance) => Ok(json!({
+                "ok": true, "feature": feature, "credits": {"spent": required, "balance": balance}, "replayed": replayed,
+            })),
+            Outcome::Insufficient(balance) => Err(super::credits::insufficient(balance, required)),
         }
     }
 }

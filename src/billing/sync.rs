@@ -517,7 +517,14 @@ impl Billing<'_> {
         let Some(user) = users::find_by_id(self.db, user_id).await.map_err(|e| e.to_string())? else {
             return Ok(None);
         };
-        store.delete(&kv::entitlements_key(&user.auth_id)).await.map_err(|e| e.to_string())?;
+        // A tombstone rather than a delete: a read racing this flush cannot cache the old answer.
+        let tombstone = kv::entitlements_tombstone(crate::clock::now());
+        let put = store.put_bytes(&kv::entitlements_key(&user.auth_id), tombstone.as_bytes());
+        put.map_err(|e| e.to_string())?
+            .expiration_ttl(kv::ENTITLEMENTS_TTL_SECONDS as u64)
+            .execute()
+            .await
+            .map_err(|e| e.to_string())?;
         let mut ops = 1;
         if !self.cfg.dual_write_kv {
             log::info(self.request_id, "kv.copies_written", json!({"userId": user_id, "kvOps": ops}));

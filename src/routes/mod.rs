@@ -80,11 +80,19 @@ impl<'a> Ctx<'a> {
     }
 
     /// Drops the user's cached entitlements before answering: the caller's next read
-    /// (in this location) sees what this request changed. A failure is logged: the
-    /// cache expires within a minute, and nothing that spends reads it.
+    /// (in this location) sees what this request changed. The entry is replaced by a
+    /// tombstone with the time, so a read that computed its answer before the change
+    /// cannot put the old answer back. A failure is logged: the cache expires within a
+    /// minute, and nothing that spends reads it.
     pub async fn forget_entitlements(&self, auth_id: &str) {
-        let Some(kv) = self.app_kv() else { return };
-        if let Err(e) = kv.delete(&crate::store::kv::entitlements_key(auth_id)).await {
+        use crate::store::kv;
+        let Some(store) = self.app_kv() else { return };
+        let key = kv::entitlements_key(auth_id);
+        let put = match store.put_bytes(&key, kv::entitlements_tombstone(self.now).as_bytes()) {
+            Ok(p) => p.expiration_ttl(kv::ENTITLEMENTS_TTL_SECONDS as u64).execute().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = put {
             crate::log::warn(
                 self.request_id,
                 "kv.entitlements_delete_failed",

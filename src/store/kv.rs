@@ -50,6 +50,26 @@ pub fn entitlements_value(body: &serde_json::Value, computed_at: i64) -> String 
     serde_json::json!({"v": 1, "at": computed_at, "body": body}).to_string()
 }
 
+/// What an invalidation leaves in place of the cached value: when it happened. A read
+/// that computed its answer before then must not put it back (see [`superseded`]).
+pub fn entitlements_tombstone(now: i64) -> String {
+    serde_json::json!({"v": 1, "gone": now}).to_string()
+}
+
+/// Whether the stored `current` value says the cache was invalidated at or after
+/// `computed_at` (the second is the unit: a change in the same second wins).
+pub fn superseded(current: &str, computed_at: i64) -> bool {
+    serde_json::from_str::<serde_json::Value>(current)
+        .ok()
+        .and_then(|v| v.get("gone").and_then(serde_json::Value::as_i64))
+        .is_some_and(|gone| gone >= computed_at)
+}
+
+/// When a cached value was computed.
+pub fn computed_at(value: &str) -> Option<i64> {
+    serde_json::from_str::<serde_json::Value>(value).ok()?.get("at")?.as_i64()
+}
+
 /// The body of a cached value still fresh at `now`; `None` for a stale or unreadable one.
 pub fn fresh_entitlements(value: &str, now: i64) -> Option<serde_json::Value> {
     let mut v: serde_json::Value = serde_json::from_str(value).ok()?;
@@ -183,5 +203,19 @@ mod legacy_tests {
         assert_eq!(fresh_entitlements("not json", 1_000), None);
         assert_eq!(fresh_entitlements(r#"{"v":2,"at":1000,"body":{}}"#, 1_000), None);
         assert_eq!(fresh_entitlements(r#"{"v":1,"at":1000,"body":3}"#, 1_000), None);
+        assert_eq!(computed_at(&v), Some(1_000));
+    }
+
+    #[test]
+    fn an_invalidation_leaves_a_tombstone_that_an_older_read_cannot_overwrite() {
+        let t = entitlements_tombstone(2_000);
+        assert_eq!(t, r#"{"gone":2000,"v":1}"#);
+        assert_eq!(fresh_entitlements(&t, 2_000), None, "a tombstone is a miss");
+        assert!(superseded(&t, 1_999), "computed before the change: not cached");
+        assert!(superseded(&t, 2_000), "the same second: the change wins");
+        assert!(!superseded(&t, 2_001), "computed after it: cached");
+        let value = entitlements_value(&serde_json::json!({"ok": true}), 1_500);
+        assert!(!superseded(&value, 1_000), "a cached value is no invalidation");
+        assert!(!superseded("garbage", 1_000));
     }
 }

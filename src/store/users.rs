@@ -143,15 +143,15 @@ pub fn apply_state_stmts(
             state.current_period_start.into(),
         ],
     };
-    // The KV copies (legacy keys, entitlements cache) are due only when a column they
-    // show changes (read before the update, under the same as-of guard): a redelivery
+    // The KV copies (legacy keys, entitlements cache — which shows the usage period)
+    // are due only when a column they show changes (read before the update, under the same as-of guard): a redelivery
     // that changes nothing costs no KV work. Re-syncs bump unconditionally (outbox::due_stmt).
     let copies_due = Stmt {
         sql: "INSERT INTO kv_outbox (user_id, version, due_at, attempts) \
               SELECT id, 1, ?2, 0 FROM users WHERE id = ?1 AND (stripe_synced_at IS NULL OR stripe_synced_at <= ?3) \
                 AND (plan IS NOT ?4 OR subscription_status IS NOT ?5 OR trial_ends_at IS NOT ?6 \
                      OR current_period_end IS NOT ?7 OR trial_used < ?8 OR cancel_at IS NOT ?9 \
-                     OR scheduled_plan IS NOT ?10 OR scheduled_at IS NOT ?11) \
+                     OR scheduled_plan IS NOT ?10 OR scheduled_at IS NOT ?11 OR current_period_start IS NOT ?12) \
               ON CONFLICT(user_id) DO UPDATE SET version = kv_outbox.version + 1, due_at = MIN(kv_outbox.due_at, ?2)",
         params: vec![
             user_id.into(),
@@ -165,6 +165,7 @@ pub fn apply_state_stmts(
             state.cancel_at.into(),
             state.scheduled_plan.clone().into(),
             state.scheduled_at.into(),
+            state.current_period_start.into(),
         ],
     };
     vec![audit, copies_due, update]

@@ -224,7 +224,9 @@ pub struct PaidInvoice {
     pub id: String,
     pub paid: bool,
     pub amount_paid: i64,
-    /// The start of the period its (first) subscription line covers.
+    /// `subtotal` (before discounts and the customer's balance), else `amount_paid`.
+    pub charged: i64,
+    /// The start of the period its first non-proration line covers.
     pub period_start: Option<i64>,
     /// The price of that line.
     pub price: Option<String>,
@@ -234,16 +236,31 @@ pub struct PaidInvoice {
 }
 
 pub fn parse_invoice(v: &Value) -> Option<PaidInvoice> {
-    let line = v.get("lines").and_then(|l| l.get("data")).and_then(Value::as_array).and_then(|d| d.first());
+    // The line of the period it bills: the first that is not a proration (a renewal may
+    // carry proration lines of a plan switch mid-period first).
+    let proration = |l: &Value| {
+        l.get("proration").and_then(Value::as_bool).unwrap_or(false)
+            || l.get("parent")
+                .and_then(|p| p.get("subscription_item_details"))
+                .and_then(|d| d.get("proration"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+    };
+    let lines = v.get("lines").and_then(|l| l.get("data")).and_then(Value::as_array);
+    let line = lines.and_then(|d| d.iter().find(|l| !proration(l)));
     let price = line.and_then(|l| {
         id_of(l.get("price"))
             .or_else(|| id_of(l.get("plan")))
             .or_else(|| l.get("pricing").and_then(|p| p.get("price_details")).and_then(|p| id_of(p.get("price"))))
     });
+    let amount_paid = int_field(v, "amount_paid").unwrap_or(0);
     Some(PaidInvoice {
         id: id_of(v.get("id"))?,
         paid: v.get("paid").and_then(Value::as_bool) == Some(true) || str_field(v, "status").as_deref() == Some("paid"),
-        amount_paid: int_field(v, "amount_paid").unwrap_or(0),
+        amount_paid,
+        // What the period cost before discounts and balance: a renewal paid by a coupon
+        // or the customer's balance is still a paid period; a trial's invoice is 0.
+        charged: int_field(v, "subtotal").unwrap_or(amount_paid),
         period_start: line.and_then(|l| l.get("period")).and_then(|p| int_field(p, "start")),
         price,
         billing_reason: str_field(v, "billing_reason"),
@@ -331,6 +348,19 @@ mod tests {
                        "lines": {"data": [{"period": {"start": 5}, "pricing": {"price_details": {"price": "price_x"}}}]}});
         let i = parse_invoice(&v).unwrap();
         assert_eq!((i.paid, i.amount_paid, i.price.as_deref()), (true, 0, Some("price_x")));
+        // A renewal whose first line is a proration of a plan switch: the period's line counts.
+        let v = json!({"id": "in_4", "status": "paid", "amount_paid": 0, "subtotal": 2900,
+                       "billing_reason": "subscription_cycle",
+                       "lines": {"data": [
+                           {"period": {"start": 150}, "price": {"id": "price_old"}, "proration": true},
+                           {"period": {"start": 200}, "parent": {"subscription_item_details": {"proration": true}}, "price": {"id": "price_old2"}},
+                           {"period": {"start": 300}, "price": {"id": "price_new"}, "proration": false}]}});
+        let i = parse_invoice(&v).unwrap();
+        assert_eq!(
+            (i.period_start, i.price.as_deref(), i.charged, i.amount_paid),
+            (Some(300), Some("price_new"), 2900, 0)
+        );
+        assert_eq!(i.billing_reason.as_deref(), Some("subscription_cycle"));
         let open = parse_invoice(&json!({"id": "in_3", "status": "open"})).unwrap();
         assert_eq!((open.paid, open.period_start, open.price), (false, None, None));
         assert!(parse_invoice(&json!({"status": "paid"})).is_none());
