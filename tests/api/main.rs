@@ -10,11 +10,14 @@ mod support;
 mod auth;
 mod billing;
 mod cors;
+mod credits;
+mod entitlements;
 mod errors;
 mod fixtures;
 mod health;
 mod kv_copy;
 mod plan_me;
+mod usage;
 mod webhooks;
 
 use std::sync::OnceLock;
@@ -24,7 +27,8 @@ use support::stripe_fake::StripeFake;
 use support::{App, AppOptions, JwksServer};
 
 pub use support::stripe_fake::{
-    ADMIN_TOKEN, PRICE_ESSENTIAL, PRICE_PREMIUM, PRICE_PRO, WEBHOOK_SECRET, WEBHOOK_SECRET_OLD,
+    ADMIN_TOKEN, PACK_LARGE_AMOUNT, PACK_SMALL_AMOUNT, PRICE_ESSENTIAL, PRICE_PACK_LARGE, PRICE_PACK_SMALL,
+    PRICE_PREMIUM, PRICE_PRO, SERVICE_JWT_SECRET, WEBHOOK_SECRET, WEBHOOK_SECRET_OLD,
 };
 
 /// The browser origin the test apps allow (returnUrl must be on it).
