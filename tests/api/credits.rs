@@ -500,10 +500,14 @@ fn the_credit_history_pages_newest_first_with_a_cursor_and_sums_to_the_balance()
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 25, "no duplicates across pages");
-    let notes: Vec<String> =
+    let mut notes: Vec<String> =
         seen.iter().map(|t| t["metadata"]["note"].as_str().unwrap_or_default().to_string()).collect();
-    let newest_first: Vec<String> = (0..25).rev().map(|i| format!("n{i}")).collect();
-    assert_eq!(notes, newest_first, "newest first");
+    notes.sort();
+    let mut all: Vec<String> = (0..25).map(|i| format!("n{i}")).collect();
+    all.sort();
+    assert_eq!(notes, all, "every adjustment, with its note");
+    let times: Vec<&str> = seen.iter().map(|t| t["createdAt"].as_str().unwrap_or_default()).collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first: {times:?}");
     for t in &seen {
         assert_eq!(t["reason"], "adjustment", "{t}");
         assert!(t["createdAt"].as_str().is_some_and(|x| x.ends_with('Z')), "{t}");
@@ -511,6 +515,20 @@ fn the_credit_history_pages_newest_first_with_a_cursor_and_sums_to_the_balance()
     let sum: i64 = seen.iter().map(|t| t["delta"].as_i64().unwrap()).sum();
     assert_eq!(sum, expected_balance, "the history sums to the balance");
     assert_balance(&c, expected_balance, "history");
+}
+
+#[test]
+fn the_credit_history_lists_rows_written_in_the_same_second_newest_first() {
+    let s = shared();
+    let c = new_customer(&s.app, "history-order");
+    // A credit, then two spends: usually all within one second.
+    give_credits(&s.app, &c, 100);
+    assert_eq!(spend(&s.app, &c, 30, "order-1").status, 200);
+    assert_eq!(spend(&s.app, &c, 5, "order-2").status, 200);
+    let body = user_get(&s.app, &c, "/api/credits").json();
+    let deltas: Vec<i64> =
+        body["transactions"].as_array().unwrap().iter().map(|t| t["delta"].as_i64().unwrap()).collect();
+    assert_eq!(deltas, [-5, -30, 100], "newest first, also within one second: {body}");
 }
 
 /// Percent-encodes a cursor for a query string.
