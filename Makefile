@@ -29,6 +29,7 @@ help:
 	@echo "make test   - native unit tests + end-to-end tests against wrangler dev"
 	@echo "make bench  - bundle size, latency/throughput and D1 rows per request"
 	@echo "make token USER=alice - a development bearer token (HS256, from .dev.vars)"
+	@echo "make token SERVICE=x  - a service token for /api/entitlements/check (SERVICE_JWT_SECRET)"
 	@echo "make lint   - cargo fmt --check and clippy (native and wasm32)"
 
 # ---------------------------------------------------------------------------------
@@ -95,7 +96,11 @@ migrate-local: node-tools
 	CI=1 wrangler d1 migrations apply DB --local
 
 token: dev-vars
-	@python3 scripts/token.py --secret-file .dev.vars --sub "$(USER)" --email "$(USER)@example.com"
+	@if [ -n "$(SERVICE)" ]; then \
+		python3 scripts/token.py --secret-file .dev.vars --service "$(SERVICE)" --ttl 86400; \
+	else \
+		python3 scripts/token.py --secret-file .dev.vars --sub "$(USER)" --email "$(USER)@example.com"; \
+	fi
 
 dev: worker dev-vars migrate-local
 	@echo

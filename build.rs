@@ -15,7 +15,7 @@ fn main() {
         eprintln!("error: cannot read plans.toml: {e}");
         std::process::exit(1)
     });
-    let tiers = match catalog_source::parse_catalog(&text) {
+    let catalog = match catalog_source::parse_catalog(&text) {
         Ok(t) => t,
         Err(e) => {
             // cargo prints a build script's stderr when it fails.
@@ -25,7 +25,7 @@ fn main() {
     };
     let out = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
     let path = std::path::Path::new(&out).join("catalog.rs");
-    std::fs::write(&path, catalog_source::to_rust(&tiers)).expect("write catalog.rs");
+    std::fs::write(&path, catalog_source::to_rust(&catalog)).expect("write catalog.rs");
 
     // Rebuild when HEAD moves so /health reports the commit that was built.
     for f in [".git/HEAD", ".git/refs/heads", ".git/packed-refs"] {

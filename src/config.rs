@@ -50,6 +50,11 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// `STRIPE_PRICE_<TIER>` for every paid tier of the catalog.
     pub prices: PriceMap,
+    /// `STRIPE_PRICE_PACK_<ID>` for the credit packs of the catalog: (pack id, price).
+    pub pack_prices: Vec<(&'static str, String)>,
+    /// `SERVICE_JWT_SECRET` (secret): HS256 key of the service tokens other backends
+    /// call `/api/entitlements/check` and `/api/usage/consume` with.
+    pub service_jwt_secret: Option<String>,
 }
 
 fn non_empty(v: Option<String>) -> Option<String> {
@@ -117,6 +122,22 @@ impl Config {
                 return Err(format!("AUTH_JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes"));
             }
         }
+        let service_jwt_secret = non_empty(get("SERVICE_JWT_SECRET"));
+        if let Some(s) = &service_jwt_secret {
+            if s.len() < MIN_JWT_SECRET_BYTES {
+                return Err(format!("SERVICE_JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes"));
+            }
+            if jwt_secret.as_deref() == Some(s.as_str()) {
+                return Err(
+                    "SERVICE_JWT_SECRET must differ from AUTH_JWT_SECRET: a user token would pass as a service".into(),
+                );
+            }
+        }
+        let pack_prices = Catalog::builtin()
+            .packs()
+            .iter()
+            .filter_map(|p| Some((p.id, non_empty(get(&format!("STRIPE_PRICE_PACK_{}", p.id.to_ascii_uppercase())))?)))
+            .collect();
         let jwks_url = non_empty(get("AUTH_JWKS_URL"));
         let (issuer, audience) = (non_empty(get("AUTH_ISSUER")), non_empty(get("AUTH_AUDIENCE")));
         if let Some(u) = &jwks_url {
@@ -168,6 +189,8 @@ impl Config {
             expose_d1_stats,
             admin_token: non_empty(get("ADMIN_TOKEN")),
             prices: PriceMap::from_lookup(&Catalog::builtin(), &get),
+            pack_prices,
+            service_jwt_secret,
             environment: non_empty(get("ENVIRONMENT")).unwrap_or_else(|| "development".into()),
             allowed_origins,
             max_body_bytes,
@@ -176,6 +199,11 @@ impl Config {
             issuer,
             audience,
         })
+    }
+
+    /// The Stripe price of a credit pack, when configured.
+    pub fn pack_price(&self, pack: &str) -> Option<&str> {
+        self.pack_prices.iter().find(|(p, _)| *p == pack).map(|(_, price)| price.as_str())
     }
 
     pub fn origin_allowed(&self, origin: &str) -> bool {
@@ -233,6 +261,18 @@ mod tests {
         assert!(cfg(&[("MAX_BODY_BYTES", "1MB")]).is_err());
         assert!(cfg(&[("MAX_BODY_BYTES", "0")]).is_err());
         assert_eq!(cfg(&[("MAX_BODY_BYTES", "2048")]).unwrap().max_body_bytes, 2048);
+    }
+
+    #[test]
+    fn pack_prices_and_the_service_secret_are_read_and_checked() {
+        let c = cfg(&[("STRIPE_PRICE_PACK_SMALL", " price_small "), ("SERVICE_JWT_SECRET", &"s".repeat(32))]).unwrap();
+        assert_eq!(c.pack_price("small"), Some("price_small"));
+        assert_eq!(c.pack_price("large"), None, "no var: not for sale");
+        assert!(c.service_jwt_secret.is_some());
+        assert!(cfg(&[("SERVICE_JWT_SECRET", "short")]).unwrap_err().contains("SERVICE_JWT_SECRET"));
+        let same = "x".repeat(40);
+        let e = cfg(&[("SERVICE_JWT_SECRET", &same), ("AUTH_JWT_SECRET", &same)]).unwrap_err();
+        assert!(e.contains("must differ"), "{e}");
     }
 
     #[test]

@@ -42,6 +42,7 @@ pub async fn run(cron: &str, scheduled_ms: f64, env: &Env) {
     let left = RUN_DELIVERIES.saturating_sub(retries.as_ref().map_or(0, |t| t.deliveries));
     let reconciled = if cfg.stripe_secret_key.is_some() { Some(billing.reconcile(left).await) } else { None };
     let purged = webhooks::purge_processed(&db, now).await;
+    let purged_keys = crate::store::usage::purge_requests(&db, now).await;
     let copies = billing.flush_due_copies(COPIES_PER_RUN).await;
 
     let summary = |r: &Result<Tally, ApiError>| match r {
@@ -57,6 +58,7 @@ pub async fn run(cron: &str, scheduled_ms: f64, env: &Env) {
             "reconcile": reconciled.as_ref().map(summary).unwrap_or(json!("skipped: no STRIPE_SECRET_KEY")),
             "kvCopies": copies.as_ref().map(|n| json!(n)).unwrap_or_else(|e| json!({"error": e.to_string()})),
             "purged": purged.as_ref().map(|n| json!(n)).unwrap_or_else(|e| json!({"error": e.to_string()})),
+            "purgedUsageKeys": purged_keys.as_ref().map(|n| json!(n)).unwrap_or_else(|e| json!({"error": e.to_string()})),
         }),
     );
 }

@@ -39,6 +39,14 @@ pub enum ApiError {
         subscription_status: String,
         invoice_url: Option<String>,
     },
+    /// A documented failure whose body carries more fields (`QUOTA_EXCEEDED` with
+    /// `limit`, `used`, `resetsAt`; `INSUFFICIENT_CREDITS` with `balance`, `required`…).
+    Detailed {
+        status: u16,
+        code: &'static str,
+        message: String,
+        fields: serde_json::Value,
+    },
     /// A server-side failure with its own code (`WEBHOOK_NOT_CONFIGURED`, …): the
     /// public message is fixed, the cause goes to the log only.
     CodedServer {
@@ -83,6 +91,7 @@ impl ApiError {
             ApiError::InvalidRequest(_) => 400,
             ApiError::PaymentPending { .. } => 409,
             ApiError::Coded { status, .. }
+            | ApiError::Detailed { status, .. }
             | ApiError::CodedServer { status, .. }
             | ApiError::CodedPlan { status, .. } => *status,
             ApiError::Server(_) => 500,
@@ -98,9 +107,10 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             ApiError::InvalidRequest(_) => "INVALID_REQUEST",
             ApiError::PaymentPending { .. } => "PAYMENT_PENDING",
-            ApiError::Coded { code, .. } | ApiError::CodedServer { code, .. } | ApiError::CodedPlan { code, .. } => {
-                code
-            }
+            ApiError::Coded { code, .. }
+            | ApiError::Detailed { code, .. }
+            | ApiError::CodedServer { code, .. }
+            | ApiError::CodedPlan { code, .. } => code,
             ApiError::Server(_) => "SERVER_ERROR",
         }
     }
@@ -124,7 +134,9 @@ impl ApiError {
             ApiError::PaymentPending { .. } => {
                 "A subscription is waiting for payment: complete or cancel it in the billing portal first".into()
             }
-            ApiError::Coded { message, .. } | ApiError::CodedPlan { message, .. } => message.clone(),
+            ApiError::Coded { message, .. }
+            | ApiError::CodedPlan { message, .. }
+            | ApiError::Detailed { message, .. } => message.clone(),
             ApiError::CodedServer { public, .. } => public.to_string(),
             ApiError::Server(_) => "Internal error; quote the request id when reporting it".to_string(),
         }
@@ -157,6 +169,14 @@ impl ApiError {
             subscription_status,
             invoice_url,
         };
+        if let ApiError::Detailed { fields: serde_json::Value::Object(extra), .. } = self {
+            if let Ok(serde_json::Value::Object(mut obj)) = serde_json::to_value(&body) {
+                for (k, v) in extra {
+                    obj.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+                return serde_json::Value::Object(obj).to_string();
+            }
+        }
         serde_json::to_string(&body)
             .unwrap_or_else(|_| r#"{"ok":false,"code":"SERVER_ERROR","message":"Internal error"}"#.into())
     }
@@ -178,6 +198,20 @@ mod tests {
 
     fn parse(e: &ApiError) -> serde_json::Value {
         serde_json::from_str(&e.body_json()).unwrap()
+    }
+
+    #[test]
+    fn a_detailed_error_adds_its_fields_but_never_replaces_ok_code_or_message() {
+        let e = ApiError::Detailed {
+            status: 402,
+            code: "QUOTA_EXCEEDED",
+            message: "Monthly limit reached".into(),
+            fields: serde_json::json!({"limit": 10, "used": 10, "ok": true, "code": "X"}),
+        };
+        let v = parse(&e);
+        assert_eq!((e.status(), v["code"].as_str(), v["ok"].as_bool()), (402, Some("QUOTA_EXCEEDED"), Some(false)));
+        assert_eq!((v["limit"].as_i64(), v["used"].as_i64()), (Some(10), Some(10)));
+        assert_eq!(v["message"], "Monthly limit reached");
     }
 
     #[test]

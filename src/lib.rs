@@ -42,6 +42,16 @@ enum Handler {
     ResumeSubscription,
     DowngradePlan,
     SyncStripePlan,
+    Entitlements,
+    EntitlementsCheck,
+    UsageConsume,
+    Usage,
+    Credits,
+    CreditsCheckout,
+    CreditsSpend,
+    AdminCredits,
+    AdminCreditsAdjust,
+    AdminCreditShortfalls,
 }
 
 struct Route {
@@ -67,6 +77,16 @@ const ROUTES: &[Route] = &[
     Route { path: "/api/admin/webhook-events", methods: &["GET"], handler: Handler::AdminListEvents },
     Route { path: "/api/admin/webhook-events/{}/retry", methods: &["POST"], handler: Handler::AdminRetryEvent },
     Route { path: "/api/admin/resync", methods: &["POST"], handler: Handler::AdminResync },
+    Route { path: "/api/entitlements", methods: &["GET"], handler: Handler::Entitlements },
+    Route { path: "/api/entitlements/check", methods: &["POST"], handler: Handler::EntitlementsCheck },
+    Route { path: "/api/usage", methods: &["GET"], handler: Handler::Usage },
+    Route { path: "/api/usage/consume", methods: &["POST"], handler: Handler::UsageConsume },
+    Route { path: "/api/credits", methods: &["GET"], handler: Handler::Credits },
+    Route { path: "/api/credits/checkout", methods: &["POST"], handler: Handler::CreditsCheckout },
+    Route { path: "/api/credits/spend", methods: &["POST"], handler: Handler::CreditsSpend },
+    Route { path: "/api/admin/credits", methods: &["GET"], handler: Handler::AdminCredits },
+    Route { path: "/api/admin/credits/adjust", methods: &["POST"], handler: Handler::AdminCreditsAdjust },
+    Route { path: "/api/admin/credits/shortfalls", methods: &["GET"], handler: Handler::AdminCreditShortfalls },
 ];
 
 fn match_path(pattern: &str, path: &str) -> Option<Vec<String>> {
@@ -97,7 +117,7 @@ async fn dispatch(handler: Handler, params: &[String], ctx: &Ctx<'_>) -> Result<
     let param = |i: usize| params.get(i).map(String::as_str).unwrap_or_default();
     match handler {
         Handler::Health => routes::health::get(ctx).await,
-        Handler::Plans => routes::catalog::get(),
+        Handler::Plans => routes::catalog::get(ctx),
         Handler::PlanMe => routes::plan::me(ctx).await,
         Handler::StripeWebhook => routes::webhook::stripe(ctx).await,
         Handler::AdminListEvents => routes::admin::list_events(ctx).await,
@@ -110,6 +130,16 @@ async fn dispatch(handler: Handler, params: &[String], ctx: &Ctx<'_>) -> Result<
         Handler::ResumeSubscription => routes::billing::resume_subscription(ctx).await,
         Handler::DowngradePlan => routes::billing::downgrade_plan(ctx).await,
         Handler::SyncStripePlan => routes::billing::sync_stripe_plan(ctx).await,
+        Handler::Entitlements => routes::entitlements::get(ctx).await,
+        Handler::EntitlementsCheck => routes::entitlements::check(ctx).await,
+        Handler::UsageConsume => routes::usage::consume(ctx).await,
+        Handler::Usage => routes::usage::get(ctx).await,
+        Handler::Credits => routes::credits::get(ctx).await,
+        Handler::CreditsCheckout => routes::credits::checkout(ctx).await,
+        Handler::CreditsSpend => routes::credits::spend(ctx).await,
+        Handler::AdminCredits => routes::credits::admin_list(ctx).await,
+        Handler::AdminCreditsAdjust => routes::credits::admin_adjust(ctx).await,
+        Handler::AdminCreditShortfalls => routes::credits::admin_shortfalls(ctx).await,
     }
 }
 
@@ -152,6 +182,18 @@ async fn write_copies_later(env: Env, cfg: std::rc::Rc<Config>, user_ids: Vec<St
     let db = Db::new(d1);
     let billing = billing::Billing::new(&db, &cfg, env.kv("APP_KV").ok(), clock::now(), &request_id);
     billing.flush_copies(&user_ids).await;
+}
+
+/// After the response: a cache entry (e.g. entitlements) put in `APP_KV`.
+async fn cache_later(env: Env, key: String, value: String, ttl: u64, request_id: String) {
+    let Ok(kv) = env.kv("APP_KV") else { return };
+    let put = match kv.put_bytes(&key, value.as_bytes()) {
+        Ok(p) => p.expiration_ttl(ttl).execute().await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = put {
+        log::warn(&request_id, "kv.cache_put_failed", json!({"error": e.to_string()}));
+    }
 }
 
 #[event(scheduled)]
@@ -216,11 +258,15 @@ pub async fn fetch(mut req: Request, env: Env, worker_ctx: Context) -> worker::R
             query,
             body,
             copies_due: Default::default(),
+            cache_put: Default::default(),
         };
         let reply = dispatch(handler, &params, &ctx).await;
         let due = ctx.copies_due.take();
         if !due.is_empty() {
             worker_ctx.wait_until(write_copies_later(env.clone(), cfg.clone(), due, request_id.clone()));
+        }
+        if let Some((key, value, ttl)) = ctx.cache_put.take() {
+            worker_ctx.wait_until(cache_later(env.clone(), key, value, ttl, request_id.clone()));
         }
         Ok((reply, (db.rows_read(), db.rows_written(), db.round_trips())))
     }

@@ -61,6 +61,14 @@ pub struct Identity {
     /// `sub`: the identity provider's user id.
     pub auth_id: String,
     pub email: Option<String>,
+    /// `scope` (space-separated), e.g. `plangate:service` on a service token.
+    pub scope: Option<String>,
+}
+
+impl Identity {
+    pub fn has_scope(&self, wanted: &str) -> bool {
+        self.scope.as_deref().is_some_and(|s| s.split(' ').any(|x| x == wanted))
+    }
 }
 
 /// Which tokens are accepted. Built from configuration once per request.
@@ -260,7 +268,8 @@ fn check_claims(claims: &Map<String, Value>, policy: &Policy<'_>, now: i64) -> R
         .and_then(Value::as_str)
         .filter(|e| !e.is_empty() && e.len() <= 320 && !e.chars().any(char::is_control))
         .map(str::to_string);
-    Ok(Identity { auth_id: sub.clone(), email })
+    let scope = claims.get("scope").and_then(Value::as_str).map(str::to_string);
+    Ok(Identity { auth_id: sub.clone(), email, scope })
 }
 
 /// Verifies `token` under `policy` at time `now` (unix seconds).
@@ -399,7 +408,7 @@ mod tests {
     #[test]
     fn a_valid_hs256_token_yields_the_subject_and_email() {
         let id = run_default(&sign_hs256(SECRET, &claims())).unwrap();
-        assert_eq!(id, Identity { auth_id: "user-1".into(), email: Some("a@example.com".into()) });
+        assert_eq!(id, Identity { auth_id: "user-1".into(), email: Some("a@example.com".into()), scope: None });
     }
 
     #[test]

@@ -213,9 +213,74 @@ pub async fn authenticate(
     })
 }
 
+/// The scope a service token must carry.
+pub const SERVICE_SCOPE: &str = "plangate:service";
+
+/// Who calls an endpoint other backends use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// A signed-in user (their own token).
+    User(Identity),
+    /// Another backend: an HS256 token signed with `SERVICE_JWT_SECRET` carrying the
+    /// `plangate:service` scope (its `sub` names the service).
+    Service(String),
+    /// The operator (`ADMIN_TOKEN`).
+    Admin,
+}
+
+/// Constant-time comparison of a presented token with `ADMIN_TOKEN` (both hashed
+/// first, so neither length nor content leaks through timing).
+pub fn admin_token_matches(presented: &str, expected: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    let (a, b) = (Sha256::digest(presented.as_bytes()), Sha256::digest(expected.as_bytes()));
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Verifies the bearer token as the admin's, a service's or a user's. A token signed
+/// with the service secret but without the service scope is refused (403), never taken
+/// for a user's.
+pub async fn authenticate_caller(
+    authorization: Option<&str>,
+    cfg: &Config,
+    kv: Option<KvStore>,
+    now: i64,
+    request_id: &str,
+) -> Result<Caller, ApiError> {
+    let token = bearer_token(authorization)?;
+    if cfg.admin_token.as_deref().is_some_and(|expected| admin_token_matches(token, expected)) {
+        return Ok(Caller::Admin);
+    }
+    if let Some(secret) = cfg.service_jwt_secret.as_deref() {
+        let policy = Policy {
+            hs256_secret: Some(secret.as_bytes()),
+            rs256: false,
+            issuer: None,
+            audience: None,
+            leeway: jwt::DEFAULT_LEEWAY_SECONDS,
+        };
+        let store = JwksStore { url: "", kv: None, now, request_id };
+        match jwt::verify(token, &policy, &store, &WebCryptoRsa, now).await {
+            Ok(id) if id.has_scope(SERVICE_SCOPE) => return Ok(Caller::Service(id.auth_id)),
+            Ok(_) => return Err(ApiError::Forbidden("a service token needs the plangate:service scope")),
+            // Not signed with the service secret: a user's token, perhaps.
+            Err(JwtError::BadSignature | JwtError::UnsupportedAlgorithm) => {}
+            Err(other) => return Err(ApiError::AuthRequired(other.reason())),
+        }
+    }
+    authenticate(authorization, cfg, kv, now, request_id).await.map(Caller::User)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admin_tokens_must_match_exactly() {
+        assert!(admin_token_matches("secret-token", "secret-token"));
+        assert!(!admin_token_matches("secret-token ", "secret-token"));
+        assert!(!admin_token_matches("", "secret-token"));
+        assert!(!admin_token_matches("secret-tokeN", "secret-token"));
+    }
 
     #[test]
     fn the_bearer_scheme_is_required_and_case_insensitive() {

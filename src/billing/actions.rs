@@ -500,6 +500,48 @@ impl Billing<'_> {
         .await
     }
 
+    /// `/api/credits/checkout`: a Stripe Checkout (payment mode) for a credit pack.
+    /// Its credits are granted when Stripe reports the payment (see `billing::credits`);
+    /// the pack and the user ride in the session's and the payment intent's metadata.
+    /// One-off payments never make a second subscription, so open sessions are left be.
+    pub async fn buy_pack(
+        &self,
+        who: &Identity,
+        pack: &crate::domain::plans::PackDef,
+        price: &str,
+        return_url: String,
+    ) -> Result<(String, String), ApiError> {
+        let user = self.user_for(who).await?;
+        self.locked(&user.id, "credits_checkout", |user, seq| async move {
+            self.with_customer(user, async |user, customer| {
+                let req = StripeRequest::post(
+                    "/v1/checkout/sessions",
+                    key(user, seq, &["pack", customer, pack.id, price, &return_url]),
+                )
+                .param("mode", "payment")
+                .param("customer", customer)
+                .param("client_reference_id", user.id.as_str())
+                .param("line_items[0][price]", price)
+                .param("line_items[0][quantity]", "1")
+                .param("success_url", with_param(&return_url, "credits=success"))
+                .param("cancel_url", with_param(&return_url, "credits=cancel"))
+                .param("metadata[user_id]", user.id.as_str())
+                .param("metadata[pack]", pack.id)
+                .param("payment_intent_data[metadata][user_id]", user.id.as_str())
+                .param("payment_intent_data[metadata][pack]", pack.id);
+                let session = self.call(req, "CHECKOUT_FAILED", "create credits checkout session").await?;
+                let url = session.get("url").and_then(Value::as_str).map(str::to_string);
+                let id = events::id_of(session.get("id"));
+                match (url, id) {
+                    (Some(url), Some(id)) => Ok((url, id)),
+                    _ => Err(ApiError::server("checkout session without url or id")),
+                }
+            })
+            .await
+        })
+        .await
+    }
+
     /// `/api/billing-portal`: a Stripe customer portal session URL.
     pub async fn portal(&self, who: &Identity, return_url: String) -> Result<String, ApiError> {
         let user = self.user_for(who).await?;

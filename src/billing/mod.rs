@@ -11,7 +11,9 @@
 //! Route handlers only parse input, call one function here and shape the reply.
 
 pub mod actions;
+pub mod credits;
 pub mod delivery;
+pub mod entitlements;
 pub mod resync;
 pub mod sync;
 

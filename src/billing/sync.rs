@@ -29,6 +29,8 @@ pub struct Outcome {
     /// Users whose row may have changed: their KV copies are refreshed after commit.
     pub users: Vec<String>,
     pub note: &'static str,
+    /// The subscription (as Stripe answered) whose state the statements store.
+    pub applied: Option<(Subscription, String)>,
 }
 
 impl Outcome {
@@ -65,12 +67,26 @@ impl Billing<'_> {
                 let id = payload.id.clone();
                 self.subscription_event(ev, &id, None, Some(payload), &cause).await
             }
-            EventKind::InvoicePaid | EventKind::InvoicePaymentFailed => {
-                match events::invoice_subscription(&ev.object) {
-                    Some(id) => self.subscription_event(ev, &id, None, None, &cause).await,
-                    None => Ok(Outcome::noop("invoice without subscription")),
+            EventKind::InvoicePaid => match events::invoice_subscription(&ev.object) {
+                Some(id) => {
+                    let mut outcome = self.subscription_event(ev, &id, None, None, &cause).await?;
+                    // The period's credits, once per (subscription, period start), in
+                    // the same batch as the state the invoice confirms.
+                    if let (Some(invoice), Some(user), Some((sub, plan))) =
+                        (events::parse_invoice(&ev.object), outcome.users.first(), outcome.applied.as_ref())
+                    {
+                        let grant =
+                            self.period_grant_stmts(user, &id, &invoice, sub.current_period_start, plan, &ev.id)?;
+                        outcome.stmts.extend(grant);
+                    }
+                    Ok(outcome)
                 }
-            }
+                None => Ok(Outcome::noop("invoice without subscription")),
+            },
+            EventKind::InvoicePaymentFailed => match events::invoice_subscription(&ev.object) {
+                Some(id) => self.subscription_event(ev, &id, None, None, &cause).await,
+                None => Ok(Outcome::noop("invoice without subscription")),
+            },
             EventKind::CheckoutCompleted => {
                 let cs = events::parse_checkout_session(&ev.object).ok_or_else(|| Failure {
                     cause: "event object is not a checkout session".into(),
@@ -260,6 +276,7 @@ impl Billing<'_> {
             ),
             users: vec![user.id],
             note: "subscription state applied",
+            applied: fetched.then(|| (sub.clone(), state.plan.clone())),
         })
     }
 
@@ -297,7 +314,17 @@ impl Billing<'_> {
             },
             self.now,
         ));
-        Ok(Outcome { stmts, users: touched, note: "checkout payment recorded" })
+        // A paid pack: its credits, keyed on the payment intent (shared with
+        // `payment_intent.succeeded`). A Checkout without a payment intent (nothing to
+        // pay) is keyed on itself; with an amount due, the payment intent will come.
+        let pack = cs.metadata_pack.as_deref().and_then(|p| self.catalog.pack(p));
+        let paid = cs.payment_status.as_deref() == Some("paid") && cs.mode == "payment";
+        let keyable = cs.payment_intent.is_some() || cs.amount_total == Some(0);
+        if let (Some(pack), true, true, Some((u, _))) = (pack, paid, keyable, user.as_ref()) {
+            stmts.extend(self.pack_grant_stmts(&u.id, id, pack, &ev.id)?);
+            touched.push(u.id.clone());
+        }
+        Ok(Outcome { stmts, users: touched, note: "checkout payment recorded", applied: None })
     }
 
     async fn record_payment(&self, ev: &Envelope, p: &events::Payment, status: &str) -> Result<Outcome, Failure> {
@@ -306,7 +333,8 @@ impl Billing<'_> {
             (None, Some(c)) => self.user_by_customer(c).await?,
             (None, None) => None,
         };
-        Ok(Outcome {
+        let user_id = user.as_ref().map(|u| u.id.clone());
+        let mut outcome = Outcome {
             stmts: vec![payments::upsert_stmt(
                 &PaymentWrite {
                     id: &p.payment_intent,
@@ -324,7 +352,21 @@ impl Billing<'_> {
             )],
             users: Vec::new(),
             note: "payment recorded",
-        })
+            applied: None,
+        };
+        let pack = p.pack.as_deref().and_then(|id| self.catalog.pack(id));
+        match (status, pack, user_id) {
+            ("succeeded", Some(pack), Some(uid)) => {
+                outcome.stmts.extend(self.pack_grant_stmts(&uid, &p.payment_intent, pack, &ev.id)?);
+                outcome.users.push(uid);
+            }
+            ("refunded" | "partially_refunded", _, uid) => {
+                outcome.stmts.extend(self.refund_stmts(uid.as_deref(), &p.payment_intent, &ev.id)?);
+                outcome.users.extend(uid);
+            }
+            _ => {}
+        }
+        Ok(outcome)
     }
 
     async fn customer_updated(&self, ev: &Envelope) -> Result<Outcome, Failure> {
@@ -344,6 +386,7 @@ impl Billing<'_> {
             stmts: vec![users::set_email_by_customer_stmt(&id, email, self.now)],
             users: Vec::new(),
             note: "customer email synced",
+            applied: None,
         })
     }
 
@@ -363,6 +406,7 @@ impl Billing<'_> {
             stmts: users::customer_gone_stmts(&id, default_plan, &format!("webhook:{}", ev.id), ev.created, self.now),
             users: vec![user.id],
             note: "customer deleted: customer and subscription cleared",
+            applied: None,
         })
     }
 
@@ -470,15 +514,15 @@ impl Billing<'_> {
     /// (`None` when no legacy key is kept).
     async fn write_copies(&self, user_id: &str) -> Result<Option<(Option<String>, String)>, String> {
         let store = self.kv.as_ref().ok_or("APP_KV is not bound")?;
-        store.delete(&kv::entitlements_key(user_id)).await.map_err(|e| e.to_string())?;
+        let Some(user) = users::find_by_id(self.db, user_id).await.map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        store.delete(&kv::entitlements_key(&user.auth_id)).await.map_err(|e| e.to_string())?;
         let mut ops = 1;
         if !self.cfg.dual_write_kv {
             log::info(self.request_id, "kv.copies_written", json!({"userId": user_id, "kvOps": ops}));
             return Ok(None);
         }
-        let Some(user) = users::find_by_id(self.db, user_id).await.map_err(|e| e.to_string())? else {
-            return Ok(None);
-        };
         let values = kv::legacy_plan_values(&user);
         for (key, value) in kv::changed_values(&values, user.kv_written.as_deref()) {
             let r = match value {

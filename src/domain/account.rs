@@ -33,6 +33,9 @@ pub struct UserRecord {
     /// The legacy KV values last written for this user (JSON; see `billing::sync`).
     #[serde(default)]
     pub kv_written: Option<String>,
+    /// The start of the current Stripe billing period (usage counts per period).
+    #[serde(default)]
+    pub current_period_start: Option<i64>,
 }
 
 /// The body of `GET /api/plan/me`, field for field the old endpoint's format.

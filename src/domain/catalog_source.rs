@@ -15,6 +15,25 @@ pub struct TierSpec {
     pub trial_days: u32,
     /// Feature id and its monthly limit (`None`: unlimited), in catalog order.
     pub features: Vec<(String, Option<u64>)>,
+    /// Credits granted at the start of each paid billing period.
+    pub credits_per_period: u64,
+}
+
+/// A credit pack sold one-off (its Stripe price comes from `STRIPE_PRICE_PACK_<ID>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackSpec {
+    pub id: String,
+    pub name: String,
+    pub credits: u64,
+}
+
+/// The whole validated catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogSpec {
+    pub tiers: Vec<TierSpec>,
+    pub packs: Vec<PackSpec>,
+    /// Features paid in credits: feature id → credits per use.
+    pub credit_costs: Vec<(String, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,15 +60,27 @@ fn valid_ident(s: &str) -> bool {
 /// The API reports a trialing user's plan as `trial`, so no tier may be called that.
 const RESERVED_TIER_IDS: &[&str] = &["trial"];
 const MAX_TRIAL_DAYS: i64 = 365;
+/// Credits in one grant, pack or use at most: far below 2^53 (D1 numbers are f64).
+const MAX_CREDITS: i64 = 1_000_000_000;
 
-pub fn parse_catalog(text: &str) -> Result<Vec<TierSpec>, CatalogError> {
+fn credits_value(what: &str, v: Option<&toml::Value>) -> Result<u64, CatalogError> {
+    match v {
+        None => Ok(0),
+        Some(toml::Value::Integer(n)) if (0..=MAX_CREDITS).contains(n) => Ok(*n as u64),
+        Some(v) => err(format!("{what} must be a whole number of credits from 0 to {MAX_CREDITS}, not {v}")),
+    }
+}
+
+pub fn parse_catalog(text: &str) -> Result<CatalogSpec, CatalogError> {
     let doc: toml::Table = match text.parse() {
         Ok(t) => t,
         Err(e) => return err(format!("not valid TOML: {e}")),
     };
     for key in doc.keys() {
-        if key != "order" && key != "tiers" {
-            return err(format!("unknown top-level key `{key}` (expected `order` and `tiers`)"));
+        if !["order", "tiers", "packs", "credit_costs"].contains(&key.as_str()) {
+            return err(format!(
+                "unknown top-level key `{key}` (expected `order`, `tiers`, `packs` and `credit_costs`)"
+            ));
         }
     }
     let order = match doc.get("order") {
@@ -95,12 +126,78 @@ pub fn parse_catalog(text: &str) -> Result<Vec<TierSpec>, CatalogError> {
             return err(format!("unknown tier `{id}`: [tiers.{id}] is not listed in `order`"));
         }
     }
-    Ok(out)
+    let packs = parse_packs(doc.get("packs"))?;
+    let credit_costs = parse_credit_costs(doc.get("credit_costs"), &out)?;
+    Ok(CatalogSpec { tiers: out, packs, credit_costs })
+}
+
+fn parse_packs(v: Option<&toml::Value>) -> Result<Vec<PackSpec>, CatalogError> {
+    let table = match v {
+        None => return Ok(Vec::new()),
+        Some(toml::Value::Table(t)) => t,
+        Some(_) => return err("`packs` must be a table of [packs.<id>] sections"),
+    };
+    let mut packs = Vec::new();
+    for (id, pack) in table {
+        if !valid_ident(id) {
+            return err(format!("pack id `{id}` must be lowercase letters, digits or `_`, starting with a letter"));
+        }
+        let t = match pack {
+            toml::Value::Table(t) => t,
+            _ => return err(format!("`packs.{id}` must be a table")),
+        };
+        for key in t.keys() {
+            if key != "name" && key != "credits" {
+                return err(format!("pack `{id}`: unknown key `{key}` (expected `name` and `credits`)"));
+            }
+        }
+        let name = match t.get("name") {
+            Some(toml::Value::String(s)) if !s.trim().is_empty() => s.clone(),
+            _ => return err(format!("pack `{id}`: `name` must be a non-empty string")),
+        };
+        if t.get("credits").is_none() {
+            return err(format!("pack `{id}`: missing `credits`"));
+        }
+        let credits = credits_value(&format!("pack `{id}`: `credits`"), t.get("credits"))?;
+        if credits == 0 {
+            return err(format!("pack `{id}`: `credits` must be at least 1"));
+        }
+        packs.push(PackSpec { id: id.clone(), name, credits });
+    }
+    Ok(packs)
+}
+
+fn parse_credit_costs(v: Option<&toml::Value>, tiers: &[TierSpec]) -> Result<Vec<(String, u64)>, CatalogError> {
+    let table = match v {
+        None => return Ok(Vec::new()),
+        Some(toml::Value::Table(t)) => t,
+        Some(_) => return err("`credit_costs` must be a table of feature = credits per use"),
+    };
+    let mut costs = Vec::new();
+    for (feature, cost) in table {
+        let what = format!("credit cost of `{feature}`");
+        let n = credits_value(&what, Some(cost))?;
+        if n == 0 {
+            return err(format!("{what} must be at least 1 (leave a free feature out of `credit_costs`)"));
+        }
+        let listed: Vec<&TierSpec> = tiers.iter().filter(|t| t.features.iter().any(|(f, _)| f == feature)).collect();
+        if listed.is_empty() {
+            return err(format!("{what}: `{feature}` is not a feature of any tier"));
+        }
+        if let Some(t) = listed.iter().find(|t| t.features.iter().any(|(f, l)| f == feature && l.is_some())) {
+            return err(format!(
+                "`{feature}` is paid in credits and cannot also have a monthly limit (tier `{}`)",
+                t.id
+            ));
+        }
+        costs.push((feature.clone(), n));
+    }
+    Ok(costs)
 }
 
 fn parse_tier(id: &str, t: &toml::Table, is_default: bool) -> Result<TierSpec, CatalogError> {
     for key in t.keys() {
-        if !["name", "trial_days", "features", "limits"].contains(&key.as_str()) {
+        if !["name", "trial_days", "features", "limits", "credits_per_period"].contains(&key.as_str()) {
             return err(format!("tier `{id}`: unknown key `{key}`"));
         }
     }
@@ -156,26 +253,40 @@ fn parse_tier(id: &str, t: &toml::Table, is_default: bool) -> Result<TierSpec, C
         }
         Some(_) => return err(format!("tier `{id}`: `limits` must be a table of feature = number")),
     }
-    Ok(TierSpec { id: id.to_string(), name, trial_days, features })
+    let credits_per_period = credits_value(&format!("tier `{id}`: `credits_per_period`"), t.get("credits_per_period"))?;
+    if is_default && credits_per_period != 0 {
+        return err(format!("tier `{id}` is the default (first) tier: it has no billing period to grant credits in"));
+    }
+    Ok(TierSpec { id: id.to_string(), name, trial_days, features, credits_per_period })
 }
 
 /// Renders the validated catalog as Rust source for `include!` in `domain::plans`.
-pub fn to_rust(tiers: &[TierSpec]) -> String {
+pub fn to_rust(catalog: &CatalogSpec) -> String {
+    let cost = |f: &str| catalog.credit_costs.iter().find(|(c, _)| c == f).map(|(_, n)| *n);
+    let opt = |v: Option<u64>| match v {
+        Some(n) => format!("Some({n})"),
+        None => "None".to_string(),
+    };
     let mut s = String::from("// @generated by build.rs from plans.toml; edit plans.toml instead.\n");
     s.push_str("pub static TIERS: &[TierDef] = &[\n");
-    for t in tiers {
+    for t in &catalog.tiers {
         s.push_str(&format!(
-            "    TierDef {{ id: {:?}, name: {:?}, trial_days: {}, features: &[",
-            t.id, t.name, t.trial_days
+            "    TierDef {{ id: {:?}, name: {:?}, trial_days: {}, credits_per_period: {}, features: &[",
+            t.id, t.name, t.trial_days, t.credits_per_period
         ));
         for (f, limit) in &t.features {
-            let limit = match limit {
-                Some(n) => format!("Some({n})"),
-                None => "None".to_string(),
-            };
-            s.push_str(&format!("FeatureDef {{ id: {f:?}, monthly_limit: {limit} }}, "));
+            s.push_str(&format!(
+                "FeatureDef {{ id: {f:?}, monthly_limit: {}, credit_cost: {} }}, ",
+                opt(*limit),
+                opt(cost(f))
+            ));
         }
         s.push_str("] },\n");
+    }
+    s.push_str("];\n");
+    s.push_str("pub static PACKS: &[PackDef] = &[\n");
+    for p in &catalog.packs {
+        s.push_str(&format!("    PackDef {{ id: {:?}, name: {:?}, credits: {} }},\n", p.id, p.name, p.credits));
     }
     s.push_str("];\n");
     s

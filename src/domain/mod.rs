@@ -4,6 +4,7 @@ pub mod account;
 #[cfg(test)]
 mod catalog_source;
 pub mod plans;
+pub mod quota;
 pub mod subscription;
 pub mod time;
 pub mod upgrade;

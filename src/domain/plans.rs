@@ -5,8 +5,10 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FeatureDef {
     pub id: &'static str,
-    /// Uses per calendar month (UTC); `None` is unlimited.
+    /// Uses per billing period (see `domain::quota`); `None` is unlimited.
     pub monthly_limit: Option<u64>,
+    /// Credits per use for a feature paid in credits (then it has no limit).
+    pub credit_cost: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,7 +16,17 @@ pub struct TierDef {
     pub id: &'static str,
     pub name: &'static str,
     pub trial_days: u32,
+    /// Credits granted at the start of each paid billing period.
+    pub credits_per_period: u64,
     pub features: &'static [FeatureDef],
+}
+
+/// A credit pack sold one-off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackDef {
+    pub id: &'static str,
+    pub name: &'static str,
+    pub credits: u64,
 }
 
 include!(concat!(env!("OUT_DIR"), "/catalog.rs"));
@@ -29,12 +41,44 @@ pub const TRIAL_PLAN: &str = "trial";
 #[derive(Debug, Clone, Copy)]
 pub struct Catalog {
     tiers: &'static [TierDef],
+    packs: &'static [PackDef],
 }
 
 impl Catalog {
     /// The catalog built from `plans.toml`. build.rs guarantees it is valid and non-empty.
     pub const fn builtin() -> Self {
-        Catalog { tiers: TIERS }
+        Catalog { tiers: TIERS, packs: PACKS }
+    }
+
+    pub fn packs(&self) -> &'static [PackDef] {
+        self.packs
+    }
+
+    pub fn pack(&self, id: &str) -> Option<&'static PackDef> {
+        self.packs.iter().find(|p| p.id == id)
+    }
+
+    /// Every feature id of any tier, in catalog order (lowest tier's first), once.
+    pub fn feature_ids(&self) -> Vec<&'static str> {
+        let mut ids: Vec<&'static str> = Vec::new();
+        for t in self.tiers {
+            for f in t.features {
+                if !ids.contains(&f.id) {
+                    ids.push(f.id);
+                }
+            }
+        }
+        ids
+    }
+
+    /// The credit cost per use of a feature paid in credits (the same on every tier).
+    pub fn credit_cost(&self, feature: &str) -> Option<u64> {
+        self.tiers.iter().flat_map(|t| t.features).find(|f| f.id == feature).and_then(|f| f.credit_cost)
+    }
+
+    /// The feature as `tier` has it; `None` when the tier lacks it.
+    pub fn feature(&self, tier: Tier, feature: &str) -> Option<&'static FeatureDef> {
+        self.def(tier).features.iter().find(|f| f.id == feature)
     }
 
     pub fn tiers(&self) -> impl Iterator<Item = (Tier, &'static TierDef)> {
@@ -72,7 +116,13 @@ impl Catalog {
                 rank: tier.0,
                 trial_days: d.trial_days,
                 features: d.features.iter().map(|f| f.id).collect(),
-                limits: d.features.iter().map(|f| PublicLimit { feature: f.id, monthly: f.monthly_limit }).collect(),
+                limits: d
+                    .features
+                    .iter()
+                    .filter(|f| f.credit_cost.is_none())
+                    .map(|f| PublicLimit { feature: f.id, monthly: f.monthly_limit })
+                    .collect(),
+                credits_per_period: d.credits_per_period,
             })
             .collect()
     }
@@ -87,6 +137,7 @@ pub struct PublicTier {
     pub trial_days: u32,
     pub features: Vec<&'static str>,
     pub limits: Vec<PublicLimit>,
+    pub credits_per_period: u64,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -132,5 +183,26 @@ mod tests {
         assert_eq!(free_ats.unwrap()["monthly"], 3);
         let premium_ats = json[3]["limits"].as_array().unwrap().iter().find(|l| l["feature"] == "ats_score");
         assert!(premium_ats.unwrap()["monthly"].is_null());
+        assert_eq!(json[2]["creditsPerPeriod"], 20);
+        assert_eq!(json[0]["creditsPerPeriod"], 0);
+        let limited: Vec<&str> =
+            json[0]["limits"].as_array().unwrap().iter().map(|l| l["feature"].as_str().unwrap()).collect();
+        assert!(!limited.contains(&"job_analysis"), "a feature paid in credits has no limit entry");
+    }
+
+    #[test]
+    fn packs_and_credit_costs_come_from_the_catalog() {
+        let c = Catalog::builtin();
+        assert_eq!(c.pack("small").map(|p| p.credits), Some(100));
+        assert_eq!(c.pack("large").map(|p| p.credits), Some(500));
+        assert!(c.pack("huge").is_none());
+        assert_eq!(c.credit_cost("job_analysis"), Some(10));
+        assert_eq!(c.credit_cost("ats_score"), None);
+        let ids = c.feature_ids();
+        assert_eq!(ids.iter().filter(|f| **f == "ats_score").count(), 1);
+        assert!(ids.contains(&"linkedin_optimizer"));
+        let free = c.parse("free").unwrap();
+        assert!(c.feature(free, "cover_letter").is_none());
+        assert_eq!(c.feature(free, "ats_score").and_then(|f| f.monthly_limit), Some(3));
     }
 }

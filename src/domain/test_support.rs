@@ -22,6 +22,7 @@ pub fn sub(id: &str, status: &str, price: &str) -> Subscription {
         price_ids: vec![price.into()],
         item_ids: vec![format!("si_{id}")],
         schedule_id: None,
+        current_period_start: Some(1_000),
         current_period_end: Some(2_000_000),
         cancel_at_period_end: false,
         cancel_at: None,

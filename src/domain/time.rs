@@ -14,6 +14,26 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// (year, month, day) to days since 1970-01-01 (the inverse of `civil_from_days`).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = i64::from((m + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The UTC calendar month holding `unix_seconds`: (year, month, start, end), `end`
+/// being the first second of the next month.
+pub fn month_of(unix_seconds: i64) -> (i64, u32, i64, i64) {
+    let (y, m, _) = civil_from_days(unix_seconds.div_euclid(86_400));
+    let start = days_from_civil(y, m, 1) * 86_400;
+    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    (y, m, start, days_from_civil(ny, nm, 1) * 86_400)
+}
+
 /// `1700000000` -> `2023-11-14T22:13:20Z`.
 pub fn iso8601(unix_seconds: i64) -> String {
     let days = unix_seconds.div_euclid(86_400);
@@ -33,5 +53,31 @@ mod tests {
         assert_eq!(iso8601(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(iso8601(4_102_444_799), "2099-12-31T23:59:59Z");
         assert_eq!(iso8601(-1), "1969-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn the_calendar_month_of_an_instant_runs_from_its_first_second_to_the_next_months() {
+        let (y, m, start, end) = month_of(1_700_000_000);
+        assert_eq!(
+            (y, m, iso8601(start).as_str(), iso8601(end).as_str()),
+            (2023, 11, "2023-11-01T00:00:00Z", "2023-12-01T00:00:00Z")
+        );
+        let (y, m, start, end) = month_of(951_782_400); // 2000-02-29
+        assert_eq!(
+            (y, m, iso8601(start).as_str(), iso8601(end).as_str()),
+            (2000, 2, "2000-02-01T00:00:00Z", "2000-03-01T00:00:00Z")
+        );
+        let dec = month_of(1_703_980_800); // 2023-12-31T00:00:00Z
+        assert_eq!(
+            (iso8601(dec.2).as_str(), iso8601(dec.3).as_str()),
+            ("2023-12-01T00:00:00Z", "2024-01-01T00:00:00Z")
+        );
+        // The last second of a month is in it; the next is not.
+        assert_eq!(month_of(end - 1).1, 2);
+        assert_eq!(month_of(end).1, 3);
+        for days in [-800_i64, 0, 59, 10_957, 20_000, 50_000] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days, "{days}");
+        }
     }
 }

@@ -2,7 +2,6 @@
 
 use serde::Deserialize;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use super::{Ctx, Reply};
 use crate::billing::{resync, Delivery};
@@ -10,19 +9,12 @@ use crate::error::ApiError;
 use crate::store::{state, users, webhooks};
 use crate::stripe::events;
 
-/// Constant-time comparison of the presented token with `ADMIN_TOKEN` (both hashed
-/// first, so neither length nor content leaks through timing).
-fn tokens_match(presented: &str, expected: &str) -> bool {
-    let (a, b) = (Sha256::digest(presented.as_bytes()), Sha256::digest(expected.as_bytes()));
-    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 pub fn authorize(ctx: &Ctx<'_>) -> Result<(), ApiError> {
     let presented = crate::auth::bearer_token(ctx.authorization.as_deref())?;
     let Some(expected) = ctx.cfg.admin_token.as_deref() else {
         return Err(ApiError::Forbidden("the admin API is disabled (no ADMIN_TOKEN)"));
     };
-    if tokens_match(presented, expected) {
+    if crate::auth::admin_token_matches(presented, expected) {
         Ok(())
     } else {
         Err(ApiError::Forbidden("admin token required"))
@@ -118,18 +110,5 @@ pub async fn resync(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
         _ => Err(ApiError::InvalidRequest(
             "give either userId, or all:true (with limit and cursor to page through users)".into(),
         )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::tokens_match;
-
-    #[test]
-    fn admin_tokens_must_match_exactly() {
-        assert!(tokens_match("s3cret-token", "s3cret-token"));
-        assert!(!tokens_match("s3cret-toke", "s3cret-token"));
-        assert!(!tokens_match("", "s3cret-token"));
-        assert!(!tokens_match("S3cret-token", "s3cret-token"));
     }
 }

@@ -1,5 +1,7 @@
 //! Billing action routes: parse and validate the input (bad input changes nothing),
-//! call the one function in `billing::actions`, shape the reply.
+//! call the one function in `billing::actions`, shape the reply. An action that may
+//! change the plan drops the caller's cached entitlements before answering, so the
+//! page's next read shows the change.
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -37,7 +39,7 @@ fn return_url(ctx: &Ctx<'_>, given: Option<&str>) -> Result<Option<String>, ApiE
     Ok(Some(url))
 }
 
-fn required_return_url(ctx: &Ctx<'_>, given: Option<&str>) -> Result<String, ApiError> {
+pub(super) fn required_return_url(ctx: &Ctx<'_>, given: Option<&str>) -> Result<String, ApiError> {
     return_url(ctx, given)?.ok_or_else(|| ApiError::InvalidRequest("returnUrl is required".into()))
 }
 
@@ -64,7 +66,9 @@ pub async fn upgrade_plan(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let url = return_url(ctx, body.return_url.as_deref())?;
     let source = body.source.as_deref().map(|s| s.chars().take(64).collect::<String>());
     let who = ctx.identity().await?;
-    match ctx.billing().upgrade(&who, target, CheckoutReturn { url, source }).await? {
+    let result = ctx.billing().upgrade(&who, target, CheckoutReturn { url, source }).await?;
+    ctx.forget_entitlements(&who.auth_id).await;
+    match result {
         UpgradeResult::Redirect { url } => Ok(Reply::ok(json!({"ok": true, "action": "redirect", "url": url}))),
         UpgradeResult::Updated { plan, subscription_id, customer_id, pending_payment } => Ok(Reply::ok(json!({
             "ok": true, "action": "updated", "plan": plan, "subscriptionId": subscription_id,
@@ -111,6 +115,7 @@ pub async fn billing_portal(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
 pub async fn cancel_subscription(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let who = ctx.identity().await?;
     let user = ctx.billing().cancel(&who).await?;
+    ctx.forget_entitlements(&who.auth_id).await;
     plan_reply(&user, json!({"action": "cancel_scheduled"}))
 }
 
@@ -118,6 +123,7 @@ pub async fn cancel_subscription(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
 pub async fn resume_subscription(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let who = ctx.identity().await?;
     let user = ctx.billing().resume(&who).await?;
+    ctx.forget_entitlements(&who.auth_id).await;
     plan_reply(&user, json!({"action": "resumed"}))
 }
 
@@ -133,6 +139,7 @@ pub async fn downgrade_plan(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let target = parse_tier(&body.target_plan, true)?;
     let who = ctx.identity().await?;
     let (action, user) = ctx.billing().downgrade(&who, target).await?;
+    ctx.forget_entitlements(&who.auth_id).await;
     plan_reply(&user, json!({"action": action}))
 }
 
@@ -140,5 +147,6 @@ pub async fn downgrade_plan(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
 pub async fn sync_stripe_plan(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let who = ctx.identity().await?;
     let (synced, user) = ctx.billing().sync_own(&who).await?;
+    ctx.forget_entitlements(&who.auth_id).await;
     plan_reply(&user, json!({"synced": synced}))
 }

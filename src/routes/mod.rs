@@ -3,8 +3,11 @@
 pub mod admin;
 pub mod billing;
 pub mod catalog;
+pub mod credits;
+pub mod entitlements;
 pub mod health;
 pub mod plan;
+pub mod usage;
 pub mod webhook;
 
 use serde_json::Value;
@@ -29,6 +32,8 @@ pub struct Ctx<'a> {
     pub body: Vec<u8>,
     /// Users whose KV copies are due: written after the response (`wait_until`).
     pub copies_due: std::cell::RefCell<Vec<String>>,
+    /// A KV value to cache after the response (key, value, TTL seconds).
+    pub cache_put: std::cell::RefCell<Option<(String, String, u64)>>,
 }
 
 impl<'a> Ctx<'a> {
@@ -63,6 +68,40 @@ impl<'a> Ctx<'a> {
         crate::auth::authenticate(self.authorization.as_deref(), self.cfg, self.app_kv(), self.now, self.request_id)
             .await
     }
+
+    /// The verified caller as a user, a service or the admin, or 401.
+    pub async fn caller(&self) -> Result<crate::auth::Caller, ApiError> {
+        crate::auth::authenticate_caller(
+            self.authorization.as_deref(),
+            self.cfg,
+            self.app_kv(),
+            self.now,
+            self.request_id,
+        )
+        .await
+    }
+
+    /// Drops the user's cached entitlements before answering: the caller's next read
+    /// (in this location) sees what this request changed. A failure is logged: the
+    /// cache expires within a minute, and nothing that spends reads it.
+    pub async fn forget_entitlements(&self, auth_id: &str) {
+        let Some(kv) = self.app_kv() else { return };
+        if let Err(e) = kv.delete(&crate::store::kv::entitlements_key(auth_id)).await {
+            crate::log::warn(
+                self.request_id,
+                "kv.entitlements_delete_failed",
+                serde_json::json!({"error": e.to_string()}),
+            );
+        }
+    }
+
+    /// The body as a JSON object (empty body: `{}`); 400 otherwise.
+    pub fn json_object(&self) -> Result<serde_json::Map<String, Value>, ApiError> {
+        match self.json_body::<Value>()? {
+            Value::Object(m) => Ok(m),
+            _ => Err(ApiError::InvalidRequest("the body must be a JSON object".into())),
+        }
+    }
 }
 
 /// A successful answer: status, JSON body and extra headers.
@@ -85,5 +124,40 @@ impl Reply {
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.headers.push((name, value.into()));
         self
+    }
+}
+
+/// A string field of a JSON body: `None` when absent or null; 400 when not a string,
+/// empty, longer than `max` characters or holding control characters.
+pub fn text_field(body: &serde_json::Map<String, Value>, name: &str, max: usize) -> Result<Option<String>, ApiError> {
+    match body.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s))
+            if !s.trim().is_empty() && s.chars().count() <= max && !s.chars().any(char::is_control) =>
+        {
+            Ok(Some(s.clone()))
+        }
+        Some(_) => {
+            Err(ApiError::InvalidRequest(format!("{name} must be a non-empty string of at most {max} characters")))
+        }
+    }
+}
+
+pub fn required_text(body: &serde_json::Map<String, Value>, name: &str, max: usize) -> Result<String, ApiError> {
+    text_field(body, name, max)?.ok_or_else(|| ApiError::InvalidRequest(format!("{name} is required")))
+}
+
+/// A whole-number field within `range`; `default` when absent.
+pub fn int_field(
+    body: &serde_json::Map<String, Value>,
+    name: &str,
+    range: std::ops::RangeInclusive<i64>,
+    default: Option<i64>,
+) -> Result<i64, ApiError> {
+    let bad =
+        || ApiError::InvalidRequest(format!("{name} must be a whole number from {} to {}", range.start(), range.end()));
+    match body.get(name) {
+        None | Some(Value::Null) => default.ok_or_else(|| ApiError::InvalidRequest(format!("{name} is required"))),
+        Some(v) => v.as_i64().filter(|n| range.contains(n)).ok_or_else(bad),
     }
 }

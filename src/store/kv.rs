@@ -36,9 +36,28 @@ pub fn trial_end_key(uid: &str) -> String {
 pub fn trial_used_key(uid: &str) -> String {
     format!("trialUsedByUid:{uid}")
 }
-/// The entitlements cache of a user (by plangate user id); deleted on every change.
-pub fn entitlements_key(user_id: &str) -> String {
-    format!("entitlements:{user_id}")
+/// The entitlements cache of a user, by auth id (the JWT `sub`, so a cache hit needs
+/// no D1 read to find the user); deleted on every change of what it shows.
+pub fn entitlements_key(auth_id: &str) -> String {
+    format!("entitlements:{auth_id}")
+}
+
+/// How long a cached entitlements answer is served (KV's shortest expiry).
+pub const ENTITLEMENTS_TTL_SECONDS: i64 = 60;
+
+/// The cached value: when it was computed and the body.
+pub fn entitlements_value(body: &serde_json::Value, computed_at: i64) -> String {
+    serde_json::json!({"v": 1, "at": computed_at, "body": body}).to_string()
+}
+
+/// The body of a cached value still fresh at `now`; `None` for a stale or unreadable one.
+pub fn fresh_entitlements(value: &str, now: i64) -> Option<serde_json::Value> {
+    let mut v: serde_json::Value = serde_json::from_str(value).ok()?;
+    let at = v.get("at")?.as_i64()?;
+    if v.get("v")?.as_i64()? != 1 || now < at || now - at >= ENTITLEMENTS_TTL_SECONDS {
+        return None;
+    }
+    Some(v.get_mut("body")?.take()).filter(serde_json::Value::is_object)
 }
 
 /// What the legacy keys should hold for `user`: `Some(value)` to put, `None` to delete.
@@ -149,5 +168,20 @@ mod legacy_tests {
         let deleted = written_record(&[("trialUsedByUid:fb-uid-1".to_string(), None)]);
         let with_trial = legacy_plan_values(&user());
         assert!(changed_values(&with_trial, Some(&deleted)).iter().any(|(k, _)| k == "trialUsedByUid:fb-uid-1"));
+    }
+
+    #[test]
+    fn the_entitlements_cache_key_and_value_formats_are_pinned() {
+        assert_eq!(entitlements_key("fb-uid-1"), "entitlements:fb-uid-1");
+        let body = serde_json::json!({"ok": true, "plan": "pro"});
+        let v = entitlements_value(&body, 1_000);
+        assert_eq!(v, r#"{"at":1000,"body":{"ok":true,"plan":"pro"},"v":1}"#);
+        assert_eq!(fresh_entitlements(&v, 1_000), Some(body.clone()));
+        assert_eq!(fresh_entitlements(&v, 1_059), Some(body));
+        assert_eq!(fresh_entitlements(&v, 1_060), None, "60 s at most");
+        assert_eq!(fresh_entitlements(&v, 999), None, "computed in the future: not trusted");
+        assert_eq!(fresh_entitlements("not json", 1_000), None);
+        assert_eq!(fresh_entitlements(r#"{"v":2,"at":1000,"body":{}}"#, 1_000), None);
+        assert_eq!(fresh_entitlements(r#"{"v":1,"at":1000,"body":3}"#, 1_000), None);
     }
 }

@@ -10,7 +10,7 @@ macro_rules! user_columns {
     () => {
         "id, auth_id, email, plan, stripe_customer_id, stripe_subscription_id, subscription_status, \
          trial_ends_at, current_period_end, cancel_at, scheduled_plan, scheduled_at, \
-         plan_updated_at, created_at, updated_at, stripe_synced_at, trial_used, previous_customer_id, kv_written"
+         plan_updated_at, created_at, updated_at, stripe_synced_at, trial_used, previous_customer_id, kv_written, current_period_start"
     };
 }
 
@@ -124,7 +124,7 @@ pub fn apply_state_stmts(
                 plan = ?2, stripe_subscription_id = ?3, subscription_status = ?4, trial_ends_at = ?5, \
                 current_period_end = ?6, cancel_at = ?7, scheduled_plan = ?8, scheduled_at = ?9, \
                 trial_used = MAX(trial_used, ?10), stripe_synced_at = ?11, updated_at = ?12, \
-                stripe_customer_id = COALESCE(stripe_customer_id, ?13) \
+                stripe_customer_id = COALESCE(stripe_customer_id, ?13), current_period_start = ?14 \
               WHERE id = ?1 AND (stripe_synced_at IS NULL OR stripe_synced_at <= ?11)",
         params: vec![
             user_id.into(),
@@ -140,6 +140,7 @@ pub fn apply_state_stmts(
             Param::Int(as_of),
             Param::Int(now),
             link_customer.into(),
+            state.current_period_start.into(),
         ],
     };
     // The KV copies (legacy keys, entitlements cache) are due only when a column they
@@ -209,7 +210,7 @@ pub fn customer_gone_stmts(customer_id: &str, default_plan: &str, cause: &str, a
     };
     let clear = Stmt {
         sql: "UPDATE users SET previous_customer_id = stripe_customer_id, stripe_customer_id = NULL, stripe_subscription_id = NULL, subscription_status = NULL, \
-                plan = ?4, trial_ends_at = NULL, current_period_end = NULL, cancel_at = NULL, \
+                plan = ?4, trial_ends_at = NULL, current_period_start = NULL, current_period_end = NULL, cancel_at = NULL, \
                 scheduled_plan = NULL, scheduled_at = NULL, \
                 plan_updated_at = CASE WHEN plan IS NOT ?4 OR subscription_status IS NOT NULL THEN ?3 ELSE plan_updated_at END, \
                 stripe_synced_at = MAX(COALESCE(stripe_synced_at, 0), ?2), updated_at = ?3 \

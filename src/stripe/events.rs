@@ -161,6 +161,8 @@ pub fn parse_subscription(v: &Value, now: i64) -> Option<Subscription> {
     // Moved from the subscription to its items in API 2025-03-31.basil.
     let current_period_end = int_field(v, "current_period_end")
         .or_else(|| items(v).filter_map(|i| int_field(i, "current_period_end")).max());
+    let current_period_start = int_field(v, "current_period_start")
+        .or_else(|| items(v).filter_map(|i| int_field(i, "current_period_start")).max());
     Some(Subscription {
         id,
         customer,
@@ -168,6 +170,7 @@ pub fn parse_subscription(v: &Value, now: i64) -> Option<Subscription> {
         price_ids,
         item_ids,
         schedule_id: id_of(v.get("schedule")),
+        current_period_start,
         current_period_end,
         cancel_at_period_end: v.get("cancel_at_period_end").and_then(Value::as_bool).unwrap_or(false),
         cancel_at: int_field(v, "cancel_at"),
@@ -193,6 +196,8 @@ pub struct CheckoutSession {
     pub amount_total: Option<i64>,
     pub currency: Option<String>,
     pub payment_status: Option<String>,
+    /// `metadata.pack`: the credit pack a payment-mode Checkout of plangate sells.
+    pub metadata_pack: Option<String>,
 }
 
 pub fn parse_checkout_session(v: &Value) -> Option<CheckoutSession> {
@@ -207,6 +212,35 @@ pub fn parse_checkout_session(v: &Value) -> Option<CheckoutSession> {
         amount_total: int_field(v, "amount_total"),
         currency: str_field(v, "currency"),
         payment_status: str_field(v, "payment_status"),
+        metadata_pack: v.get("metadata").and_then(|m| str_field(m, "pack")),
+    })
+}
+
+/// What an `invoice.paid` says about the period it paid for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaidInvoice {
+    pub id: String,
+    pub paid: bool,
+    pub amount_paid: i64,
+    /// The start of the period its (first) subscription line covers.
+    pub period_start: Option<i64>,
+    /// The price of that line.
+    pub price: Option<String>,
+}
+
+pub fn parse_invoice(v: &Value) -> Option<PaidInvoice> {
+    let line = v.get("lines").and_then(|l| l.get("data")).and_then(Value::as_array).and_then(|d| d.first());
+    let price = line.and_then(|l| {
+        id_of(l.get("price"))
+            .or_else(|| id_of(l.get("plan")))
+            .or_else(|| l.get("pricing").and_then(|p| p.get("price_details")).and_then(|p| id_of(p.get("price"))))
+    });
+    Some(PaidInvoice {
+        id: id_of(v.get("id"))?,
+        paid: v.get("paid").and_then(Value::as_bool) == Some(true) || str_field(v, "status").as_deref() == Some("paid"),
+        amount_paid: int_field(v, "amount_paid").unwrap_or(0),
+        period_start: line.and_then(|l| l.get("period")).and_then(|p| int_field(p, "start")),
+        price,
     })
 }
 
@@ -244,6 +278,8 @@ pub struct Payment {
     pub amount_refunded: Option<i64>,
     pub currency: Option<String>,
     pub user_id: Option<String>,
+    /// `metadata.pack` of a payment intent of plangate's pack Checkout.
+    pub pack: Option<String>,
 }
 
 pub fn parse_payment_intent(v: &Value) -> Option<Payment> {
@@ -254,6 +290,7 @@ pub fn parse_payment_intent(v: &Value) -> Option<Payment> {
         amount_refunded: None,
         currency: str_field(v, "currency"),
         user_id: v.get("metadata").and_then(|m| str_field(m, "user_id")),
+        pack: v.get("metadata").and_then(|m| str_field(m, "pack")),
     })
 }
 
@@ -265,6 +302,7 @@ pub fn parse_charge(v: &Value) -> Option<Payment> {
         amount_refunded: int_field(v, "amount_refunded"),
         currency: str_field(v, "currency"),
         user_id: v.get("metadata").and_then(|m| str_field(m, "user_id")),
+        pack: None,
     })
 }
 
@@ -272,6 +310,25 @@ pub fn parse_charge(v: &Value) -> Option<Payment> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_paid_invoice_names_its_period_start_and_price() {
+        let v = json!({"id": "in_1", "object": "invoice", "status": "paid", "amount_paid": 900,
+                       "lines": {"data": [{"period": {"start": 1_700_000_000, "end": 1_702_592_000}, "price": {"id": "price_pro"}}]}});
+        let i = parse_invoice(&v).unwrap();
+        assert_eq!(
+            (i.paid, i.amount_paid, i.period_start, i.price.as_deref()),
+            (true, 900, Some(1_700_000_000), Some("price_pro"))
+        );
+        // Newer API versions: the price under `pricing.price_details`; `paid` as a flag.
+        let v = json!({"id": "in_2", "paid": true, "amount_paid": 0,
+                       "lines": {"data": [{"period": {"start": 5}, "pricing": {"price_details": {"price": "price_x"}}}]}});
+        let i = parse_invoice(&v).unwrap();
+        assert_eq!((i.paid, i.amount_paid, i.price.as_deref()), (true, 0, Some("price_x")));
+        let open = parse_invoice(&json!({"id": "in_3", "status": "open"})).unwrap();
+        assert_eq!((open.paid, open.period_start, open.price), (false, None, None));
+        assert!(parse_invoice(&json!({"status": "paid"})).is_none());
+    }
 
     #[test]
     fn an_envelope_needs_id_type_created_and_an_object() {

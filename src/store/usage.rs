@@ -1,0 +1,149 @@
+//! The `usage` and `usage_requests` tables: uses of a feature per period, counted in
+//! one conditional statement, with the first answer to an idempotency key kept.
+
+use super::db::{Db, Param, Row, Stmt};
+use crate::error::ApiError;
+
+/// This period's usage of every feature the user used.
+pub async fn used_in(db: &Db, user_id: &str, period: &str) -> Result<Vec<(String, u64)>, ApiError> {
+    let rows = db
+        .rows_of("SELECT feature, used FROM usage WHERE user_id = ?1 AND period = ?2", &[user_id.into(), period.into()])
+        .await?;
+    Ok(rows.into_iter().filter_map(|r| Some((r.text("feature")?, r.int("used")?.max(0) as u64))).collect())
+}
+
+/// One consume as asked.
+pub struct Consume<'a> {
+    pub user_id: &'a str,
+    pub period: &'a str,
+    pub period_end: i64,
+    pub feature: &'a str,
+    pub amount: u64,
+    /// `None`: unlimited (counted all the same).
+    pub limit: Option<u64>,
+    pub key: &'a str,
+    /// The request's id: only the request that created the key's row may count.
+    pub token: &'a str,
+}
+
+/// What the key's row says after the batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumed {
+    /// This request created the key's row (else it is a replay of an earlier one).
+    pub first: bool,
+    pub feature: String,
+    pub amount: u64,
+    /// Whether the (first) request counted.
+    pub counted: bool,
+    /// `used` when the (first) request was answered.
+    pub used: u64,
+}
+
+/// Counts `c.amount` uses if that keeps `used <= limit`, in one round trip: the key's
+/// row is claimed, the usage row incremented only under the limit and only by the
+/// request holding the claim, the outcome stored on the key's row and read back. A
+/// replayed key counts nothing and reads the first answer.
+pub async fn consume(db: &Db, c: &Consume<'_>, now: i64) -> Result<Consumed, ApiError> {
+    let limit = Param::from(c.limit.map(|l| l as i64));
+    let amount = Param::Int(c.amount as i64);
+    let stmts = [
+        Stmt {
+            sql: "INSERT INTO usage_requests (user_id, idempotency_key, feature, amount, period, token, created_at) \
+                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(user_id, idempotency_key) DO NOTHING",
+            params: vec![
+                c.user_id.into(),
+                c.key.into(),
+                c.feature.into(),
+                amount.clone(),
+                c.period.into(),
+                c.token.into(),
+                Param::Int(now),
+            ],
+        },
+        Stmt {
+            sql: "INSERT INTO usage (user_id, period, feature, used, period_end, last_key, updated_at) \
+                  SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?8 \
+                  WHERE EXISTS (SELECT 1 FROM usage_requests WHERE user_id = ?1 AND idempotency_key = ?6 AND token = ?9) \
+                    AND (?7 IS NULL OR ?4 <= ?7) \
+                  ON CONFLICT(user_id, period, feature) DO UPDATE SET used = usage.used + excluded.used, \
+                    last_key = excluded.last_key, updated_at = excluded.updated_at \
+                  WHERE ?7 IS NULL OR usage.used + excluded.used <= ?7",
+            params: vec![
+                c.user_id.into(),
+                c.period.into(),
+                c.feature.into(),
+                amount,
+                Param::Int(c.period_end),
+                c.key.into(),
+                limit,
+                Param::Int(now),
+                c.token.into(),
+            ],
+        },
+        Stmt {
+            sql: "UPDATE usage_requests SET outcome = COALESCE( \
+                    (SELECT CASE WHEN last_key = ?2 THEN 'ok:' ELSE 'quota:' END || used FROM usage \
+                     WHERE user_id = ?1 AND period = ?4 AND feature = ?5), 'quota:0') \
+                  WHERE user_id = ?1 AND idempotency_key = ?2 AND token = ?3",
+            params: vec![c.user_id.into(), c.key.into(), c.token.into(), c.period.into(), c.feature.into()],
+        },
+        Stmt {
+            sql: "SELECT feature, amount, token, outcome FROM usage_requests WHERE user_id = ?1 AND idempotency_key = ?2",
+            params: vec![c.user_id.into(), c.key.into()],
+        },
+    ];
+    let mut results = db.batch_rows(&stmts).await?;
+    let row = results
+        .pop()
+        .and_then(|rows| rows.into_iter().next())
+        .ok_or_else(|| ApiError::server("usage request row missing"))?;
+    consumed_from(&row, c.token)
+}
+
+fn consumed_from(row: &Row, token: &str) -> Result<Consumed, ApiError> {
+    let outcome = row.text("outcome").unwrap_or_default();
+    let (counted, used) = match outcome.split_once(':') {
+        Some(("ok", n)) => (true, n),
+        Some(("quota", n)) => (false, n),
+        // A row whose first request died mid-batch cannot exist (one transaction); be safe.
+        _ => return Err(ApiError::server(format!("usage request without outcome: {outcome:?}"))),
+    };
+    Ok(Consumed {
+        first: row.text("token").as_deref() == Some(token),
+        feature: row.text("feature").unwrap_or_default(),
+        amount: row.int("amount").unwrap_or(0).max(0) as u64,
+        counted,
+        used: used.parse().map_err(|_| ApiError::server(format!("usage outcome {outcome:?}")))?,
+    })
+}
+
+/// Keys are kept this long (retries come within minutes; a month is generous).
+pub const REQUEST_RETENTION_SECONDS: i64 = 30 * 86_400;
+
+/// Deletes usage requests older than the retention; returns how many.
+pub async fn purge_requests(db: &Db, now: i64) -> Result<usize, ApiError> {
+    db.execute(
+        "DELETE FROM usage_requests WHERE created_at < ?1 RETURNING 1 AS n",
+        &[Param::Int(now - REQUEST_RETENTION_SECONDS)],
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_key_row_tells_first_or_replay_counted_or_refused() {
+        let row = Row(json!({"feature": "cover_letter", "amount": 2, "token": "req_a", "outcome": "ok:7"}));
+        let c = consumed_from(&row, "req_a").unwrap();
+        assert_eq!(c, Consumed { first: true, feature: "cover_letter".into(), amount: 2, counted: true, used: 7 });
+        assert!(!consumed_from(&row, "req_b").unwrap().first, "another request's row is a replay");
+        let refused = Row(json!({"feature": "f", "amount": 1, "token": "req_a", "outcome": "quota:10"}));
+        assert!(!consumed_from(&refused, "req_a").unwrap().counted);
+        assert_eq!(consumed_from(&refused, "req_a").unwrap().used, 10);
+        assert!(consumed_from(&Row(json!({"outcome": null})), "x").is_err());
+        assert!(consumed_from(&Row(json!({"outcome": "ok:many"})), "x").is_err());
+    }
+}
