@@ -90,6 +90,10 @@ fn a_second_read_is_a_cache_hit_that_reads_no_d1_rows() {
     assert_eq!(r.header("X-Entitlements-Cache"), Some("hit"));
     assert_eq!(r.header("X-D1-Rows-Read"), Some("0"), "{:?}", r.headers);
     assert_eq!(r.header("X-D1-Round-Trips"), Some("0"), "{:?}", r.headers);
+    // Kept in APP_KV under the user's auth id.
+    let key = format!("entitlements:{}", c.auth_id);
+    let kept = s.app.kv_get_when(&key, std::time::Duration::from_secs(5), Option::is_some);
+    assert!(kept.is_some_and(|v| v.contains("\"plan\"")), "{key} not in APP_KV");
     // Another user's cache is their own.
     let other = new_customer(&s.app, "ent-cache-other");
     let r = entitlements(&s.app, &other);
@@ -219,9 +223,12 @@ fn entitlements_right_after_a_pack_purchase_show_the_credits() {
     let e = entitlements_when(&s.app, &c, |e| e["credits"]["balance"] == 100);
     assert_eq!(e["credits"], json!({"balance": 100}), "{e}");
     // A periodic grant is fresh too.
+    // A subscription of the customer the checkout created.
     let start = now() - 86400;
-    stripe_says(&s.app, &s.stripe, subscription_in(&c, "active", crate::PRICE_PRO, start, start + 30 * 86400));
-    entitlements_when(&s.app, &c, |e| e["plan"] == "pro");
+    let mut sub = subscription_in(&c, "active", crate::PRICE_PRO, start, start + 30 * 86400);
+    sub["customer"] = user_row(&s.app, &c.user_id)["stripe_customer_id"].clone();
+    stripe_says(&s.app, &s.stripe, sub);
+    assert_eq!(entitlements_when(&s.app, &c, |e| e["plan"] == "pro")["plan"], "pro");
     cached_entitlements(&s.app, &c);
     deliver_all(&s.app, &[s.stripe.invoice_paid(&c.subscription, 2000, "subscription_cycle")]);
     let e = entitlements_when(&s.app, &c, |e| e["credits"]["balance"] == 120);
