@@ -229,7 +229,7 @@ fn main() {
     // The webhook path: signed `customer.subscription.updated` deliveries, each a new
     // event id, for subscribed users; the Worker re-fetches each subscription from the
     // local Stripe fake (its latency is part of the figure).
-    let wh_users: Vec<(String, String)> = (0..concurrency)
+    let wh_users: Vec<(String, String, String)> = (0..concurrency)
         .map(|i| {
             let auth = support::unique(&format!("bench-wh-{i}"));
             let r = send(&agent(), "GET", &me, &[("Authorization", &format!("Bearer {}", token(&auth)))], None);
@@ -238,7 +238,7 @@ fn main() {
                 .as_str()
                 .unwrap()
                 .to_string();
-            (uid, auth.replace('-', ""))
+            (uid, auth.replace('-', ""), auth)
         })
         .collect();
     let sub_json = |uid: &str, tag: &str, price: &str| {
@@ -255,11 +255,11 @@ fn main() {
         let sig = plangate::stripe::signature::sign_for_test(body.as_bytes(), WEBHOOK_SECRET, now());
         (vec![("Stripe-Signature".to_string(), sig)], Some(body.into_bytes()))
     };
-    for (uid, tag) in &wh_users {
+    for (uid, tag, _) in &wh_users {
         stripe.put_subscription(sub_json(uid, tag, PRICE_ESSENTIAL));
     }
     // Rows for one delivery that changes the plan, and one that changes nothing.
-    let (uid0, tag0) = &wh_users[0];
+    let (uid0, tag0, _) = &wh_users[0];
     let mark0 = app.log_text().len();
     let (_, first_rows) = load_prepared(
         "POST",
@@ -307,7 +307,7 @@ fn main() {
     for round in 0..rounds {
         let prepared: Vec<Vec<Prepared>> = wh_users
             .iter()
-            .map(|(uid, tag)| {
+            .map(|(uid, tag, _)| {
                 (0..per_thread / 2)
                     .map(|n| delivery(format!("evt_bench_{round}_{n}_{tag}"), sub_json(uid, tag, PRICE_ESSENTIAL)))
                     .collect()
@@ -326,6 +326,51 @@ fn main() {
         )
     };
     let wh_mean = mean(&webhook_rows);
+
+    // Entitlements and usage, for the subscribed (essential) users: a first read is a
+    // miss (computed from D1, cached after the response), the next ones hits.
+    let ent_url = app.url("/api/entitlements");
+    let wh_tokens: Vec<String> = wh_users.iter().map(|(_, _, auth)| token(auth)).collect();
+    let one = |method: &str, url: &str, t: &str, body: Option<&[u8]>| {
+        let r = send(&agent(), method, url, &[("Authorization", &format!("Bearer {t}"))], body);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let n = |h| r.header(h).and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
+        (
+            n("X-D1-Rows-Read"),
+            n("X-D1-Rows-Written"),
+            n("X-D1-Round-Trips"),
+            r.header("X-Entitlements-Cache").map(str::to_string),
+        )
+    };
+    let ent_miss = one("GET", &ent_url, &wh_tokens[0], None);
+    std::thread::sleep(std::time::Duration::from_millis(1500)); // the cache is written after the response
+    let ent_hit = one("GET", &ent_url, &wh_tokens[0], None);
+    assert_eq!((ent_miss.3.as_deref(), ent_hit.3.as_deref()), (Some("miss"), Some("hit")));
+    load(&ent_url, &wh_tokens, concurrency, 20); // every user's entry cached
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let consume_url = app.url("/api/usage/consume");
+    let consume_body = |key: String| json!({"feature": "ats_score", "idempotencyKey": key}).to_string().into_bytes();
+    let consume_one = one("POST", &consume_url, &wh_tokens[0], Some(&consume_body(support::unique("bench-one"))));
+    let (mut ent_runs, mut consume_runs, mut consume_rows) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        ent_runs.push(load(&ent_url, &wh_tokens, concurrency, per_thread));
+        let prepared: Vec<Vec<Prepared>> = wh_tokens
+            .iter()
+            .enumerate()
+            .map(|(t, tok)| {
+                (0..per_thread / 2)
+                    .map(|i| {
+                        let headers = vec![("Authorization".to_string(), format!("Bearer {tok}"))];
+                        (headers, Some(consume_body(format!("bench-{round}-{t}-{i}"))))
+                    })
+                    .collect()
+            })
+            .collect();
+        let (run, rows) = load_prepared("POST", &consume_url, prepared);
+        consume_runs.push(run);
+        consume_rows.extend(rows);
+    }
+    let consume_mean = mean(&consume_rows);
 
     // plangate and the JavaScript peer side by side, alternating rounds: recorded-only
     // webhook deliveries and the unrouted 404 path (the per-request fixed cost).
@@ -359,6 +404,8 @@ fn main() {
         .chain(rec_peer.iter())
         .chain(nf_ours.iter())
         .chain(nf_peer.iter())
+        .chain(ent_runs.iter())
+        .chain(consume_runs.iter())
         .map(|r| r.errors)
         .sum();
     let side = |ours: &[Run], peer: &[Run]| {
@@ -427,6 +474,26 @@ fn main() {
     out += &format!(
         "| D1 rows per duplicate / recorded-only delivery | read {}, written {} / read {}, written {} |\n",
         dup_rows[0].0, dup_rows[0].1, recorded_rows[0].0, recorded_rows[0].1
+    );
+    let (e_rps, e50, e99) =
+        (median(&ent_runs, |r| r.rps), median(&ent_runs, |r| r.p50_ms), median(&ent_runs, |r| r.p99_ms));
+    out += &format!(
+        "| GET /api/entitlements, cache hit | {e_rps:.0} req/s, p50 {e50:.2} ms, p99 {e99:.2} ms; ÷ health: throughput {:.2}×, p50 {:.2}×, p99 {:.2}× |\n",
+        e_rps / h_rps, e50 / h50, e99 / h99
+    );
+    out += &format!(
+        "| D1 per GET /api/entitlements: cache miss / cache hit | read {}, written {}, round trips {} / read {}, written {}, round trips {} |\n",
+        ent_miss.0, ent_miss.1, ent_miss.2, ent_hit.0, ent_hit.1, ent_hit.2
+    );
+    let (c_rps, c50, c99) =
+        (median(&consume_runs, |r| r.rps), median(&consume_runs, |r| r.p50_ms), median(&consume_runs, |r| r.p99_ms));
+    out += &format!(
+        "| POST /api/usage/consume (a new idempotency key each) | {c_rps:.0} req/s, p50 {c50:.2} ms, p99 {c99:.2} ms; ÷ health: throughput {:.2}×, p50 {:.2}×, p99 {:.2}× |\n",
+        c_rps / h_rps, c50 / h50, c99 / h99
+    );
+    out += &format!(
+        "| D1 per consume: one / mean under load | read {}, written {}, round trips {} / read {:.1}, written {:.1}, round trips {:.1} |\n",
+        consume_one.0, consume_one.1, consume_one.2, consume_mean.0, consume_mean.1, consume_mean.2
     );
     out += &format!(
         "| recorded-only webhook (signed product.created, new id each) vs the JS peer | {} |\n",

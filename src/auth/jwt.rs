@@ -10,7 +10,6 @@
 //! configured; `sub` is the auth id.
 
 use hmac::{Hmac, Mac};
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::Sha256;
 
@@ -84,22 +83,55 @@ pub struct Policy<'a> {
 }
 
 /// One JSON Web Key (only RSA keys are used).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Jwk {
     pub kty: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kid: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alg: Option<String>,
-    #[serde(default, rename = "use", skip_serializing_if = "Option::is_none")]
+    /// `use`.
     pub use_: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub n: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub e: Option<String>,
 }
 
+/// An optional string member of a key: absent and `null` are `None`.
+fn member(obj: &Map<String, Value>, name: &str) -> Result<Option<String>, String> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(format!("key member `{name}` is not a string")),
+    }
+}
+
 impl Jwk {
+    /// A key from its JSON: `kty` is required, the others are strings or absent/`null`,
+    /// unknown members are ignored. Read by hand rather than derived: a `Deserialize`
+    /// impl is a serde visitor in the Wasm per struct and per deserializer.
+    pub fn from_json(v: &Value) -> Result<Jwk, String> {
+        let obj = v.as_object().ok_or("a key is not an object")?;
+        let kty = obj.get("kty").and_then(Value::as_str).ok_or("a key has no string `kty`")?;
+        Ok(Jwk {
+            kty: kty.to_string(),
+            kid: member(obj, "kid")?,
+            alg: member(obj, "alg")?,
+            use_: member(obj, "use")?,
+            n: member(obj, "n")?,
+            e: member(obj, "e")?,
+        })
+    }
+
+    /// The key's JSON; absent members are left out.
+    pub fn to_json(&self) -> Value {
+        let mut obj = Map::new();
+        obj.insert("kty".into(), Value::String(self.kty.clone()));
+        for (name, v) in [("kid", &self.kid), ("alg", &self.alg), ("use", &self.use_), ("n", &self.n), ("e", &self.e)] {
+            if let Some(s) = v {
+                obj.insert(name.into(), Value::String(s.clone()));
+            }
+        }
+        Value::Object(obj)
+    }
+
     fn usable_for_rs256(&self) -> bool {
         self.kty == "RSA"
             && self.alg.as_deref().is_none_or(|a| a == "RS256")
@@ -109,13 +141,28 @@ impl Jwk {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Jwks {
-    #[serde(default)]
     pub keys: Vec<Jwk>,
 }
 
 impl Jwks {
+    /// A key set from its JSON (`{"keys":[…]}`; no `keys` is an empty set).
+    pub fn from_json(v: &Value) -> Result<Jwks, String> {
+        let keys = match v.as_object().ok_or("the key set is not an object")?.get("keys") {
+            None => Vec::new(),
+            Some(Value::Array(list)) => list.iter().map(Jwk::from_json).collect::<Result<_, _>>()?,
+            Some(_) => return Err("`keys` is not an array".into()),
+        };
+        Ok(Jwks { keys })
+    }
+
+    pub fn to_json(&self) -> Value {
+        let mut obj = Map::new();
+        obj.insert("keys".into(), Value::Array(self.keys.iter().map(Jwk::to_json).collect()));
+        Value::Object(obj)
+    }
+
     /// The RS256 key for `kid`; a token without `kid` is accepted only when the set
     /// holds exactly one usable key.
     pub fn find_rs256(&self, kid: Option<&str>) -> Option<&Jwk> {
@@ -153,7 +200,10 @@ struct Parts<'t> {
 
 fn decode_json_object(segment: &str) -> Result<Map<String, Value>, JwtError> {
     let bytes = b64::decode(segment).ok_or(JwtError::Malformed)?;
-    match serde_json::from_slice::<Value>(&bytes) {
+    // `from_str`, never `from_slice`: each serde_json reader is a copy of the parser in
+    // the Wasm, and plangate keeps one (see `routes::Ctx::json_body`).
+    let text = std::str::from_utf8(&bytes).map_err(|_| JwtError::Malformed)?;
+    match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(m)) => Ok(m),
         _ => Err(JwtError::Malformed),
     }
@@ -345,6 +395,41 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_key_set_is_read_from_json_with_optional_members_and_unknown_ones_ignored() {
+        let set = Jwks::from_json(&json!({"keys": [
+            {"kty": "RSA", "kid": "a", "use": "sig", "n": "bg", "e": "AQAB", "x5c": ["…"]},
+            {"kty": "EC", "kid": null, "crv": "P-256"}
+        ]}))
+        .unwrap();
+        assert_eq!(set.keys.len(), 2);
+        assert_eq!(
+            set.keys[0],
+            Jwk {
+                kty: "RSA".into(),
+                kid: Some("a".into()),
+                alg: None,
+                use_: Some("sig".into()),
+                n: Some("bg".into()),
+                e: Some("AQAB".into())
+            }
+        );
+        assert_eq!(set.keys[1].kid, None);
+        assert_eq!(Jwks::from_json(&json!({})).unwrap(), Jwks::default());
+        assert_eq!(Jwks::from_json(&set.to_json()).unwrap(), set);
+        assert_eq!(set.keys[0].to_json(), json!({"kty":"RSA","kid":"a","use":"sig","n":"bg","e":"AQAB"}));
+        for bad in [
+            json!([]),
+            json!({"keys": null}),
+            json!({"keys": {}}),
+            json!({"keys": [{"kid": "a"}]}),
+            json!({"keys": [{"kty": "RSA", "n": 5}]}),
+            json!({"keys": ["RSA"]}),
+        ] {
+            assert!(Jwks::from_json(&bad).is_err(), "{bad}");
+        }
+    }
+
     fn sign_rs256(k: &RsaPrivateKey, kid: &str, claims: &Value) -> String {
         let header = b64::encode(json!({"alg":"RS256","typ":"JWT","kid":kid}).to_string().as_bytes());
         let input = format!("{header}.{}", b64::encode(claims.to_string().as_bytes()));
@@ -514,7 +599,7 @@ mod tests {
         // HMAC secret. HS256 is only ever checked against AUTH_JWT_SECRET.
         let k = key("rsa_a");
         let j = jwk(&k, "a");
-        let public_as_secret = serde_json::to_vec(&j).unwrap();
+        let public_as_secret = j.to_json().to_string().into_bytes();
         let header = b64::encode(br#"{"alg":"HS256","kid":"a"}"#);
         let input = format!("{header}.{}", b64::encode(claims().to_string().as_bytes()));
         let mut mac = Hmac::<Sha256>::new_from_slice(&public_as_secret).unwrap();

@@ -6,8 +6,7 @@ pub mod jwt;
 
 use std::cell::RefCell;
 
-use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{json, Value};
 use worker::js_sys::{Array, Object, Reflect};
 use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::wasm_bindgen_futures::JsFuture;
@@ -58,12 +57,26 @@ pub fn cache_ttl(cache_control: Option<&str>) -> i64 {
     ttl.clamp(JWKS_MIN_TTL, JWKS_MAX_TTL)
 }
 
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// A fetched key set, kept in memory and in KV as `{"url","expiresAt","keys":{"keys":[…]}}`.
+#[derive(Clone, Debug, PartialEq)]
 struct CachedJwks {
     url: String,
     expires_at: i64,
     keys: Jwks,
+}
+
+impl CachedJwks {
+    fn from_json(text: &str) -> Result<CachedJwks, String> {
+        let v: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let url = v.get("url").and_then(Value::as_str).ok_or("no string `url`")?;
+        let expires_at = v.get("expiresAt").and_then(Value::as_i64).ok_or("no whole-number `expiresAt`")?;
+        let keys = Jwks::from_json(v.get("keys").ok_or("no `keys`")?)?;
+        Ok(CachedJwks { url: url.to_string(), expires_at, keys })
+    }
+
+    fn to_json(&self) -> String {
+        json!({"url": self.url, "expiresAt": self.expires_at, "keys": self.keys.to_json()}).to_string()
+    }
 }
 
 thread_local! {
@@ -85,7 +98,10 @@ impl JwksStore<'_> {
 
     async fn read_kv(&self) -> Option<CachedJwks> {
         let kv = self.kv.as_ref()?;
-        match kv.get(&kv::jwks_cache_key(self.url)).json::<CachedJwks>().await {
+        // Read as text and parsed here: worker's `.json()` would link serde-wasm-bindgen's
+        // deserializer for this one type.
+        let read = kv.get(&kv::jwks_cache_key(self.url)).text().await.map_err(|e| e.to_string());
+        match read.and_then(|text| text.map(|t| CachedJwks::from_json(&t)).transpose()) {
             Ok(v) => v.filter(|c| c.url == self.url),
             Err(e) => {
                 crate::log::warn(self.request_id, "jwks.kv_read_failed", json!({"error": e.to_string()}));
@@ -104,7 +120,10 @@ impl JwksStore<'_> {
             if resp.body.len() > JWKS_MAX_BYTES {
                 return Err("JWKS too large".into());
             }
-            let keys: Jwks = serde_json::from_str(&resp.body).map_err(|e| format!("JWKS JSON: {e}"))?;
+            let keys = serde_json::from_str(&resp.body)
+                .map_err(|e| e.to_string())
+                .and_then(|v| Jwks::from_json(&v))
+                .map_err(|e| format!("JWKS JSON: {e}"))?;
             Ok(CachedJwks { url: self.url.to_string(), expires_at: self.now + ttl, keys })
         };
         let fresh = with_timeout(send, JWKS_FETCH_TIMEOUT_MS).await.unwrap_or_else(|| Err("timeout".into()))?;
@@ -113,8 +132,7 @@ impl JwksStore<'_> {
             let ttl = (fresh.expires_at - self.now).max(JWKS_MIN_TTL) as u64;
             // Bytes of serde_json's encoding: `put` of a value would link a second
             // serializer (serde-wasm-bindgen) just for this.
-            let json = serde_json::to_vec(&fresh).unwrap_or_default();
-            let stored = match kv.put_bytes(&kv::jwks_cache_key(self.url), &json) {
+            let stored = match kv.put_bytes(&kv::jwks_cache_key(self.url), fresh.to_json().as_bytes()) {
                 Ok(put) => put.expiration_ttl(ttl).execute().await.map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
@@ -288,6 +306,37 @@ mod tests {
         assert_eq!(bearer_token(Some("bearer  abc ")), Ok("abc"));
         for bad in [None, Some(""), Some("Bearer"), Some("Bearer   "), Some("Basic abc"), Some("abc")] {
             assert_eq!(bearer_token(bad), Err(ApiError::AuthRequired("missing bearer token")), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_cached_key_set_round_trips_through_its_kv_json() {
+        let key = Jwk {
+            kty: "RSA".into(),
+            kid: Some("k1".into()),
+            alg: Some("RS256".into()),
+            use_: None,
+            n: Some("bm4".into()),
+            e: Some("AQAB".into()),
+        };
+        let c = CachedJwks {
+            url: "https://idp.example/jwks".into(),
+            expires_at: 1_700_000_000,
+            keys: Jwks { keys: vec![key] },
+        };
+        let text = c.to_json();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["expiresAt"], 1_700_000_000);
+        assert_eq!(v["keys"]["keys"][0], json!({"kty":"RSA","kid":"k1","alg":"RS256","n":"bm4","e":"AQAB"}));
+        assert_eq!(CachedJwks::from_json(&text), Ok(c));
+        for bad in [
+            "",
+            "[]",
+            r#"{"url":"u","expiresAt":1}"#,
+            r#"{"url":1,"expiresAt":1,"keys":{}}"#,
+            r#"{"url":"u","expiresAt":1.5,"keys":{}}"#,
+        ] {
+            assert!(CachedJwks::from_json(bad).is_err(), "{bad}");
         }
     }
 

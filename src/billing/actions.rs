@@ -143,6 +143,9 @@ impl Billing<'_> {
     /// Runs `action` holding the user's billing lock, with the user's row as it is
     /// once the lock is held and the action's sequence number (part of every
     /// idempotency key it sends).
+    ///
+    /// Generic over the action, so it is one copy per action in the Wasm: what does
+    /// not depend on the action is in `lock` and `unlock`, which exist once.
     async fn locked<T, F>(
         &self,
         user_id: &str,
@@ -152,6 +155,15 @@ impl Billing<'_> {
     where
         F: Future<Output = Result<T, ApiError>>,
     {
+        let (user, seq) = self.lock(user_id, name).await?;
+        let result = action(user, seq).await;
+        self.unlock(user_id).await;
+        result
+    }
+
+    /// Takes the user's billing lock and reads the user's row under it; returns the row
+    /// and the action's sequence number. On any failure the lock is not held.
+    async fn lock(&self, user_id: &str, name: &str) -> Result<(UserRecord, i64), ApiError> {
         let Some(seq) = locks::acquire(self.db, user_id, self.request_id, name, self.now).await? else {
             return Err(ApiError::coded(
                 409,
@@ -159,11 +171,16 @@ impl Billing<'_> {
                 "Another billing action for this account is in progress; try again in a moment",
             ));
         };
-        let result = match users::find_by_id(self.db, user_id).await {
-            Ok(Some(user)) => action(user, seq).await,
-            Ok(None) => Err(ApiError::server(format!("user {user_id} vanished under its billing lock"))),
-            Err(e) => Err(e),
+        let e = match users::find_by_id(self.db, user_id).await {
+            Ok(Some(user)) => return Ok((user, seq)),
+            Ok(None) => ApiError::server(format!("user {user_id} vanished under its billing lock")),
+            Err(e) => e,
         };
+        self.unlock(user_id).await;
+        Err(e)
+    }
+
+    async fn unlock(&self, user_id: &str) {
         if let Err(e) = locks::release(self.db, user_id, self.request_id).await {
             log::error(
                 self.request_id,
@@ -171,7 +188,6 @@ impl Billing<'_> {
                 json!({"userId": user_id, "error": e.to_string()}),
             );
         }
-        result
     }
 
     /// Runs `body` with the user's Stripe customer (created once per user). When Stripe
@@ -184,27 +200,37 @@ impl Billing<'_> {
     ) -> Result<T, ApiError> {
         let customer = self.customer(&user).await?;
         match body(&user, &customer).await {
-            Err(e) if e.code() == CUSTOMER_MISSING => {
-                if !self.customer_is_gone(&customer).await? {
-                    return Err(e);
-                }
-                log::warn(
-                    self.request_id,
-                    "billing.customer_missing_recreated",
-                    json!({"userId": user.id, "customer": customer}),
-                );
-                let default_plan = self.catalog.id(self.catalog.default_tier());
-                let gone =
-                    users::customer_gone_stmts(&customer, default_plan, "api:customer_missing", self.now, self.now);
-                self.db.batch(gone).await?;
-                self.refresh_copies(std::slice::from_ref(&user.id)).await;
-                let user =
-                    users::find_by_id(self.db, &user.id).await?.ok_or_else(|| ApiError::server("user vanished"))?;
-                let customer = self.customer(&user).await?;
-                body(&user, &customer).await
-            }
+            Err(e) if e.code() == CUSTOMER_MISSING => match self.replace_customer(&user, &customer).await? {
+                Some((user, customer)) => body(&user, &customer).await,
+                None => Err(e),
+            },
             other => other,
         }
+    }
+
+    /// After Stripe answered that `customer` is missing: when Stripe confirms it is gone,
+    /// clears it (audited) and returns the user's row and new customer; `None` when it
+    /// is not gone. Not generic, so it exists once for every `with_customer`.
+    async fn replace_customer(
+        &self,
+        user: &UserRecord,
+        customer: &str,
+    ) -> Result<Option<(UserRecord, String)>, ApiError> {
+        if !self.customer_is_gone(customer).await? {
+            return Ok(None);
+        }
+        log::warn(
+            self.request_id,
+            "billing.customer_missing_recreated",
+            json!({"userId": user.id, "customer": customer}),
+        );
+        let default_plan = self.catalog.id(self.catalog.default_tier());
+        let gone = users::customer_gone_stmts(customer, default_plan, "api:customer_missing", self.now, self.now);
+        self.db.batch(gone).await?;
+        self.refresh_copies(std::slice::from_ref(&user.id)).await;
+        let user = users::find_by_id(self.db, &user.id).await?.ok_or_else(|| ApiError::server("user vanished"))?;
+        let customer = self.customer(&user).await?;
+        Ok(Some((user, customer)))
     }
 
     /// Stripe says the customer does not exist (or was deleted).

@@ -1,12 +1,15 @@
 //! A user's billing record as stored in D1, and the `/api/plan/me` view of it.
 
-use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::plans::TRIAL_PLAN;
 use super::time::iso8601;
 
-/// One `users` row. Times are unix seconds.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// One `users` row. Times are unix seconds. Optional columns may be absent from a row.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserRecord {
     pub id: String,
     pub auth_id: String,
@@ -23,19 +26,98 @@ pub struct UserRecord {
     pub plan_updated_at: i64,
     pub created_at: i64,
     pub updated_at: i64,
-    #[serde(default)]
     pub stripe_synced_at: Option<i64>,
-    #[serde(default)]
+    /// 0 when the column is absent.
     pub trial_used: i64,
     /// The user's last Stripe customer that was deleted (see `billing::actions`).
-    #[serde(default)]
     pub previous_customer_id: Option<String>,
     /// The legacy KV values last written for this user (JSON; see `billing::sync`).
-    #[serde(default)]
     pub kv_written: Option<String>,
     /// The start of the current Stripe billing period (usage counts per period).
-    #[serde(default)]
     pub current_period_start: Option<i64>,
+}
+
+/// `Db::query` wants `Deserialize`. Written by hand: the derived impl checks every one
+/// of the 20 fields for duplicates and absence in code of its own, several KB of the
+/// Wasm; this one reads each column with the `Option<String>` / `Option<i64>` readers
+/// that other row types link anyway. Absent columns are `None` (0 for `trial_used`),
+/// unknown columns are ignored.
+impl<'de> Deserialize<'de> for UserRecord {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(RowVisitor)
+    }
+}
+
+struct RowVisitor;
+
+impl<'de> Visitor<'de> for RowVisitor {
+    type Value = UserRecord;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a users row")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UserRecord, A::Error> {
+        let (mut id, mut auth_id, mut plan) = (None, None, None);
+        let (mut plan_updated_at, mut created_at, mut updated_at) = (None, None, None);
+        let mut r = UserRecord {
+            id: String::new(),
+            auth_id: String::new(),
+            email: None,
+            plan: String::new(),
+            stripe_customer_id: None,
+            stripe_subscription_id: None,
+            subscription_status: None,
+            trial_ends_at: None,
+            current_period_end: None,
+            cancel_at: None,
+            scheduled_plan: None,
+            scheduled_at: None,
+            plan_updated_at: 0,
+            created_at: 0,
+            updated_at: 0,
+            stripe_synced_at: None,
+            trial_used: 0,
+            previous_customer_id: None,
+            kv_written: None,
+            current_period_start: None,
+        };
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "id" => id = map.next_value()?,
+                "auth_id" => auth_id = map.next_value()?,
+                "email" => r.email = map.next_value()?,
+                "plan" => plan = map.next_value()?,
+                "stripe_customer_id" => r.stripe_customer_id = map.next_value()?,
+                "stripe_subscription_id" => r.stripe_subscription_id = map.next_value()?,
+                "subscription_status" => r.subscription_status = map.next_value()?,
+                "trial_ends_at" => r.trial_ends_at = map.next_value()?,
+                "current_period_end" => r.current_period_end = map.next_value()?,
+                "cancel_at" => r.cancel_at = map.next_value()?,
+                "scheduled_plan" => r.scheduled_plan = map.next_value()?,
+                "scheduled_at" => r.scheduled_at = map.next_value()?,
+                "plan_updated_at" => plan_updated_at = map.next_value()?,
+                "created_at" => created_at = map.next_value()?,
+                "updated_at" => updated_at = map.next_value()?,
+                "stripe_synced_at" => r.stripe_synced_at = map.next_value()?,
+                "trial_used" => r.trial_used = map.next_value::<Option<i64>>()?.unwrap_or(0),
+                "previous_customer_id" => r.previous_customer_id = map.next_value()?,
+                "kv_written" => r.kv_written = map.next_value()?,
+                "current_period_start" => r.current_period_start = map.next_value()?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        let missing = de::Error::missing_field;
+        r.id = id.ok_or_else(|| missing("id"))?;
+        r.auth_id = auth_id.ok_or_else(|| missing("auth_id"))?;
+        r.plan = plan.ok_or_else(|| missing("plan"))?;
+        r.plan_updated_at = plan_updated_at.ok_or_else(|| missing("plan_updated_at"))?;
+        r.created_at = created_at.ok_or_else(|| missing("created_at"))?;
+        r.updated_at = updated_at.ok_or_else(|| missing("updated_at"))?;
+        Ok(r)
+    }
 }
 
 /// The body of `GET /api/plan/me`, field for field the old endpoint's format.
@@ -92,6 +174,56 @@ mod tests {
             "plan_updated_at": 1700000000, "created_at": 1700000000, "updated_at": 1700000000
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn a_row_is_read_by_column_name_with_absent_optional_columns_and_unknown_ones_ignored() {
+        let r = record();
+        assert_eq!((r.id.as_str(), r.auth_id.as_str(), r.plan.as_str()), ("usr_1", "firebase-uid", "free"));
+        assert_eq!((r.email.as_deref(), r.stripe_customer_id.as_deref()), (Some("a@example.com"), None));
+        assert_eq!(
+            (r.plan_updated_at, r.stripe_synced_at, r.trial_used, r.previous_customer_id),
+            (1700000000, None, 0, None)
+        );
+        let full: UserRecord = serde_json::from_value(json!({
+            "id": "usr_2", "auth_id": "a2", "email": null, "plan": "pro", "stripe_customer_id": "cus_1",
+            "stripe_subscription_id": "sub_1", "subscription_status": "active", "trial_ends_at": 5,
+            "current_period_end": 6, "cancel_at": 7, "scheduled_plan": "essential", "scheduled_at": 8,
+            "plan_updated_at": 1, "created_at": 2, "updated_at": 3, "stripe_synced_at": 4, "trial_used": 1,
+            "previous_customer_id": "cus_0", "some_new_column": [1, {"x": 2}]
+        }))
+        .unwrap();
+        assert_eq!(
+            (full.trial_ends_at, full.current_period_end, full.cancel_at, full.scheduled_at),
+            (Some(5), Some(6), Some(7), Some(8))
+        );
+        assert_eq!((full.created_at, full.updated_at, full.stripe_synced_at, full.trial_used), (2, 3, Some(4), 1));
+        assert_eq!(
+            (full.scheduled_plan.as_deref(), full.previous_customer_id.as_deref(), full.subscription_status.as_deref()),
+            (Some("essential"), Some("cus_0"), Some("active"))
+        );
+        assert_eq!(full.stripe_subscription_id.as_deref(), Some("sub_1"));
+    }
+
+    #[test]
+    fn a_row_missing_a_required_column_or_with_a_wrong_type_is_refused() {
+        let base =
+            json!({"id": "u", "auth_id": "a", "plan": "free", "plan_updated_at": 1, "created_at": 1, "updated_at": 1});
+        assert!(serde_json::from_value::<UserRecord>(base.clone()).is_ok());
+        for column in ["id", "auth_id", "plan", "plan_updated_at", "created_at", "updated_at"] {
+            let mut row = base.clone();
+            row.as_object_mut().unwrap().remove(column);
+            let e = serde_json::from_value::<UserRecord>(row).unwrap_err().to_string();
+            assert!(e.contains(column), "{column}: {e}");
+        }
+        for (column, bad) in
+            [("id", json!(3)), ("created_at", json!("x")), ("trial_ends_at", json!(1.5)), ("email", json!(true))]
+        {
+            let mut row = base.clone();
+            row[column] = bad;
+            assert!(serde_json::from_value::<UserRecord>(row).is_err(), "{column}");
+        }
+        assert!(serde_json::from_value::<UserRecord>(json!([1, 2])).is_err());
     }
 
     #[test]

@@ -1,6 +1,5 @@
 //! `/api/admin/*`: operator endpoints behind `Authorization: Bearer <ADMIN_TOKEN>`.
 
-use serde::Deserialize;
 use serde_json::json;
 
 use super::{Ctx, Reply};
@@ -67,41 +66,34 @@ pub async fn retry_event(ctx: &Ctx<'_>, id: &str) -> Result<Reply, ApiError> {
     Ok(Reply::ok(json!({"ok": error.is_none(), "eventId": id, "status": status, "error": error})))
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct ResyncBody {
-    user_id: Option<String>,
-    #[serde(default)]
-    all: bool,
-    /// With `all`: users per call (default 40, at most 100).
-    limit: Option<i64>,
-    /// With `all`: the `cursor` of the previous answer.
-    cursor: Option<String>,
-}
-
 /// `POST /api/admin/resync {"userId":"usr_…"}`: re-read one user's subscriptions from
 /// Stripe and store the truth. `{"all":true,"limit"?:N,"cursor"?:"…"}`: the same for
 /// the next N users with a Stripe customer; answers `{synced, failed, cursor, done}` —
 /// call again with `cursor` until `done`.
 pub async fn resync(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     authorize(ctx)?;
-    let body: ResyncBody = ctx.json_body()?;
+    let body = ctx.json_body()?;
+    body.only(&["userId", "all", "limit", "cursor"])?;
+    // `limit`: users per call with `all` (default 40, at most 100); `cursor`: the
+    // `cursor` of the previous answer.
+    let (user_id, all, limit, cursor) =
+        (body.opt_str("userId")?, body.flag("all")?, body.opt_int("limit")?, body.opt_str("cursor")?);
     let billing = ctx.billing();
-    match (body.user_id, body.all) {
-        (Some(user_id), false) if body.limit.is_none() && body.cursor.is_none() => {
-            let user = users::find_by_id(ctx.db, &user_id).await?.ok_or(ApiError::NotFound)?;
+    match (user_id, all) {
+        (Some(user_id), false) if limit.is_none() && cursor.is_none() => {
+            let user = users::find_by_id(ctx.db, user_id).await?.ok_or(ApiError::NotFound)?;
             let synced = billing.resync_user(&user, "admin").await?;
-            let user = users::find_by_id(ctx.db, &user_id).await?.ok_or(ApiError::NotFound)?;
+            let user = users::find_by_id(ctx.db, user_id).await?.ok_or(ApiError::NotFound)?;
             Ok(Reply::ok(json!({"ok": true, "synced": synced, "plan": user.plan_view()})))
         }
         (None, true) => {
-            let limit = match body.limit {
+            let limit = match limit {
                 None => resync::DEFAULT_PAGE,
                 Some(n) => u32::try_from(n).ok().filter(|n| (1..=resync::MAX_PAGE).contains(n)).ok_or_else(|| {
                     ApiError::InvalidRequest(format!("limit must be a whole number from 1 to {}", resync::MAX_PAGE))
                 })?,
             };
-            let page = billing.resync_page(body.cursor.as_deref(), limit).await?;
+            let page = billing.resync_page(cursor, limit).await?;
             Ok(Reply::ok(json!({
                 "ok": true, "synced": page.synced, "failed": page.failed,
                 "done": page.cursor.is_none(), "cursor": page.cursor,

@@ -3,7 +3,6 @@
 //! change the plan drops the caller's cached entitlements before answering, so the
 //! page's next read shows the change.
 
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{Ctx, Reply};
@@ -51,20 +50,12 @@ fn plan_reply(user: &UserRecord, extra: Value) -> Result<Reply, ApiError> {
     Ok(Reply::ok(body).header("Cache-Control", "private, no-store"))
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct UpgradeBody {
-    target_plan: String,
-    return_url: Option<String>,
-    source: Option<String>,
-}
-
 /// `POST /api/upgrade-plan {targetPlan, returnUrl?, source?}`
 pub async fn upgrade_plan(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
-    let body: UpgradeBody = ctx.json_body()?;
-    let target = parse_tier(&body.target_plan, false)?;
-    let url = return_url(ctx, body.return_url.as_deref())?;
-    let source = body.source.as_deref().map(|s| s.chars().take(64).collect::<String>());
+    let body = ctx.json_body()?;
+    let target = parse_tier(body.str("targetPlan")?, false)?;
+    let url = return_url(ctx, body.opt_str("returnUrl")?)?;
+    let source = body.opt_str("source")?.map(|s| s.chars().take(64).collect::<String>());
     let who = ctx.identity().await?;
     let result = ctx.billing().upgrade(&who, target, CheckoutReturn { url, source }).await?;
     ctx.forget_entitlements(&who.auth_id).await;
@@ -77,34 +68,21 @@ pub async fn upgrade_plan(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct CheckoutBody {
-    plan: String,
-    return_url: Option<String>,
-}
-
 /// `POST /api/stripe-checkout {plan, returnUrl?}`: `plan: "trial"` is the entry tier
 /// with its trial, once per user.
 pub async fn stripe_checkout(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
-    let body: CheckoutBody = ctx.json_body()?;
-    let target = if body.plan == TRIAL_PLAN { None } else { Some(parse_tier(&body.plan, false)?) };
-    let url = required_return_url(ctx, body.return_url.as_deref())?;
+    let body = ctx.json_body()?;
+    let plan = body.str("plan")?;
+    let target = if plan == TRIAL_PLAN { None } else { Some(parse_tier(plan, false)?) };
+    let url = required_return_url(ctx, body.opt_str("returnUrl")?)?;
     let who = ctx.identity().await?;
     let url = ctx.billing().checkout(&who, target, url).await?;
     Ok(Reply::ok(json!({"ok": true, "url": url})))
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PortalBody {
-    return_url: Option<String>,
-}
-
 /// `POST /api/billing-portal {returnUrl}` → `{ok, url}`.
 pub async fn billing_portal(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
-    let body: PortalBody = ctx.json_body()?;
-    let url = required_return_url(ctx, body.return_url.as_deref())?;
+    let url = required_return_url(ctx, ctx.json_body()?.opt_str("returnUrl")?)?;
     let who = ctx.identity().await?;
     let url = ctx.billing().portal(&who, url).await?;
     Ok(Reply::ok(json!({"ok": true, "url": url})))
@@ -127,16 +105,9 @@ pub async fn resume_subscription(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     plan_reply(&user, json!({"action": "resumed"}))
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct DowngradeBody {
-    target_plan: String,
-}
-
 /// `POST /api/downgrade-plan {targetPlan}`
 pub async fn downgrade_plan(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
-    let body: DowngradeBody = ctx.json_body()?;
-    let target = parse_tier(&body.target_plan, true)?;
+    let target = parse_tier(ctx.json_body()?.str("targetPlan")?, true)?;
     let who = ctx.identity().await?;
     let (action, user) = ctx.billing().downgrade(&who, target).await?;
     ctx.forget_entitlements(&who.auth_id).await;

@@ -10,7 +10,7 @@ pub mod plan;
 pub mod usage;
 pub mod webhook;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 use worker::Env;
 
 use crate::config::Config;
@@ -37,11 +37,9 @@ pub struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    /// Billing for this request. It holds no KV handle: nothing on the response path
-    /// can touch KV. The copies it makes due are written after the response
-    /// (`lib.rs`, `ctx.wait_until`) and by the cron, from the outbox.
+    /// Billing for this request; KV copies are written after the response.
     pub fn billing(&'a self) -> crate::billing::Billing<'a> {
-        crate::billing::Billing::new(self.db, self.cfg, None, self.now, self.request_id)
+        crate::billing::Billing::new(self.db, self.cfg, self.app_kv(), self.now, self.request_id)
             .deferring_copies_to(&self.copies_due)
     }
 
@@ -57,10 +55,10 @@ impl<'a> Ctx<'a> {
         crate::util::query_param(&self.query, name)
     }
 
-    /// The body as JSON of type `T`; 400 `INVALID_REQUEST` saying what is wrong.
-    pub fn json_body<T: serde::de::DeserializeOwned>(&self) -> Result<T, ApiError> {
-        let bytes: &[u8] = if self.body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &self.body };
-        serde_json::from_slice(bytes).map_err(|e| ApiError::InvalidRequest(format!("Invalid JSON body: {e}")))
+    /// The body as a JSON object (an empty body is `{}`); 400 `INVALID_REQUEST` saying
+    /// what is wrong.
+    pub fn json_body(&self) -> Result<JsonBody, ApiError> {
+        JsonBody::parse(&self.body)
     }
 
     /// The verified caller, or 401.
@@ -97,9 +95,75 @@ impl<'a> Ctx<'a> {
 
     /// The body as a JSON object (empty body: `{}`); 400 otherwise.
     pub fn json_object(&self) -> Result<serde_json::Map<String, Value>, ApiError> {
-        match self.json_body::<Value>()? {
-            Value::Object(m) => Ok(m),
-            _ => Err(ApiError::InvalidRequest("the body must be a JSON object".into())),
+        Ok(self.json_body()?.0)
+    }
+}
+
+/// A request body: one JSON object whose fields the handler reads by name. Read from a
+/// `Value` rather than through `#[derive(Deserialize)]` structs: each derived struct
+/// is its own copy of a serde visitor in the Wasm, these accessors exist once.
+#[derive(Debug)]
+pub struct JsonBody(Map<String, Value>);
+
+fn invalid_body(why: String) -> ApiError {
+    ApiError::InvalidRequest(format!("Invalid JSON body: {why}"))
+}
+
+impl JsonBody {
+    /// Parsed with `from_str` after a UTF-8 check, never `from_slice`: serde_json's
+    /// parser is generic over its reader, and D1 rows and stored payloads already need
+    /// the `&str` one; a second reader would add another copy of the parser to the Wasm.
+    pub fn parse(bytes: &[u8]) -> Result<JsonBody, ApiError> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(JsonBody(Map::new()));
+        }
+        let text = std::str::from_utf8(bytes).map_err(|_| invalid_body("not UTF-8".into()))?;
+        match serde_json::from_str(text) {
+            Ok(Value::Object(m)) => Ok(JsonBody(m)),
+            Ok(_) => Err(invalid_body("expected a JSON object".into())),
+            Err(e) => Err(invalid_body(e.to_string())),
+        }
+    }
+
+    /// A field; `null` counts as absent.
+    fn field(&self, name: &str) -> Option<&Value> {
+        self.0.get(name).filter(|v| !v.is_null())
+    }
+
+    /// A string field; `None` when absent or `null`.
+    pub fn opt_str(&self, name: &str) -> Result<Option<&str>, ApiError> {
+        match self.field(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(invalid_body(format!("`{name}` must be a string"))),
+        }
+    }
+
+    pub fn str(&self, name: &str) -> Result<&str, ApiError> {
+        self.opt_str(name)?.ok_or_else(|| invalid_body(format!("missing field `{name}`")))
+    }
+
+    /// A whole-number field; `None` when absent or `null`.
+    pub fn opt_int(&self, name: &str) -> Result<Option<i64>, ApiError> {
+        match self.field(name) {
+            None => Ok(None),
+            Some(v) => v.as_i64().map(Some).ok_or_else(|| invalid_body(format!("`{name}` must be a whole number"))),
+        }
+    }
+
+    /// A boolean field; `false` when absent.
+    pub fn flag(&self, name: &str) -> Result<bool, ApiError> {
+        match self.0.get(name) {
+            None => Ok(false),
+            Some(v) => v.as_bool().ok_or_else(|| invalid_body(format!("`{name}` must be true or false"))),
+        }
+    }
+
+    /// Refuses fields other than `known` (where a misspelt field must not pass unseen).
+    pub fn only(&self, known: &[&str]) -> Result<(), ApiError> {
+        match self.0.keys().find(|k| !known.contains(&k.as_str())) {
+            Some(k) => Err(invalid_body(format!("unknown field `{k}`, expected one of {}", known.join(", ")))),
+            None => Ok(()),
         }
     }
 }
@@ -159,5 +223,60 @@ pub fn int_field(
     match body.get(name) {
         None | Some(Value::Null) => default.ok_or_else(|| ApiError::InvalidRequest(format!("{name} is required"))),
         Some(v) => v.as_i64().filter(|n| range.contains(n)).ok_or_else(bad),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::JsonBody;
+    use crate::error::ApiError;
+
+    fn body(text: &str) -> Result<JsonBody, ApiError> {
+        JsonBody::parse(text.as_bytes())
+    }
+
+    fn message(e: ApiError) -> String {
+        match e {
+            ApiError::InvalidRequest(m) => m,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_empty_body_is_an_empty_object_and_anything_but_an_object_is_refused() {
+        assert!(body("").unwrap().opt_str("x").unwrap().is_none());
+        assert!(body(" \n").unwrap().opt_str("x").unwrap().is_none());
+        for bad in ["[]", "3", "\"x\"", "{", "{\"a\":}", "null"] {
+            assert!(message(body(bad).unwrap_err()).starts_with("Invalid JSON body: "), "{bad}");
+        }
+        assert!(message(JsonBody::parse(b"{\"a\":\"\xff\"}").unwrap_err()).contains("UTF-8"));
+    }
+
+    #[test]
+    fn fields_are_read_by_type_with_null_as_absent() {
+        let b = body(r#"{"s":"x","n":5,"f":1.5,"big":18446744073709551615,"t":true,"z":null}"#).unwrap();
+        assert_eq!(b.str("s").unwrap(), "x");
+        assert_eq!(b.opt_str("z").unwrap(), None);
+        assert_eq!(b.opt_str("absent").unwrap(), None);
+        assert!(message(b.str("absent").unwrap_err()).contains("missing field `absent`"));
+        assert!(message(b.str("z").unwrap_err()).contains("missing field `z`"));
+        assert!(message(b.opt_str("n").unwrap_err()).contains("`n` must be a string"));
+        assert_eq!(b.opt_int("n").unwrap(), Some(5));
+        assert_eq!(b.opt_int("z").unwrap(), None);
+        assert!(b.opt_int("f").is_err());
+        assert!(b.opt_int("big").is_err());
+        assert!(b.opt_int("s").is_err());
+        assert!(b.flag("t").unwrap());
+        assert!(!b.flag("absent").unwrap());
+        assert!(b.flag("z").is_err());
+        assert!(b.flag("n").is_err());
+    }
+
+    #[test]
+    fn only_known_fields_pass_where_asked() {
+        let b = body(r#"{"userId":"u","al":true}"#).unwrap();
+        assert!(b.only(&["userId", "al"]).is_ok());
+        let e = message(b.only(&["userId", "all"]).unwrap_err());
+        assert!(e.contains("unknown field `al`"), "{e}");
     }
 }
