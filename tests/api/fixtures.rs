@@ -126,6 +126,22 @@ pub fn deliver_all(app: &App, events: &[Value]) {
     }
 }
 
+/// `send` again while wrangler's dev proxy answers that it was swapping the Worker:
+/// it answers non-GET requests in flight then with this 503 (`Retry-After: 0`) without
+/// a Worker answer, under heavy load too. Only for requests that are safe to repeat
+/// (idempotency key, event id, or read-only); at most 3 more tries, each reported.
+pub fn retrying_dev_restarts(mut send_once: impl FnMut() -> Resp) -> Resp {
+    let mut r = send_once();
+    for _ in 0..3 {
+        if !(r.status == 503 && r.body.starts_with("Your worker restarted mid-request")) {
+            break;
+        }
+        eprintln!("wrangler dev restarted the Worker mid-request: sending again");
+        r = send_once();
+    }
+    r
+}
+
 /// A request with a bearer token (a user's JWT, a service token or ADMIN_TOKEN).
 pub fn request(app: &App, method: &str, path: &str, bearer: Option<&str>, body: Option<&Value>) -> Resp {
     let auth = bearer.map(|b| format!("Bearer {b}"));
@@ -134,7 +150,7 @@ pub fn request(app: &App, method: &str, path: &str, bearer: Option<&str>, body: 
         headers.push(("Authorization", a.as_str()));
     }
     let b = body.map(|b| b.to_string());
-    send(&agent(), method, &app.url(path), &headers, b.as_deref().map(str::as_bytes))
+    retrying_dev_restarts(|| send(&agent(), method, &app.url(path), &headers, b.as_deref().map(str::as_bytes)))
 }
 
 /// POSTs `body` as the user.

@@ -53,6 +53,14 @@ pub fn cron_serial() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Tests that put 100 or more requests in flight at once hold this for their burst:
+/// two such bursts together overload the local runtime on a small machine (wrangler
+/// answers a few of them 503 "Your worker restarted mid-request").
+pub fn load_serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// An app of its own for tests that run the cron at a future time (retries after
 /// backoff, retention): they would otherwise act on other tests' events.
 pub fn cron_app() -> &'static App {
