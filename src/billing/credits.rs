@@ -14,7 +14,8 @@ use serde_json::{json, Value};
 
 use super::Billing;
 use crate::domain::account::UserRecord;
-use crate::domain::plans::PackDef;
+use crate::domain::plans::{Catalog, PackDef, TierDef};
+use crate::domain::subscription::PriceMap;
 use crate::error::ApiError;
 use crate::store::credits::{self, Credit, Debit, Debited};
 use crate::store::db::{Param, Stmt};
@@ -48,6 +49,32 @@ pub fn insufficient(balance: i64, required: i64) -> ApiError {
         message: format!("Not enough credits: {required} needed, {balance} available"),
         fields: json!({"balance": balance, "required": required}),
     }
+}
+
+/// What a paid invoice grants: the tier's credits for the period it opens, and that
+/// period's start. Only the invoice that opens a period (the first one or a renewal)
+/// counts: a proration invoice of an upgrade mid-period starts no period; without a
+/// reason (older API versions) its line must start the subscription's current period.
+/// Nothing for a free invoice (a trial) or a tier without credits.
+pub fn period_grant(
+    invoice: &PaidInvoice,
+    subscription_period_start: Option<i64>,
+    subscription_plan: &str,
+    catalog: &Catalog,
+    prices: &PriceMap,
+) -> Option<(&'static TierDef, i64)> {
+    let opens_period = match invoice.billing_reason.as_deref() {
+        Some("subscription_create" | "subscription_cycle") => true,
+        Some(_) => false,
+        None => invoice.period_start.is_some() && invoice.period_start == subscription_period_start,
+    };
+    if !invoice.paid || invoice.amount_paid <= 0 || !opens_period {
+        return None;
+    }
+    let tier = invoice.price.as_deref().and_then(|p| prices.tier_of(p)).or_else(|| catalog.parse(subscription_plan))?;
+    let start = invoice.period_start.or(subscription_period_start)?;
+    let def = catalog.def(tier);
+    (def.credits_per_period > 0).then_some((def, start))
 }
 
 impl Billing<'_> {
@@ -96,8 +123,8 @@ impl Billing<'_> {
     }
 
     /// A tier's credits for the paid billing period an invoice starts: once per
-    /// (subscription, period start). Nothing for a free invoice (a trial) or a tier
-    /// without credits.
+    /// (subscription, period start). Nothing for a free invoice (a trial), a proration
+    /// mid-period or a tier without credits.
     pub(super) fn period_grant_stmts(
         &self,
         user_id: &str,
@@ -107,21 +134,11 @@ impl Billing<'_> {
         subscription_plan: &str,
         event_id: &str,
     ) -> Result<Vec<Stmt>, ApiError> {
-        if !invoice.paid || invoice.amount_paid <= 0 {
-            return Ok(Vec::new());
-        }
-        let tier = invoice
-            .price
-            .as_deref()
-            .and_then(|p| self.cfg.prices.tier_of(p))
-            .or_else(|| self.catalog.parse(subscription_plan));
-        let (Some(tier), Some(start)) = (tier, invoice.period_start.or(subscription_period_start)) else {
+        let Some((def, start)) =
+            period_grant(invoice, subscription_period_start, subscription_plan, &self.catalog, &self.cfg.prices)
+        else {
             return Ok(Vec::new());
         };
-        let def = self.catalog.def(tier);
-        if def.credits_per_period == 0 {
-            return Ok(Vec::new());
-        }
         Ok(vec![
             credits::credit_stmt(
                 &Credit {
@@ -205,5 +222,59 @@ impl Billing<'_> {
             self.db.batch_rows(&[credits::credit_stmt(&credit, self.now), credits::balance_stmt(&user.id)]).await?;
         let balance = results.get(1).and_then(|r| r.first()).and_then(|r| r.int("balance")).unwrap_or(0);
         Ok(Spent { transaction_id: id, spent: delta, balance, replayed: false })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::test_support::prices;
+
+    fn invoice(reason: Option<&str>, amount: i64, start: Option<i64>, price: &str) -> PaidInvoice {
+        PaidInvoice {
+            id: "in_1".into(),
+            paid: true,
+            amount_paid: amount,
+            period_start: start,
+            price: Some(price.into()),
+            billing_reason: reason.map(str::to_string),
+        }
+    }
+
+    fn grant(i: &PaidInvoice, sub_start: Option<i64>, plan: &str) -> Option<(&'static str, u64, i64)> {
+        period_grant(i, sub_start, plan, &Catalog::builtin(), &prices()).map(|(d, s)| (d.id, d.credits_per_period, s))
+    }
+
+    #[test]
+    fn a_paid_invoice_opening_a_period_grants_its_tiers_credits_once_per_period_start() {
+        let first = invoice(Some("subscription_create"), 900, Some(100), "price_pro");
+        assert_eq!(grant(&first, Some(100), "pro"), Some(("pro", 20, 100)));
+        let renewal = invoice(Some("subscription_cycle"), 2900, Some(200), "price_prem");
+        assert_eq!(grant(&renewal, Some(200), "premium"), Some(("premium", 50, 200)));
+        // The line's price decides the tier (the subscription may have moved on since).
+        assert_eq!(grant(&renewal, Some(300), "essential"), Some(("premium", 50, 200)));
+        // Older API versions: no reason, but the line starts the current period.
+        let untyped = invoice(None, 900, Some(100), "price_pro");
+        assert_eq!(grant(&untyped, Some(100), "pro"), Some(("pro", 20, 100)));
+    }
+
+    #[test]
+    fn prorations_trials_unpaid_invoices_and_tiers_without_credits_grant_nothing() {
+        let proration = invoice(Some("subscription_update"), 450, Some(150), "price_prem");
+        assert_eq!(grant(&proration, Some(100), "premium"), None, "an upgrade mid-period opens no period");
+        assert_eq!(grant(&invoice(None, 450, Some(150), "price_prem"), Some(100), "premium"), None);
+        assert_eq!(
+            grant(&invoice(Some("subscription_create"), 0, Some(100), "price_pro"), Some(100), "pro"),
+            None,
+            "trial"
+        );
+        let mut unpaid = invoice(Some("subscription_cycle"), 900, Some(100), "price_pro");
+        unpaid.paid = false;
+        assert_eq!(grant(&unpaid, Some(100), "pro"), None);
+        assert_eq!(
+            grant(&invoice(Some("subscription_cycle"), 900, Some(100), "price_ess"), Some(100), "essential"),
+            None
+        );
+        assert_eq!(grant(&invoice(Some("subscription_cycle"), 900, None, "price_pro"), None, "pro"), None, "no period");
     }
 }

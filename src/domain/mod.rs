@@ -12,4 +12,4 @@ pub mod upgrade;
 #[cfg(test)]
 mod catalog_tests;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;

@@ -228,6 +228,9 @@ pub struct PaidInvoice {
     pub period_start: Option<i64>,
     /// The price of that line.
     pub price: Option<String>,
+    /// Why Stripe invoiced: `subscription_create`, `subscription_cycle` (a new
+    /// period), `subscription_update` (a proration mid-period), `manual`…
+    pub billing_reason: Option<String>,
 }
 
 pub fn parse_invoice(v: &Value) -> Option<PaidInvoice> {
@@ -243,6 +246,7 @@ pub fn parse_invoice(v: &Value) -> Option<PaidInvoice> {
         amount_paid: int_field(v, "amount_paid").unwrap_or(0),
         period_start: line.and_then(|l| l.get("period")).and_then(|p| int_field(p, "start")),
         price,
+        billing_reason: str_field(v, "billing_reason"),
     })
 }
 
