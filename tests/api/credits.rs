@@ -7,10 +7,11 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use crate::fixtures::*;
+use crate::support::stripe_fake::invoice;
 use crate::support::{now, token};
 use crate::{
     error_code, shared, ALLOWED_ORIGIN_FOR_TESTS, PACK_LARGE_AMOUNT, PACK_SMALL_AMOUNT, PRICE_PACK_LARGE,
-    PRICE_PACK_SMALL, PRICE_PRO,
+    PRICE_PACK_SMALL, PRICE_PREMIUM, PRICE_PRO,
 };
 
 const DAY: i64 = 86400;
@@ -103,6 +104,32 @@ fn an_invoice_paid_resent_or_paid_again_for_one_period_grants_once_and_the_next_
         "{grants:?}"
     );
     assert_balance(&c, 40, "two periods");
+}
+
+#[test]
+fn invoices_of_two_periods_delivered_out_of_order_grant_once_each() {
+    let s = shared();
+    let (p1, p2) = (now() - 40 * DAY, now() - 10 * DAY);
+    let c = new_customer(&s.app, "grant-out-of-order");
+    // Stripe is in the second period already; the first period's invoice arrives late.
+    stripe_says(&s.app, &s.stripe, subscription_in(&c, "active", PRICE_PREMIUM, p2, p2 + 30 * DAY));
+    let inv = |n: i64, start: i64, reason: &str| {
+        let id = format!("in_{}_{n}", c.subscription);
+        event(
+            &event_id("inv"),
+            "invoice.paid",
+            now(),
+            invoice(&id, &c.customer, &c.subscription, start, start + 30 * DAY, PRICE_PREMIUM, 4900, reason),
+        )
+    };
+    let (first, second) = (inv(1, p1, "subscription_create"), inv(2, p2, "subscription_cycle"));
+    deliver_all(&s.app, &[second.clone(), first.clone(), resent(&second), resent(&first), first]);
+    let grants = ledger(&s.app, &c.user_id, "grant");
+    let mut keys: Vec<&str> = grants.iter().map(|g| g["source_key"].as_str().unwrap()).collect();
+    keys.sort();
+    assert_eq!(keys, [format!("period:{}:{p1}", c.subscription), format!("period:{}:{p2}", c.subscription)]);
+    assert!(grants.iter().all(|g| g["delta"] == 50), "premium's credits_per_period: {grants:?}");
+    assert_balance(&c, 100, "two premium periods");
 }
 
 #[test]

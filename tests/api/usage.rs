@@ -258,6 +258,8 @@ fn usage_lists_the_plans_quotas_unlimited_ones_with_null_limits() {
         u["usage"]["interview_questions"],
         json!({"limit": 100, "used": 0, "remaining": 100, "resetsAt": iso(end)})
     );
+    let r = request(&s.app, "GET", "/api/usage", None, None);
+    assert_eq!((r.status, error_code(&r.json())), (401, "AUTH_REQUIRED"), "{}", r.body);
 }
 
 #[test]
