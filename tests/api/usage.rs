@@ -185,8 +185,15 @@ fn a_credit_priced_feature_spends_ten_credits_a_use_and_needs_the_credits() {
     assert_eq!((r.status, error_code(&r.json())), (402, "INSUFFICIENT_CREDITS"), "{}", r.body);
     assert_eq!((r.json()["balance"].as_i64(), r.json()["required"].as_i64()), (Some(0), Some(10)), "{}", r.body);
     give_credits(&s.app, &c, 25);
-    // A refused credit spend is not remembered: the same key succeeds once there are credits.
+    // A refused consume is an answer like any other: its key replays it, credits or not.
     let r = consume(&s.app, &c, "job_analysis", 1, "ja-1");
+    assert_eq!((r.status, error_code(&r.json())), (402, "INSUFFICIENT_CREDITS"), "the first answer: {}", r.body);
+    assert_eq!(r.json()["balance"].as_i64(), Some(0), "as it was then: {}", r.body);
+    // The same key for a counted feature is another request: refused, nothing counted.
+    let r = consume(&s.app, &c, "ats_score", 1, "ja-1");
+    assert_eq!((r.status, error_code(&r.json())), (409, "IDEMPOTENCY_KEY_REUSED"), "{}", r.body);
+    assert_eq!(used_in_d1(&c, "ats_score"), 0);
+    let r = consume(&s.app, &c, "job_analysis", 1, "ja-1b");
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(
         r.json(),
