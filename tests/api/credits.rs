@@ -665,3 +665,35 @@ fn an_admin_adjustment_needs_a_reason_never_goes_below_zero_and_is_audited() {
     let r = request(&s.app, "GET", &format!("/api/admin/credits?userId={}", c.user_id), Some(&token(&c.auth_id)), None);
     assert_eq!(r.status, 403, "{}", r.body);
 }
+
+#[test]
+fn a_period_grant_the_cron_also_finds_in_the_events_api_is_granted_once() {
+    let _serial = crate::cron_serial();
+    let app = crate::cron_app();
+    let stripe = &shared().stripe;
+    let start = now() - DAY;
+    let c = new_customer(app, "grant-cron");
+    stripe_says(app, stripe, subscription_in(&c, "active", PRICE_PRO, start, start + 30 * DAY));
+    let ev = stripe.invoice_paid(&c.subscription, 2000, "subscription_cycle");
+    // Delivered, yet Stripe lists it as undelivered (its delivery timed out), and the
+    // `invoice.payment_succeeded` beside it reaches plangate only through the cron.
+    let r = deliver(app, &ev);
+    assert_eq!(r.status, 200, "{}", r.body);
+    stripe.add_undelivered(ev.clone());
+    let mut twin = ev.clone();
+    twin["id"] = json!(format!("{}_ps", ev["id"].as_str().unwrap()));
+    twin["type"] = json!("invoice.payment_succeeded");
+    stripe.add_undelivered(twin.clone());
+    run_cron(app, None);
+    run_cron(app, None);
+    let twin_row =
+        app.sql(&format!("SELECT status, source FROM webhook_events WHERE id = '{}'", twin["id"].as_str().unwrap()));
+    assert_eq!(
+        (twin_row[0]["status"].as_str(), twin_row[0]["source"].as_str()),
+        (Some("processed"), Some("reconcile"))
+    );
+    let grants = ledger(app, &c.user_id, "grant");
+    assert_eq!(grants.len(), 1, "the cron looked too, one grant: {grants:?}");
+    assert_eq!(grants[0]["source_key"], format!("period:{}:{start}", c.subscription));
+    assert_eq!(ledger_sum(app, &c.user_id), 20);
+}
