@@ -16,6 +16,7 @@ use crate::billing::Billing;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::store::db::Db;
+use crate::store::kv_store::KvStore;
 use crate::store::webhooks;
 use crate::{clock, log, util};
 
@@ -36,7 +37,7 @@ pub async fn run(cron: &str, scheduled_ms: f64, env: &Env) {
         Ok(d) => Db::new(d),
         Err(e) => return log::error(&request_id, "cron.no_d1", json!({"error": e.to_string()})),
     };
-    let billing = Billing::new(&db, &cfg, env.kv("APP_KV").ok(), now, &request_id);
+    let billing = Billing::new(&db, &cfg, KvStore::from_env(env, "APP_KV"), now, &request_id);
 
     let retries = billing.retry_due(RUN_RETRIES).await;
     let left = RUN_DELIVERIES.saturating_sub(retries.as_ref().map_or(0, |t| t.deliveries));

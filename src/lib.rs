@@ -25,6 +25,7 @@ use config::Config;
 use error::ApiError;
 use routes::{Ctx, Reply};
 use store::db::Db;
+use store::kv_store::KvStore;
 
 #[derive(Clone, Copy)]
 enum Handler {
@@ -150,7 +151,7 @@ fn build_response(status: u16, body: Option<String>, headers: &[(&'static str, S
 async fn write_copies_later(env: Env, cfg: std::rc::Rc<Config>, user_ids: Vec<String>, request_id: String) {
     let Ok(d1) = env.d1("DB") else { return };
     let db = Db::new(d1);
-    let billing = billing::Billing::new(&db, &cfg, env.kv("APP_KV").ok(), clock::now(), &request_id);
+    let billing = billing::Billing::new(&db, &cfg, KvStore::from_env(&env, "APP_KV"), clock::now(), &request_id);
     billing.flush_copies(&user_ids).await;
 }
 

@@ -10,11 +10,11 @@ use serde_json::{json, Value};
 use worker::js_sys::{Array, Object, Reflect};
 use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::wasm_bindgen_futures::JsFuture;
-use worker::KvStore;
 
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::store::kv;
+use crate::store::kv_store::KvStore;
 use crate::util::with_timeout;
 use jwt::{Identity, Jwk, Jwks, JwtError, KeyStore, Policy, RsaVerifier};
 
@@ -98,9 +98,7 @@ impl JwksStore<'_> {
 
     async fn read_kv(&self) -> Option<CachedJwks> {
         let kv = self.kv.as_ref()?;
-        // Read as text and parsed here: worker's `.json()` would link serde-wasm-bindgen's
-        // deserializer for this one type.
-        let read = kv.get(&kv::jwks_cache_key(self.url)).text().await.map_err(|e| e.to_string());
+        let read = kv.get_text(&kv::jwks_cache_key(self.url)).await.map_err(|e| e.to_string());
         match read.and_then(|text| text.map(|t| CachedJwks::from_json(&t)).transpose()) {
             Ok(v) => v.filter(|c| c.url == self.url),
             Err(e) => {
