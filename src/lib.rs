@@ -18,7 +18,6 @@ pub mod store;
 pub mod stripe;
 pub mod util;
 
-use serde_json::json;
 use worker::{event, Context, Env, Headers, Method, Request, Response};
 
 use config::Config;
@@ -176,7 +175,7 @@ pub async fn fetch(mut req: Request, env: Env, worker_ctx: Context) -> worker::R
         Ok(c) => c,
         Err(e) => {
             let err = ApiError::server(format!("configuration: {e}"));
-            log::error(&request_id, "config.invalid", json!({"error": e}));
+            log::error(&request_id, "config.invalid", obj! {"error": e.as_str()});
             return build_response(500, Some(err.body_json()), &[("X-Request-Id", request_id)]);
         }
     };
@@ -241,7 +240,7 @@ pub async fn fetch(mut req: Request, env: Env, worker_ctx: Context) -> worker::R
                 log::error(
                     &request_id,
                     "request.failed",
-                    json!({"method": method.as_ref(), "path": path, "status": e.status(), "error": cause}),
+                    obj! {"method": method.as_ref(), "path": path.as_str(), "status": e.status(), "error": cause},
                 );
             }
             if let ApiError::MethodNotAllowed { allow } = &e {

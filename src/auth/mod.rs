@@ -6,13 +6,14 @@ pub mod jwt;
 
 use std::cell::RefCell;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use worker::js_sys::{Array, Object, Reflect};
 use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::wasm_bindgen_futures::JsFuture;
 
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::obj;
 use crate::store::kv;
 use crate::store::kv_store::KvStore;
 use crate::util::with_timeout;
@@ -75,7 +76,7 @@ impl CachedJwks {
     }
 
     fn to_json(&self) -> String {
-        json!({"url": self.url, "expiresAt": self.expires_at, "keys": self.keys.to_json()}).to_string()
+        obj! {"url": self.url.as_str(), "expiresAt": self.expires_at, "keys": self.keys.to_json()}.to_string()
     }
 }
 
@@ -102,7 +103,7 @@ impl JwksStore<'_> {
         match read.and_then(|text| text.map(|t| CachedJwks::from_json(&t)).transpose()) {
             Ok(v) => v.filter(|c| c.url == self.url),
             Err(e) => {
-                crate::log::warn(self.request_id, "jwks.kv_read_failed", json!({"error": e.to_string()}));
+                crate::log::warn(self.request_id, "jwks.kv_read_failed", obj! {"error": e.to_string()});
                 None
             }
         }
@@ -135,7 +136,7 @@ impl JwksStore<'_> {
                 Err(e) => Err(e.to_string()),
             };
             if let Err(e) = stored {
-                crate::log::warn(self.request_id, "jwks.kv_write_failed", json!({"error": e}));
+                crate::log::warn(self.request_id, "jwks.kv_write_failed", obj! {"error": e});
             }
         }
         Ok(fresh)
@@ -163,7 +164,7 @@ impl KeyStore for JwksStore<'_> {
         match self.fetch().await {
             Ok(c) => Ok(c.keys),
             Err(e) => {
-                crate::log::error(self.request_id, "jwks.fetch_failed", json!({"error": e}));
+                crate::log::error(self.request_id, "jwks.fetch_failed", obj! {"error": e});
                 // Serve stale keys rather than lock everyone out while the IdP is down.
                 memory.map(|c| c.keys).ok_or(JwtError::KeysUnavailable)
             }
@@ -232,6 +233,7 @@ pub async fn authenticate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn the_bearer_scheme_is_required_and_case_insensitive() {
