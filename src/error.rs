@@ -2,7 +2,6 @@
 //! `{"ok":false,"code":"…","message":"…"}` with its status. Server-side causes are
 //! carried for the log line only and never rendered.
 
-use serde::Serialize;
 use std::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,19 +48,6 @@ pub enum ApiError {
     },
     /// Anything that is our fault or a dependency's. The cause goes to the log only.
     Server(String),
-}
-
-#[derive(Serialize)]
-struct Body<'a> {
-    ok: bool,
-    code: &'a str,
-    message: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    plan: Option<&'a str>,
-    #[serde(rename = "subscriptionStatus", skip_serializing_if = "Option::is_none")]
-    subscription_status: Option<&'a str>,
-    #[serde(rename = "invoiceUrl", skip_serializing_if = "Option::is_none")]
-    invoice_url: Option<&'a str>,
 }
 
 impl ApiError {
@@ -138,27 +124,25 @@ impl ApiError {
         }
     }
 
+    /// `{"ok":false,"code","message"}`, plus `plan` for `CodedPlan` and
+    /// `subscriptionStatus` (and `invoiceUrl` when there is one) for `PaymentPending`.
     pub fn body_json(&self) -> String {
-        let plan = match self {
-            ApiError::CodedPlan { plan, .. } => Some(plan.as_str()),
-            _ => None,
-        };
-        let (subscription_status, invoice_url) = match self {
-            ApiError::PaymentPending { subscription_status, invoice_url } => {
-                (Some(subscription_status.as_str()), invoice_url.as_deref())
+        let mut body = crate::obj! {"ok": false, "code": self.code(), "message": self.public_message()};
+        if let Some(obj) = body.as_object_mut() {
+            match self {
+                ApiError::CodedPlan { plan, .. } => {
+                    obj.insert("plan".into(), plan.as_str().into());
+                }
+                ApiError::PaymentPending { subscription_status, invoice_url } => {
+                    obj.insert("subscriptionStatus".into(), subscription_status.as_str().into());
+                    if let Some(url) = invoice_url {
+                        obj.insert("invoiceUrl".into(), url.as_str().into());
+                    }
+                }
+                _ => {}
             }
-            _ => (None, None),
-        };
-        let body = Body {
-            ok: false,
-            code: self.code(),
-            message: self.public_message(),
-            plan,
-            subscription_status,
-            invoice_url,
-        };
-        serde_json::to_string(&body)
-            .unwrap_or_else(|_| r#"{"ok":false,"code":"SERVER_ERROR","message":"Internal error"}"#.into())
+        }
+        body.to_string()
     }
 }
 
