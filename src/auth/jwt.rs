@@ -143,7 +143,13 @@ impl Jwks {
     pub fn from_json(v: &Value) -> Result<Jwks, String> {
         let keys = match v.as_object().ok_or("the key set is not an object")?.get("keys") {
             None => Vec::new(),
-            Some(Value::Array(list)) => list.iter().map(Jwk::from_json).collect::<Result<_, _>>()?,
+            Some(Value::Array(list)) => {
+                let mut keys = Vec::with_capacity(list.len());
+                for k in list {
+                    keys.push(Jwk::from_json(k)?);
+                }
+                keys
+            }
             Some(_) => return Err("`keys` is not an array".into()),
         };
         Ok(Jwks { keys })
