@@ -9,6 +9,8 @@
 //! `exp`/`nbf`/`iat` allow `leeway` seconds of clock skew; `iss`/`aud` are checked when
 //! configured; `sub` is the auth id.
 
+use std::rc::Rc;
+
 use hmac::{Hmac, Mac};
 use serde_json::{Map, Value};
 use sha2::Sha256;
@@ -177,9 +179,10 @@ impl Jwks {
 
 /// Source of RS256 verification keys. `refresh` asks for keys newer than any cache
 /// (used once when a token names an unknown `kid`, e.g. right after key rotation).
+/// Shared (`Rc`): the isolate's cached set is handed out without copying it.
 #[allow(async_fn_in_trait)]
 pub trait KeyStore {
-    async fn keys(&self, refresh: bool) -> Result<Jwks, JwtError>;
+    async fn keys(&self, refresh: bool) -> Result<Rc<Jwks>, JwtError>;
 }
 
 /// RSASSA-PKCS1-v1_5 with SHA-256 over `message`.
@@ -441,12 +444,12 @@ mod tests {
     }
 
     impl KeyStore for FixedKeys {
-        async fn keys(&self, refresh: bool) -> Result<Jwks, JwtError> {
+        async fn keys(&self, refresh: bool) -> Result<Rc<Jwks>, JwtError> {
             if refresh {
                 self.refreshes.set(self.refreshes.get() + 1);
-                Ok(self.fresh.clone())
+                Ok(Rc::new(self.fresh.clone()))
             } else {
-                Ok(self.cached.clone())
+                Ok(Rc::new(self.cached.clone()))
             }
         }
     }

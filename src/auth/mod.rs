@@ -5,6 +5,7 @@ pub mod b64;
 pub mod jwt;
 
 use std::cell::RefCell;
+use std::rc::Rc;
 
 use serde_json::Value;
 use worker::js_sys::{Array, Object, Reflect};
@@ -63,7 +64,7 @@ pub fn cache_ttl(cache_control: Option<&str>) -> i64 {
 struct CachedJwks {
     url: String,
     expires_at: i64,
-    keys: Jwks,
+    keys: Rc<Jwks>,
 }
 
 impl CachedJwks {
@@ -72,7 +73,7 @@ impl CachedJwks {
         let url = v.get("url").and_then(Value::as_str).ok_or("no string `url`")?;
         let expires_at = v.get("expiresAt").and_then(Value::as_i64).ok_or("no whole-number `expiresAt`")?;
         let keys = Jwks::from_json(v.get("keys").ok_or("no `keys`")?)?;
-        Ok(CachedJwks { url: url.to_string(), expires_at, keys })
+        Ok(CachedJwks { url: url.to_string(), expires_at, keys: Rc::new(keys) })
     }
 
     fn to_json(&self) -> String {
@@ -123,7 +124,7 @@ impl JwksStore<'_> {
                 .map_err(|e| e.to_string())
                 .and_then(|v| Jwks::from_json(&v))
                 .map_err(|e| format!("JWKS JSON: {e}"))?;
-            Ok(CachedJwks { url: self.url.to_string(), expires_at: self.now + ttl, keys })
+            Ok(CachedJwks { url: self.url.to_string(), expires_at: self.now + ttl, keys: Rc::new(keys) })
         };
         let fresh = with_timeout(send, JWKS_FETCH_TIMEOUT_MS).await.unwrap_or_else(|| Err("timeout".into()))?;
         MEMORY.with(|m| *m.borrow_mut() = Some(fresh.clone()));
@@ -144,7 +145,7 @@ impl JwksStore<'_> {
 }
 
 impl KeyStore for JwksStore<'_> {
-    async fn keys(&self, refresh: bool) -> Result<Jwks, JwtError> {
+    async fn keys(&self, refresh: bool) -> Result<Rc<Jwks>, JwtError> {
         let memory = self.memory();
         if refresh {
             let last = LAST_FORCED_REFRESH.with(|l| *l.borrow());
@@ -257,7 +258,7 @@ mod tests {
         let c = CachedJwks {
             url: "https://idp.example/jwks".into(),
             expires_at: 1_700_000_000,
-            keys: Jwks { keys: vec![key] },
+            keys: Rc::new(Jwks { keys: vec![key] }),
         };
         let text = c.to_json();
         let v: Value = serde_json::from_str(&text).unwrap();
