@@ -29,7 +29,7 @@ pub async fn run(cron: &str, scheduled_ms: f64, env: &Env) {
     let request_id = format!("cron_{}", util::random_hex(8).unwrap_or_default());
     let now =
         if scheduled_ms.is_finite() && scheduled_ms > 0.0 { (scheduled_ms / 1000.0) as i64 } else { clock::now() };
-    let cfg = match Config::cached(|n| env.var(n).ok().map(|v| v.to_string())) {
+    let cfg = match Config::cached(crate::env_lookup(env)) {
         Ok(c) => c,
         Err(e) => return log::error(&request_id, "cron.config_invalid", obj! {"error": e}),
     };

@@ -126,7 +126,10 @@ async fn read_body(req: &mut Request, limit: u64) -> Result<Vec<u8>, ApiError> {
     })
 }
 
-fn env_lookup(env: &Env) -> impl Fn(&str) -> Option<String> + '_ {
+/// A var or secret by name. The one lookup `Config::cached` is called with (fetch and
+/// cron alike): it is generic over the lookup, and the configuration parser would be
+/// in the Wasm once per closure type.
+pub(crate) fn env_lookup(env: &Env) -> impl Fn(&str) -> Option<String> + '_ {
     move |name| env.var(name).ok().map(|v| v.to_string())
 }
 
