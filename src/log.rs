@@ -8,11 +8,13 @@ pub fn line(level: &str, request_id: &str, event: &str, fields: Value) {
     if let (Some(obj), Value::Object(extra)) = (obj.as_object_mut(), fields) {
         obj.extend(extra);
     }
-    let text = obj.to_string();
+    let text = worker::wasm_bindgen::JsValue::from(obj.to_string());
+    // The console directly: worker's console_* macros format their argument again.
+    use worker::web_sys::console;
     match level {
-        "error" => worker::console_error!("{text}"),
-        "warn" => worker::console_warn!("{text}"),
-        _ => worker::console_log!("{text}"),
+        "error" => console::error_1(&text),
+        "warn" => console::warn_1(&text),
+        _ => console::log_1(&text),
     }
 }
 
