@@ -58,18 +58,7 @@ pub async fn consume(db: &Db, c: &Consume<'_>, now: i64) -> Result<Consumed, Api
     let limit = Param::from(c.limit.map(|l| l as i64));
     let amount = Param::Int(c.amount as i64);
     let stmts = [
-        Stmt {
-            sql: CLAIM_KEY,
-            params: vec![
-                c.user_id.into(),
-                c.key.into(),
-                c.feature.into(),
-                amount.clone(),
-                c.period.into(),
-                c.token.into(),
-                Param::Int(now),
-            ],
-        },
+        claim_key(c, now),
         Stmt {
             sql: "INSERT INTO usage (user_id, period, feature, used, period_end, last_key, updated_at) \
                   SELECT ?1, ?2, ?3, ?4, ?5, ?9, ?8 \
@@ -139,6 +128,22 @@ const CLAIM_KEY: &str =
 const READ_KEY: &str =
     "SELECT feature, amount, token, outcome FROM usage_requests WHERE user_id = ?1 AND idempotency_key = ?2";
 
+/// Claims the request's key for it (nothing when the key was used before).
+fn claim_key(c: &Consume<'_>, now: i64) -> Stmt {
+    Stmt {
+        sql: CLAIM_KEY,
+        params: vec![
+            c.user_id.into(),
+            c.key.into(),
+            c.feature.into(),
+            Param::Int(c.amount as i64),
+            c.period.into(),
+            c.token.into(),
+            Param::Int(now),
+        ],
+    }
+}
+
 /// The first answer to `key`, if the user used it before (replayed as is).
 pub async fn earlier(db: &Db, user_id: &str, key: &str) -> Result<Option<Consumed>, ApiError> {
     match db.row(READ_KEY, &[user_id.into(), key.into()]).await? {
@@ -161,18 +166,7 @@ pub async fn consume_credits(
     let source = format!("consume:{}:{}", c.user_id, c.key);
     let metadata = serde_json::json!({"feature": c.feature, "uses": c.amount, "idempotencyKey": c.key}).to_string();
     let stmts = [
-        Stmt {
-            sql: CLAIM_KEY,
-            params: vec![
-                c.user_id.into(),
-                c.key.into(),
-                c.feature.into(),
-                Param::Int(c.amount as i64),
-                c.period.into(),
-                c.token.into(),
-                Param::Int(now),
-            ],
-        },
+        claim_key(c, now),
         Stmt {
             sql: "INSERT INTO credit_transactions (id, user_id, delta, reason, source_key, stripe_event_id, metadata, created_at) \
                   SELECT ?1, ?2, -?3, 'spend', ?4, NULL, ?5, ?6 \
