@@ -3,6 +3,7 @@
 pub mod credits;
 pub mod db;
 pub mod kv;
+pub mod legacy_plans;
 pub mod locks;
 pub mod outbox;
 pub mod payments;

@@ -15,6 +15,7 @@ mod fixtures;
 mod health;
 mod kv_copy;
 mod plan_me;
+mod plan_migration;
 mod webhooks;
 
 use std::sync::OnceLock;

@@ -389,6 +389,24 @@ impl App {
         assert!(out.status.success(), "kv put {key}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
+    /// Writes many values of the local KV namespace `binding` behind the Worker's back
+    /// in one `wrangler kv bulk put` per 5,000 (far faster than a put per key).
+    pub fn kv_put_bulk(&self, binding: &str, pairs: &[(String, String)]) {
+        for (n, chunk) in pairs.chunks(5000).enumerate() {
+            let body: Vec<Value> = chunk.iter().map(|(k, v)| json!({"key": k, "value": v})).collect();
+            let file = self.persist.join(format!("kv-bulk-{}-{n}.json", unique("put")));
+            std::fs::write(&file, Value::Array(body).to_string()).unwrap();
+            let out = wrangler_command()
+                .args(["kv", "bulk", "put", "--binding", binding, "--local", "--persist-to"])
+                .arg(&self.persist)
+                .arg(&file)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "kv bulk put: {}", String::from_utf8_lossy(&out.stderr));
+            let _ = std::fs::remove_file(&file);
+        }
+    }
+
     /// Runs a read-only SQL query against the local D1 (SQLite) file.
     pub fn sql(&self, query: &str) -> Vec<Value> {
         let dir = self.persist.join("v3/d1/miniflare-D1DatabaseObject");
