@@ -307,6 +307,9 @@ mod tests {
         assert!(cfg(&[("WEBHOOK_TOLERANCE_SECONDS", "0")]).is_err());
         assert!(cfg(&[("WEBHOOK_TOLERANCE_SECONDS", "-5")]).is_err());
         assert!(cfg(&[("DUAL_WRITE_KV", "yes please")]).is_err());
+        assert!(!cfg(&[]).unwrap().migrate_plans_in_cron);
+        assert!(cfg(&[("MIGRATE_PLANS_IN_CRON", "1")]).unwrap().migrate_plans_in_cron);
+        assert!(cfg(&[("MIGRATE_PLANS_IN_CRON", "on")]).is_err());
         assert!(cfg(&[("STRIPE_API_BASE", "http://stripe.evil.example")]).is_err());
     }
 

@@ -20,8 +20,9 @@ use crate::store::{state, users};
 
 /// `app_state` name of the backfill's position (`<prefix>:<cursor>`, see `Position`).
 pub const POSITION: &str = "migration:plans:position";
-/// Keys listed per call at most (default [`DEFAULT_PAGE`]): per 25 users one KV read and
-/// two D1 queries, well inside an invocation's limits.
+/// Keys listed per call at most (default [`DEFAULT_PAGE`]): per 25 users one bulk KV
+/// read, one D1 query and one D1 batch, well inside an invocation's limits (1,000 KV
+/// operations and D1 queries on the paid plan, 50 D1 queries on the free one).
 pub const MAX_PAGE: usize = 250;
 pub const DEFAULT_PAGE: usize = 100;
 
@@ -131,7 +132,7 @@ impl Billing<'_> {
         while left > 0 && !pos.done() {
             let (names, next) = ns.list(PREFIXES[pos.prefix], &pos.cursor, left).await?;
             left = left.saturating_sub(names.len().max(1));
-            for chunk in names.chunks(25) {
+            for chunk in names.chunks(store::BATCH) {
                 self.legacy_chunk(ns, pos.prefix, chunk, mode, &mut t).await?;
             }
             pos.advance(next);
@@ -179,9 +180,9 @@ impl Billing<'_> {
         }
         let mut read = Vec::with_capacity(records.len());
         for (uid, _) in &records {
-            read.push(Value::from(*uid));
+            read.push(*uid);
         }
-        let rows = store::existing(self.db, read).await?;
+        let rows = store::existing(self.db, &read).await?;
         let (mut stmts, mut writes) = (Vec::new(), Vec::new());
         for (uid, rec) in &records {
             let row = rows.iter().find(|r| r.auth_id == *uid);
