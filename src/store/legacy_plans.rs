@@ -78,17 +78,10 @@ impl Namespace {
 /// Users per [`existing`] query.
 pub const BATCH: usize = 25;
 
-/// The rows of up to [`BATCH`] auth ids (one query; unused places are bound to NULL).
+/// The rows of up to [`BATCH`] auth ids (one query).
 pub async fn existing(db: &Db, auth_ids: &[&str]) -> Result<Vec<UserRecord>, ApiError> {
-    let mut params = Vec::with_capacity(BATCH);
-    for i in 0..BATCH {
-        params.push(auth_ids.get(i).copied().into());
-    }
-    db.query(
-        "SELECT * FROM users WHERE auth_id IN (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)",
-        &params,
-    )
-    .await
+    let ids = serde_json::Value::from(auth_ids.to_vec()).to_string();
+    db.query("SELECT * FROM users WHERE auth_id IN (SELECT value FROM json_each(?1))", &[ids.into()]).await
 }
 
 /// Overwrites `s`'s plan columns with `rec`, audited (`migration`) and with the KV
