@@ -43,6 +43,9 @@ pub struct Config {
     pub webhook_tolerance: i64,
     /// `DUAL_WRITE_KV`: also write the legacy plan keys old readers use.
     pub dual_write_kv: bool,
+    /// `MIGRATE_PLANS_IN_CRON`: each cron run backfills a slice of the legacy plan keys
+    /// (as `POST /api/admin/migrations/plans` does) until the walk is done.
+    pub migrate_plans_in_cron: bool,
     /// `EXPOSE_D1_STATS`: send `X-D1-Rows-Read` / `X-D1-Rows-Written` (development,
     /// `make bench`); off by default, so deployed Workers do not describe their internals.
     pub expose_d1_stats: bool,
@@ -175,6 +178,7 @@ impl Config {
         }
         let dual_write_kv = flag("DUAL_WRITE_KV", non_empty(get("DUAL_WRITE_KV")))?;
         let expose_d1_stats = flag("EXPOSE_D1_STATS", non_empty(get("EXPOSE_D1_STATS")))?;
+        let migrate_plans_in_cron = flag("MIGRATE_PLANS_IN_CRON", non_empty(get("MIGRATE_PLANS_IN_CRON")))?;
         let stripe_api_base = non_empty(get("STRIPE_API_BASE")).unwrap_or_else(|| DEFAULT_STRIPE_API_BASE.into());
         if !is_https_or_loopback_http(&stripe_api_base) {
             return Err("STRIPE_API_BASE must be an https:// URL (http only on localhost, 127.0.0.1 or [::1])".into());
@@ -186,6 +190,7 @@ impl Config {
             webhook_secrets,
             webhook_tolerance,
             dual_write_kv,
+            migrate_plans_in_cron,
             expose_d1_stats,
             admin_token: non_empty(get("ADMIN_TOKEN")),
             prices: PriceMap::from_lookup(&Catalog::builtin(), &get),
@@ -302,6 +307,9 @@ mod tests {
         assert!(cfg(&[("WEBHOOK_TOLERANCE_SECONDS", "0")]).is_err());
         assert!(cfg(&[("WEBHOOK_TOLERANCE_SECONDS", "-5")]).is_err());
         assert!(cfg(&[("DUAL_WRITE_KV", "yes please")]).is_err());
+        assert!(!cfg(&[]).unwrap().migrate_plans_in_cron);
+        assert!(cfg(&[("MIGRATE_PLANS_IN_CRON", "1")]).unwrap().migrate_plans_in_cron);
+        assert!(cfg(&[("MIGRATE_PLANS_IN_CRON", "on")]).is_err());
         assert!(cfg(&[("STRIPE_API_BASE", "http://stripe.evil.example")]).is_err());
     }
 

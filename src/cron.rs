@@ -37,7 +37,7 @@ pub async fn run(cron: &str, scheduled_ms: f64, env: &Env) {
         Ok(d) => Db::new(d),
         Err(e) => return log::error(&request_id, "cron.no_d1", obj! {"error": e.to_string()}),
     };
-    let billing = Billing::new(&db, &cfg, KvStore::from_env(env, "APP_KV"), now, &request_id);
+    let billing = Billing::new(&db, &cfg, KvStore::from_env(env, "APP_KV"), now, &request_id).reading_legacy_plans(env);
 
     let retries = billing.retry_due(RUN_RETRIES).await;
     let left = RUN_DELIVERIES.saturating_sub(retries.as_ref().map_or(0, |t| t.deliveries));
@@ -45,6 +45,13 @@ pub async fn run(cron: &str, scheduled_ms: f64, env: &Env) {
     let purged = webhooks::purge_processed(&db, now).await;
     let purged_keys = crate::store::usage::purge_requests(&db, now).await;
     let copies = billing.flush_due_copies(COPIES_PER_RUN).await;
+    // A slice of the legacy plan backfill, from where the last one stopped.
+    let plans = if cfg.migrate_plans_in_cron {
+        let slice = billing.migrate_plans(None, crate::billing::legacy::MAX_PAGE, false, false).await;
+        slice.unwrap_or_else(|e| obj! {"error": e.to_string()})
+    } else {
+        Value::from("off")
+    };
 
     let summary = |r: &Result<Tally, ApiError>| match r {
         Ok(t) => obj! {"processed": t.processed, "failed": t.failed, "skipped": t.skipped, "more": t.more},
@@ -57,6 +64,7 @@ pub async fn run(cron: &str, scheduled_ms: f64, env: &Env) {
             "cron": cron,
             "retries": summary(&retries),
             "reconcile": reconciled.as_ref().map(summary).unwrap_or_else(|| "skipped: no STRIPE_SECRET_KEY".into()),
+            "legacyPlans": plans,
             "kvCopies": copies.as_ref().map(|n| Value::from(*n)).unwrap_or_else(|e| obj! {"error": e.to_string()}),
             "purged": purged.as_ref().map(|n| Value::from(*n)).unwrap_or_else(|e| obj! {"error": e.to_string()}),
             "purgedUsageKeys": purged_keys.as_ref().map(|n| Value::from(*n as u64)).unwrap_or_else(|e| obj! {"error": e.to_string()}),

@@ -131,13 +131,16 @@ fn offer(spec: &CheckoutSpec<'_>) -> String {
 }
 
 impl Billing<'_> {
-    /// The caller's row (created on first sight, like `/api/plan/me`).
+    /// The caller's row. On first sight (no row) it is created, holding the user's
+    /// legacy plan keys from `APP_KV` when there are any (see `legacy`), else the
+    /// default plan; a user with a row is never read from KV.
     pub async fn user_for(&self, who: &Identity) -> Result<UserRecord, ApiError> {
-        let default_plan = self.catalog.id(self.catalog.default_tier());
-        users::get_or_create_by_auth_id(self.db, who, default_plan, self.now, || {
-            Ok(format!("usr_{}", crate::util::random_hex(12)?))
-        })
-        .await
+        let email = who.email.as_deref();
+        if let Some(user) = users::find_for(self.db, &who.auth_id, email, self.now).await? {
+            return Ok(user);
+        }
+        let created = self.first_sight(&who.auth_id, email, true).await?;
+        created.ok_or_else(|| ApiError::server("first sight created no row"))
     }
 
     /// Runs `action` holding the user's billing lock, with the user's row as it is

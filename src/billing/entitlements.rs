@@ -37,11 +37,15 @@ fn not_in_plan(feature: &str, user: &UserRecord) -> ApiError {
 }
 
 impl Billing<'_> {
-    /// The user another backend names (`userId` or `authId`); never created here.
+    /// The user another backend names (`userId` or `authId`); created here only from
+    /// the legacy plan keys of an `authId` plangate has not seen yet.
     pub async fn named_user(&self, user_id: Option<&str>, auth_id: Option<&str>) -> Result<UserRecord, ApiError> {
         let found = match (user_id, auth_id) {
             (Some(id), None) => users::find_by_id(self.db, id).await?,
-            (None, Some(auth)) => users::find_by_auth_id(self.db, auth).await?,
+            (None, Some(auth)) => match users::find_by_auth_id(self.db, auth).await? {
+                None => self.first_sight(auth, None, false).await?,
+                found => found,
+            },
             _ => return Err(ApiError::InvalidRequest("give exactly one of userId and authId".into())),
         };
         found.ok_or_else(|| ApiError::coded(404, "USER_NOT_FOUND", "No such user"))

@@ -6,6 +6,7 @@
 //! - [`sync`]: Stripe state → D1, one code path for webhooks, retries, reconciliation,
 //!   re-syncs and the answers to plangate's own calls; the legacy KV copy.
 //! - [`delivery`]: the webhook pipeline: claim, process, record, retry, reconcile.
+//! - [`legacy`]: the legacy plan keys in `APP_KV` → D1 (read-through, backfill, verify).
 //! - [`resync`]: re-syncing every user from Stripe, a page of users per call.
 //!
 //! Route handlers only parse input, call one function here and shape the reply.
@@ -14,6 +15,7 @@ pub mod actions;
 pub mod credits;
 pub mod delivery;
 pub mod entitlements;
+pub mod legacy;
 pub mod resync;
 pub mod sync;
 
@@ -45,6 +47,8 @@ pub struct Billing<'a> {
     /// first lookup of that customer while processing the event takes it (see
     /// `sync::user_by_customer`).
     pub prefetched: RefCell<Option<(String, Option<UserRecord>)>>,
+    /// `APP_KV` called directly for the legacy plan keys (see `legacy`).
+    pub legacy_kv: Option<crate::store::legacy_plans::Namespace>,
 }
 
 impl<'a> Billing<'a> {
@@ -63,7 +67,14 @@ impl<'a> Billing<'a> {
             catalog: Catalog::builtin(),
             deferred: None,
             prefetched: RefCell::new(None),
+            legacy_kv: None,
         }
+    }
+
+    /// The legacy plan keys are read through `APP_KV` of `env` (none: never read).
+    pub fn reading_legacy_plans(mut self, env: &worker::Env) -> Self {
+        self.legacy_kv = crate::store::legacy_plans::Namespace::bound(env, "APP_KV").ok();
+        self
     }
 
     /// KV copies are written after the response, by whoever drains `sink`.

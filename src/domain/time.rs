@@ -42,6 +42,64 @@ pub fn iso8601(unix_seconds: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, (secs % 3600) / 60, secs % 60)
 }
 
+/// ISO-8601 text as JavaScript's `Date` writes and reads it → unix seconds: a date
+/// (`2024-01-15`, midnight UTC) or a date and time with a zone (`2024-01-15T10:00:00Z`,
+/// `…T10:00:00.123+02:00`, `…T10:00Z`, `…T10:00:00-0500`; `T` or a space between).
+/// A time without a zone is refused (its meaning depends on the writer's clock);
+/// fractions of a second are dropped.
+pub fn parse_iso8601(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    let num = |from: usize, len: usize| -> Option<i64> {
+        let d = b.get(from..from + len)?;
+        d.iter().all(u8::is_ascii_digit).then(|| d.iter().fold(0, |n, c| n * 10 + i64::from(c - b'0')))
+    };
+    let (y, m, d) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
+    if b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    let days = days_from_civil(y, m as u32, d as u32);
+    if civil_from_days(days) != (y, m as u32, d as u32) {
+        return None; // 2023-02-30
+    }
+    if b.len() == 10 {
+        return Some(days * 86_400);
+    }
+    if !matches!(b.get(10), Some(b'T' | b't' | b' ')) || b.get(13) != Some(&b':') {
+        return None;
+    }
+    let (hh, mm) = (num(11, 2)?, num(14, 2)?);
+    let mut i = 16;
+    let mut ss = 0;
+    if b.get(i) == Some(&b':') {
+        ss = num(17, 2)?;
+        i = 19;
+        if b.get(i) == Some(&b'.') {
+            i += 1;
+            let start = i;
+            while b.get(i).is_some_and(u8::is_ascii_digit) {
+                i += 1;
+            }
+            if i == start {
+                return None;
+            }
+        }
+    }
+    if hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    let offset = match (b.get(i), b.len() - i) {
+        (Some(b'Z' | b'z'), 1) => 0,
+        (Some(sign @ (b'+' | b'-')), 6) if b[i + 3] == b':' => {
+            (num(i + 1, 2)? * 60 + num(i + 4, 2)?) * 60 * if *sign == b'-' { -1 } else { 1 }
+        }
+        (Some(sign @ (b'+' | b'-')), 5) => {
+            (num(i + 1, 2)? * 60 + num(i + 3, 2)?) * 60 * if *sign == b'-' { -1 } else { 1 }
+        }
+        _ => return None,
+    };
+    Some(days * 86_400 + hh * 3600 + mm * 60 + ss - offset)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,6 +136,36 @@ mod tests {
         for days in [-800_i64, 0, 59, 10_957, 20_000, 50_000] {
             let (y, m, d) = civil_from_days(days);
             assert_eq!(days_from_civil(y, m, d), days, "{days}");
+        }
+    }
+
+    #[test]
+    fn iso_text_with_a_zone_or_a_bare_date_parses_to_unix_seconds() {
+        assert_eq!(parse_iso8601("2023-11-14T22:13:20Z"), Some(1_700_000_000));
+        assert_eq!(parse_iso8601("2023-11-14T22:13:20.123Z"), Some(1_700_000_000));
+        assert_eq!(parse_iso8601("2023-11-14t22:13:20z"), Some(1_700_000_000));
+        assert_eq!(parse_iso8601("2023-11-14 22:13:20Z"), Some(1_700_000_000));
+        assert_eq!(parse_iso8601("2023-11-15T00:13:20+02:00"), Some(1_700_000_000));
+        assert_eq!(parse_iso8601("2023-11-14T17:13:20-0500"), Some(1_700_000_000));
+        assert_eq!(parse_iso8601("2023-11-14T22:13Z"), Some(1_699_999_980));
+        assert_eq!(parse_iso8601("2023-11-14"), Some(1_699_920_000));
+        assert_eq!(parse_iso8601("2000-02-29"), Some(951_782_400));
+        for bad in [
+            "",
+            "2023-11-14T22:13:20",
+            "2023-13-01",
+            "2023-02-30",
+            "2023-11-14T25:00:00Z",
+            "2023-11-14T22:13:20.Z",
+            "2023/11/14",
+            "2023-11-14T22:13:20Zjunk",
+            "2023-11-14T22:13:20+0200x",
+            "tomorrow",
+            "1700000000",
+            "2023-11-14T22:13:20+02",
+            "２０２３-11-14",
+        ] {
+            assert_eq!(parse_iso8601(bad), None, "{bad}");
         }
     }
 }

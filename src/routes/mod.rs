@@ -7,6 +7,7 @@ pub mod credits;
 pub mod entitlements;
 pub mod health;
 pub mod plan;
+pub mod plan_migration;
 pub mod usage;
 pub mod webhook;
 
@@ -42,6 +43,7 @@ impl<'a> Ctx<'a> {
     pub fn billing(&'a self) -> crate::billing::Billing<'a> {
         crate::billing::Billing::new(self.db, self.cfg, self.app_kv(), self.now, self.request_id)
             .deferring_copies_to(&self.copies_due)
+            .reading_legacy_plans(self.env)
     }
 
     pub fn app_kv(&self) -> Option<KvStore> {

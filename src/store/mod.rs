@@ -4,6 +4,7 @@ pub mod credits;
 pub mod db;
 pub mod kv;
 pub mod kv_store;
+pub mod legacy_plans;
 pub mod locks;
 pub mod outbox;
 pub mod payments;

@@ -3,6 +3,7 @@
 use super::db::{Db, Param, Row, Stmt};
 use crate::auth::jwt::Identity;
 use crate::domain::account::UserRecord;
+use crate::domain::legacy_plan::LegacyPlan;
 use crate::domain::subscription::BillingState;
 use crate::error::ApiError;
 
@@ -29,13 +30,36 @@ const FILL_EMAIL: &str = concat!(
     user_columns!()
 );
 
+/// A new user holding a legacy plan record (see `domain::legacy_plan`), first sight
+/// wins like [`INSERT_NEW`]. The legacy customer id is taken only when no other user
+/// holds it (`stripe_customer_id` is unique: a conflict must not fail the import).
+const INSERT_IMPORTED: &str =
+    "INSERT INTO users (id, auth_id, plan, stripe_customer_id, stripe_subscription_id, subscription_status, \
+       trial_ends_at, current_period_end, trial_used, legacy_imported_at, plan_updated_at, created_at, updated_at) \
+     VALUES (?1, ?2, ?3, (SELECT ?4 WHERE NOT EXISTS (SELECT 1 FROM users WHERE stripe_customer_id = ?4)), \
+       ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?10, ?10) ON CONFLICT(auth_id) DO NOTHING RETURNING id";
+
 pub async fn find_by_auth_id(db: &Db, auth_id: &str) -> Result<Option<UserRecord>, ApiError> {
     db.query_one(SELECT_BY_AUTH_ID, &[auth_id.into()]).await
 }
 
+/// The caller's row if it exists. A missing email is filled in from the token; an
+/// existing one is kept (it is kept in sync with Stripe's customer record, not with
+/// whatever a token says).
+pub async fn find_for(db: &Db, auth_id: &str, email: Option<&str>, now: i64) -> Result<Option<UserRecord>, ApiError> {
+    let Some(user) = find_by_auth_id(db, auth_id).await? else { return Ok(None) };
+    if user.email.is_none() && email.is_some() {
+        let params = [auth_id.into(), email.into(), Param::Int(now)];
+        if let Some(updated) = db.query_one(FILL_EMAIL, &params).await? {
+            return Ok(Some(updated));
+        }
+    }
+    Ok(Some(user))
+}
+
 /// Returns the caller's row, creating it (plan = the catalog's default tier) on first
-/// sight. A missing email is filled in from the token; an existing one is kept (it is
-/// kept in sync with Stripe's customer record, not with whatever a token says).
+/// sight, without looking at the legacy plan keys: `Billing::user_for` reads those
+/// through (use it for anything a user sees).
 pub async fn get_or_create_by_auth_id(
     db: &Db,
     who: &Identity,
@@ -43,23 +67,57 @@ pub async fn get_or_create_by_auth_id(
     now: i64,
     new_id: impl FnOnce() -> Result<String, ApiError>,
 ) -> Result<UserRecord, ApiError> {
-    if let Some(user) = find_by_auth_id(db, &who.auth_id).await? {
-        if user.email.is_none() && who.email.is_some() {
-            let params = [who.auth_id.as_str().into(), who.email.clone().into(), Param::Int(now)];
-            if let Some(updated) = db.query_one(FILL_EMAIL, &params).await? {
-                return Ok(updated);
-            }
-        }
+    if let Some(user) = find_for(db, &who.auth_id, who.email.as_deref(), now).await? {
         return Ok(user);
     }
-    let params =
-        [new_id()?.into(), who.auth_id.as_str().into(), who.email.clone().into(), default_plan.into(), Param::Int(now)];
+    create(db, &who.auth_id, who.email.as_deref(), default_plan, now, new_id()?).await
+}
+
+/// Creates the row of `auth_id` with the default plan. Of concurrent first requests
+/// exactly one creates it; the others get the winner's row.
+pub async fn create(
+    db: &Db,
+    auth_id: &str,
+    email: Option<&str>,
+    default_plan: &str,
+    now: i64,
+    id: String,
+) -> Result<UserRecord, ApiError> {
+    let params = [id.into(), auth_id.into(), email.into(), default_plan.into(), Param::Int(now)];
     if let Some(created) = db.query_one::<UserRecord>(INSERT_NEW, &params).await? {
         return Ok(created);
     }
-    find_by_auth_id(db, &who.auth_id)
+    find_by_auth_id(db, auth_id)
         .await?
         .ok_or_else(|| ApiError::server("user row vanished between insert conflict and read"))
+}
+
+/// Creating a user holding a legacy record: the row (returned only when this insert
+/// created it) and its `migration` audit row (written only then too). The email is
+/// filled from the user's token on their next request; `plan_updated_at` is the
+/// record's own time when it has one.
+pub fn import_stmts(stmts: &mut Vec<Stmt>, id: &str, auth_id: &str, rec: &LegacyPlan, now: i64) {
+    stmts.push(Stmt {
+        sql: INSERT_IMPORTED,
+        params: vec![
+            id.into(),
+            auth_id.into(),
+            rec.plan.into(),
+            rec.customer.clone().into(),
+            rec.subscription.clone().into(),
+            rec.status.clone().into(),
+            rec.trial_ends_at.into(),
+            rec.current_period_end.into(),
+            Param::Int(rec.trial_used as i64),
+            Param::Int(now),
+            Param::Int(rec.as_of.unwrap_or(now)),
+        ],
+    });
+    stmts.push(Stmt {
+        sql: "INSERT INTO plan_changes (user_id, old_plan, new_plan, old_status, new_status, cause, created_at, subscription_id) \
+              SELECT id, NULL, plan, NULL, subscription_status, 'migration', ?2, stripe_subscription_id FROM users WHERE id = ?1",
+        params: vec![id.into(), Param::Int(now)],
+    });
 }
 
 const SELECT_BY_ID: &str = concat!("SELECT ", user_columns!(), " FROM users WHERE id = ?1");

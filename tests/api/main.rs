@@ -17,6 +17,7 @@ mod fixtures;
 mod health;
 mod kv_copy;
 mod plan_me;
+mod plan_migration;
 mod usage;
 mod webhooks;
 

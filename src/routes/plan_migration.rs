@@ -1,0 +1,46 @@
+//! `POST /api/admin/migrations/plans` (backfill the legacy plan keys of `APP_KV` into
+//! D1, a page per call) and `GET /api/admin/migrations/plans/verify` (compare them).
+
+use super::{admin, Ctx, Reply};
+use crate::billing::legacy::{DEFAULT_PAGE, MAX_PAGE};
+use crate::domain::legacy_plan::Position;
+use crate::error::ApiError;
+
+fn limit(n: Option<i64>) -> Result<usize, ApiError> {
+    match n {
+        None => Ok(DEFAULT_PAGE),
+        Some(n) => usize::try_from(n)
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| ApiError::InvalidRequest(format!("limit must be a whole number from 1 to {MAX_PAGE}"))),
+    }
+}
+
+fn cursor(c: Option<&str>) -> Result<Option<Position>, ApiError> {
+    c.filter(|c| !c.is_empty())
+        .map(|c| {
+            Position::parse(c)
+                .ok_or_else(|| ApiError::InvalidRequest("cursor is not one this endpoint returned".into()))
+        })
+        .transpose()
+}
+
+/// `{dryRun?, limit?, cursor?}` → `{dryRun, seen, imported, skipped: {reason:
+/// n}, failed: [{key, reason}], done, cursor}`.
+pub async fn backfill(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
+    admin::authorize(ctx)?;
+    let body = ctx.json_body()?;
+    body.only(&["dryRun", "limit", "cursor"])?;
+    let (from, limit) = (cursor(body.opt_str("cursor")?)?, limit(body.opt_int("limit")?)?);
+    let out = ctx.billing().migrate_plans(from, limit, body.flag("dryRun")?, false).await?;
+    Ok(Reply::ok(out))
+}
+
+/// `?cursor=&limit=` → `{seen, skipped: {matching, changedSince}, failed: [{key,
+/// reason}] (unreadable records), mismatches: [{authId, field, legacy, d1}], done, cursor}`.
+pub async fn verify(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
+    admin::authorize(ctx)?;
+    let from = cursor(ctx.query("cursor").as_deref())?;
+    let n = ctx.query("limit").map(|l| l.parse::<i64>().unwrap_or(0));
+    Ok(Reply::ok(ctx.billing().migrate_plans(from, limit(n)?, false, true).await?))
+}
