@@ -52,6 +52,12 @@ enum Handler {
     AdminCredits,
     AdminCreditsAdjust,
     AdminCreditShortfalls,
+    CustomerMe,
+    Customer,
+    CustomerByEmail,
+    CustomerCreate,
+    AdminCustomerBackfill,
+    AdminCustomerVerify,
 }
 
 struct Route {
@@ -87,6 +93,13 @@ const ROUTES: &[Route] = &[
     Route { path: "/api/admin/credits", methods: &["GET"], handler: Handler::AdminCredits },
     Route { path: "/api/admin/credits/adjust", methods: &["POST"], handler: Handler::AdminCreditsAdjust },
     Route { path: "/api/admin/credits/shortfalls", methods: &["GET"], handler: Handler::AdminCreditShortfalls },
+    // The legacy customer API's paths; `/customer/me` before `/customer/{}`.
+    Route { path: "/customer", methods: &["POST"], handler: Handler::CustomerCreate },
+    Route { path: "/customer/me", methods: &["GET", "PATCH"], handler: Handler::CustomerMe },
+    Route { path: "/customer/by-email/{}", methods: &["GET"], handler: Handler::CustomerByEmail },
+    Route { path: "/customer/{}", methods: &["GET"], handler: Handler::Customer },
+    Route { path: "/api/admin/migrations/customers", methods: &["POST"], handler: Handler::AdminCustomerBackfill },
+    Route { path: "/api/admin/migrations/customers/verify", methods: &["GET"], handler: Handler::AdminCustomerVerify },
 ];
 
 fn match_path(pattern: &str, path: &str) -> Option<Vec<String>> {
@@ -113,7 +126,13 @@ fn resolve(method: &str, path: &str) -> Result<(Handler, Vec<String>), ApiError>
     }
 }
 
-async fn dispatch(handler: Handler, params: &[String], ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
+fn boxed<'a>(
+    f: impl std::future::Future<Output = Result<Reply, ApiError>> + 'a,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Reply, ApiError>> + 'a>> {
+    Box::pin(f)
+}
+
+async fn dispatch(handler: Handler, params: &[String], ctx: &Ctx<'_>, method: &str) -> Result<Reply, ApiError> {
     let param = |i: usize| params.get(i).map(String::as_str).unwrap_or_default();
     match handler {
         Handler::Health => routes::health::get(ctx).await,
@@ -140,6 +159,13 @@ async fn dispatch(handler: Handler, params: &[String], ctx: &Ctx<'_>) -> Result<
         Handler::AdminCredits => routes::credits::admin_list(ctx).await,
         Handler::AdminCreditsAdjust => routes::credits::admin_adjust(ctx).await,
         Handler::AdminCreditShortfalls => routes::credits::admin_shortfalls(ctx).await,
+        Handler::CustomerMe if method == "PATCH" => boxed(routes::customer::patch_me(ctx)).await,
+        Handler::CustomerMe => routes::customer::read(ctx, routes::customer::Read::Me, "").await,
+        Handler::Customer => routes::customer::read(ctx, routes::customer::Read::Id, param(0)).await,
+        Handler::CustomerByEmail => routes::customer::read(ctx, routes::customer::Read::Email, param(0)).await,
+        Handler::CustomerCreate => boxed(routes::customer::create(ctx)).await,
+        Handler::AdminCustomerBackfill => boxed(routes::customer::backfill(ctx)).await,
+        Handler::AdminCustomerVerify => boxed(routes::customer::verify(ctx)).await,
     }
 }
 
@@ -272,7 +298,7 @@ pub async fn fetch(mut req: Request, env: Env, worker_ctx: Context) -> worker::R
             copies_due: Default::default(),
             cache_put: Default::default(),
         };
-        let reply = dispatch(handler, &params, &ctx).await;
+        let reply = dispatch(handler, &params, &ctx, method.as_ref()).await;
         let due = ctx.copies_due.take();
         if !due.is_empty() {
             worker_ctx.wait_until(write_copies_later(env.clone(), cfg.clone(), due, request_id.clone()));

@@ -12,6 +12,7 @@
 
 pub mod actions;
 pub mod credits;
+pub mod customers;
 pub mod delivery;
 pub mod entitlements;
 pub mod resync;

@@ -3,6 +3,7 @@
 pub mod account;
 #[cfg(test)]
 mod catalog_source;
+pub mod customer;
 pub mod plans;
 pub mod quota;
 pub mod subscription;

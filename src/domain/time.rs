@@ -42,9 +42,116 @@ pub fn iso8601(unix_seconds: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, (secs % 3600) / 60, secs % 60)
 }
 
+/// Parses ISO-8601 text to unix seconds: `YYYY-MM-DD`, optionally followed by `T` (or a
+/// space) and `HH:MM`, `:SS`, a fraction (dropped), and `Z` or an offset `±HH:MM` /
+/// `±HHMM` / `±HH`; no zone is UTC, a date alone is its midnight. `None` for anything
+/// else, including impossible dates (`2023-02-30`).
+pub fn parse_iso8601(text: &str) -> Option<i64> {
+    let b = text.trim().as_bytes();
+    let num = |from: usize, len: usize| -> Option<i64> {
+        let digits = b.get(from..from + len)?;
+        digits.iter().all(u8::is_ascii_digit).then(|| digits.iter().fold(0, |n, d| n * 10 + i64::from(d - b'0')))
+    };
+    let (y, m, d) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
+    if b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    let days = days_from_civil(y, m as u32, d as u32);
+    if civil_from_days(days) != (y, m as u32, d as u32) {
+        return None;
+    }
+    let mut secs = days * 86_400;
+    let mut i = 10;
+    if i < b.len() {
+        if !matches!(b[i], b'T' | b't' | b' ') || b.get(i + 3) != Some(&b':') {
+            return None;
+        }
+        let (h, min) = (num(i + 1, 2)?, num(i + 4, 2)?);
+        i += 6;
+        let mut s = 0;
+        if b.get(i) == Some(&b':') {
+            s = num(i + 1, 2)?;
+            i += 3;
+            if b.get(i) == Some(&b'.') {
+                i += 1;
+                let start = i;
+                while b.get(i).is_some_and(u8::is_ascii_digit) {
+                    i += 1;
+                }
+                if i == start {
+                    return None;
+                }
+            }
+        }
+        if h > 23 || min > 59 || s > 60 {
+            return None;
+        }
+        secs += h * 3600 + min * 60 + s;
+        match b.get(i) {
+            None => {}
+            Some(b'Z' | b'z') if i + 1 == b.len() => {}
+            Some(&sign @ (b'+' | b'-')) => {
+                let oh = num(i + 1, 2)?;
+                let om = match b.len() - i {
+                    3 => 0,
+                    5 => num(i + 3, 2)?,
+                    6 if b[i + 3] == b':' => num(i + 4, 2)?,
+                    _ => return None,
+                };
+                if oh > 23 || om > 59 {
+                    return None;
+                }
+                let offset = oh * 3600 + om * 60;
+                secs += if sign == b'+' { -offset } else { offset };
+            }
+            _ => return None,
+        }
+    }
+    Some(secs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn iso_8601_text_is_parsed_with_its_offset_and_anything_else_refused() {
+        for (text, want) in [
+            ("2023-11-14T22:13:20Z", 1_700_000_000),
+            ("2023-11-14T22:13:20.123Z", 1_700_000_000),
+            ("2023-11-14T22:13:20", 1_700_000_000),
+            ("2023-11-14 22:13:20z", 1_700_000_000),
+            ("2023-11-14T23:13:20+01:00", 1_700_000_000),
+            ("2023-11-14T21:13:20-0100", 1_700_000_000),
+            ("2023-11-15T00:13:20+02", 1_700_000_000),
+            ("2023-11-14T22:13Z", 1_699_999_980),
+            ("2023-11-14", 1_699_920_000),
+            (" 2000-02-29T00:00:00Z ", 951_782_400),
+        ] {
+            assert_eq!(parse_iso8601(text), Some(want), "{text}");
+        }
+        for bad in [
+            "",
+            "2023",
+            "2023-11",
+            "2023-13-01",
+            "2023-02-30",
+            "2023-11-14T",
+            "2023-11-14T24:00:00Z",
+            "2023-11-14T22:13:20.Z",
+            "2023-11-14T22:13:20ZZ",
+            "2023-11-14T22:13:20+1",
+            "2023-11-14T22:13:20 +01:00",
+            "1700000000",
+            "14/11/2023",
+            "2023-11-14T22:13:20+01:00:00",
+        ] {
+            assert_eq!(parse_iso8601(bad), None, "{bad}");
+        }
+        for t in [0, 951_782_400, 1_700_000_000, 4_102_444_799] {
+            assert_eq!(parse_iso8601(&iso8601(t)), Some(t));
+        }
+    }
 
     #[test]
     fn formats_known_instants() {
