@@ -52,8 +52,9 @@ CREATE TABLE credit_transactions (
   metadata        TEXT,
   created_at      INTEGER NOT NULL
 );
--- Balance (covering: user_id, delta) and history (newest first, id breaks ties).
-CREATE INDEX idx_credit_transactions_user ON credit_transactions(user_id, created_at, id, delta);
+-- Balance (covering: user_id, delta) and history (newest first; the rowid, which grows
+-- with every insert and ends every index entry, orders rows of the same second).
+CREATE INDEX idx_credit_transactions_user ON credit_transactions(user_id, created_at, delta);
 
 -- A pack purchase's payment: which pack and how many credits it granted, for refunds.
 ALTER TABLE stripe_payments ADD COLUMN pack TEXT;

@@ -318,7 +318,8 @@ impl Billing<'_> {
         // `payment_intent.succeeded`). A Checkout without a payment intent (nothing to
         // pay) is keyed on itself; with an amount due, the payment intent will come.
         let pack = cs.metadata_pack.as_deref().and_then(|p| self.catalog.pack(p));
-        let paid = cs.payment_status.as_deref() == Some("paid") && cs.mode == "payment";
+        // `no_payment_required`: a free purchase (a 100 % discount), which has no payment intent.
+        let paid = matches!(cs.payment_status.as_deref(), Some("paid" | "no_payment_required")) && cs.mode == "payment";
         let keyable = cs.payment_intent.is_some() || cs.amount_total == Some(0);
         if let (Some(pack), true, true, Some((u, _))) = (pack, paid, keyable, user.as_ref()) {
             stmts.extend(self.pack_grant_stmts(&u.id, id, pack, &ev.id)?);

@@ -147,27 +147,24 @@ pub fn settle_refunds_stmt(id: &str, payment_id: &str, event_id: &str, now: i64)
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
     pub id: String,
+    /// Insertion order (the rowid): orders rows of the same second; the page cursor.
+    pub seq: i64,
     pub delta: i64,
     pub reason: String,
     pub created_at: i64,
     pub metadata: Option<String>,
 }
 
-/// A page of a user's ledger, newest first, after the cursor `(created_at, id)`.
-pub async fn history(db: &Db, user_id: &str, after: Option<(i64, String)>, limit: u32) -> Result<Vec<Entry>, ApiError> {
-    let (at, id) = after.unwrap_or((i64::MAX / 2, String::new()));
+/// A page of a user's ledger, newest first (by time, then by insertion), after the
+/// cursor `(created_at, seq)` of the previous page's last row.
+pub async fn history(db: &Db, user_id: &str, after: Option<(i64, i64)>, limit: u32) -> Result<Vec<Entry>, ApiError> {
+    let (at, seq) = after.unwrap_or((i64::MAX / 4, i64::MAX / 4));
     let rows = db
         .rows_of(
-            "SELECT id, delta, reason, created_at, metadata FROM credit_transactions \
-             WHERE user_id = ?1 AND (created_at < ?2 OR (created_at = ?2 AND id < ?3) OR ?4 = 0) \
-             ORDER BY created_at DESC, id DESC LIMIT ?5",
-            &[
-                user_id.into(),
-                Param::Int(at),
-                id.as_str().into(),
-                Param::Int(i64::from(!id.is_empty())),
-                Param::Int(i64::from(limit)),
-            ],
+            "SELECT rowid AS seq, id, delta, reason, created_at, metadata FROM credit_transactions \
+             WHERE user_id = ?1 AND (created_at < ?2 OR (created_at = ?2 AND rowid < ?3)) \
+             ORDER BY created_at DESC, rowid DESC LIMIT ?4",
+            &[user_id.into(), Param::Int(at), Param::Int(seq), Param::Int(i64::from(limit))],
         )
         .await?;
     Ok(rows
@@ -175,6 +172,7 @@ pub async fn history(db: &Db, user_id: &str, after: Option<(i64, String)>, limit
         .filter_map(|r| {
             Some(Entry {
                 id: r.text("id")?,
+                seq: r.int("seq")?,
                 delta: r.int("delta")?,
                 reason: r.text("reason")?,
                 created_at: r.int("created_at")?,

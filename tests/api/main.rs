@@ -10,11 +10,14 @@ mod support;
 mod auth;
 mod billing;
 mod cors;
+mod credits;
+mod entitlements;
 mod errors;
 mod fixtures;
 mod health;
 mod kv_copy;
 mod plan_me;
+mod usage;
 mod webhooks;
 
 use std::sync::OnceLock;
@@ -24,7 +27,8 @@ use support::stripe_fake::StripeFake;
 use support::{App, AppOptions, JwksServer};
 
 pub use support::stripe_fake::{
-    ADMIN_TOKEN, PRICE_ESSENTIAL, PRICE_PREMIUM, PRICE_PRO, WEBHOOK_SECRET, WEBHOOK_SECRET_OLD,
+    ADMIN_TOKEN, PACK_LARGE_AMOUNT, PACK_SMALL_AMOUNT, PRICE_ESSENTIAL, PRICE_PACK_LARGE, PRICE_PACK_SMALL,
+    PRICE_PREMIUM, PRICE_PRO, SERVICE_JWT_SECRET, WEBHOOK_SECRET, WEBHOOK_SECRET_OLD,
 };
 
 /// The browser origin the test apps allow (returnUrl must be on it).
@@ -45,6 +49,14 @@ pub fn stripe_options(stripe: &StripeFake) -> AppOptions {
 /// (possibly "in the future") acts on every event of the app, so two such tests must
 /// not interleave.
 pub fn cron_serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Tests that put 100 or more requests in flight at once hold this for their burst:
+/// two such bursts together overload the local runtime on a small machine (wrangler
+/// answers a few of them 503 "Your worker restarted mid-request").
+pub fn load_serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

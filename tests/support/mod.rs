@@ -96,6 +96,14 @@ pub fn token(sub: &str) -> String {
     hs256(JWT_SECRET, &claims(sub))
 }
 
+/// A service token for `name`: HS256 with `SERVICE_JWT_SECRET`, scope `plangate:service`.
+pub fn service_token(name: &str) -> String {
+    hs256(
+        stripe_fake::SERVICE_JWT_SECRET,
+        &json!({"sub": name, "iat": now(), "exp": now() + 3600, "scope": "plangate:service"}),
+    )
+}
+
 pub fn rsa_key(name: &str) -> RsaPrivateKey {
     let pem = std::fs::read_to_string(root().join(format!("tests/fixtures/{name}.pem"))).unwrap();
     RsaPrivateKey::from_pkcs1_pem(&pem).unwrap()

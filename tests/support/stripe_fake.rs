@@ -14,6 +14,14 @@ pub const ADMIN_TOKEN: &str = "admin-e2e-token-0123456789";
 pub const PRICE_ESSENTIAL: &str = "price_essential_e2e";
 pub const PRICE_PRO: &str = "price_pro_e2e";
 pub const PRICE_PREMIUM: &str = "price_premium_e2e";
+/// The credit packs' prices (the development values of `STRIPE_PRICE_PACK_*`).
+pub const PRICE_PACK_SMALL: &str = "price_pack_small_dev";
+pub const PRICE_PACK_LARGE: &str = "price_pack_large_dev";
+/// What the fake charges for a pack (cents, USD).
+pub const PACK_SMALL_AMOUNT: i64 = 500;
+pub const PACK_LARGE_AMOUNT: i64 = 2000;
+/// Signs service tokens (`POST /api/entitlements/check`, consume on behalf of a user).
+pub const SERVICE_JWT_SECRET: &str = "service-secret-for-tests-only-0123456789";
 
 #[derive(Debug, Clone)]
 pub struct Recorded {
@@ -45,6 +53,11 @@ pub struct FakeState {
     /// (path fragment, count): the next `count` POSTs whose path contains it answer 500.
     pub fail_posts: Vec<(String, usize)>,
     pub checkout_sessions: BTreeMap<String, Value>,
+    /// Payment intents and charges of paid payment-mode sessions, invoices made by
+    /// [`StripeFake::invoice_paid`].
+    pub payment_intents: BTreeMap<String, Value>,
+    pub charges: BTreeMap<String, Value>,
+    pub invoices: BTreeMap<String, Value>,
     pub schedules: BTreeMap<String, Value>,
     /// (path fragment, count): the next `count` POSTs whose path contains it are
     /// carried out but answered 500 (the answer is lost on the way back).
@@ -111,6 +124,9 @@ impl StripeFake {
             .var("STRIPE_PRICE_ESSENTIAL", PRICE_ESSENTIAL)
             .var("STRIPE_PRICE_PRO", PRICE_PRO)
             .var("STRIPE_PRICE_PREMIUM", PRICE_PREMIUM)
+            .var("STRIPE_PRICE_PACK_SMALL", PRICE_PACK_SMALL)
+            .var("STRIPE_PRICE_PACK_LARGE", PRICE_PACK_LARGE)
+            .var("SERVICE_JWT_SECRET", SERVICE_JWT_SECRET)
             .var("DUAL_WRITE_KV", "true")
             .var("ADMIN_TOKEN", ADMIN_TOKEN)
             .var("EXPOSE_D1_STATS", "true")
@@ -246,6 +262,65 @@ impl StripeFake {
         fake_event(&format!("evt_fake{n}_period"), kind, now(), sub)
     }
 
+    /// The customer pays a payment-mode session (a credit pack): a succeeded payment
+    /// intent `pi_fake…` (amount per pack price, USD, the session's
+    /// `payment_intent_data[metadata]`) and its charge `ch_fake…` are created and the
+    /// session is complete and paid. Returns the events Stripe would send:
+    /// `checkout.session.completed`, then `payment_intent.succeeded`.
+    pub fn complete_payment_checkout(&self, session_id: &str) -> Vec<Value> {
+        complete_payment_checkout(&mut self.state.lock().unwrap(), session_id)
+    }
+
+    /// Refunds `amount` more cents of a charge (named by its id or its payment
+    /// intent's). Returns the `charge.refunded` event, whose charge carries the
+    /// cumulative `amount_refunded`.
+    pub fn refund(&self, charge_or_payment_intent: &str, amount: i64) -> Value {
+        let mut s = self.state.lock().unwrap();
+        s.counter += 1;
+        let n = s.counter;
+        let charge = s
+            .charges
+            .values_mut()
+            .find(|c| c["id"] == charge_or_payment_intent || c["payment_intent"] == charge_or_payment_intent)
+            .expect("no such charge");
+        let total = charge["amount"].as_i64().unwrap();
+        let refunded = (charge["amount_refunded"].as_i64().unwrap() + amount).min(total);
+        charge["amount_refunded"] = json!(refunded);
+        charge["refunded"] = json!(refunded == total);
+        let charge = charge.clone();
+        fake_event(&format!("evt_fake{n}_refund"), "charge.refunded", now(), charge)
+    }
+
+    pub fn payment_intent(&self, id: &str) -> Option<Value> {
+        self.state.lock().unwrap().payment_intents.get(id).cloned()
+    }
+
+    pub fn charge_of(&self, payment_intent: &str) -> Option<Value> {
+        self.state.lock().unwrap().charges.values().find(|c| c["payment_intent"] == payment_intent).cloned()
+    }
+
+    /// Stripe pays an invoice of the subscription as the fake holds it: for its current
+    /// period and first price, `amount_paid` cents (0 for a trial's first invoice).
+    /// The invoice is kept (GET /v1/invoices/{id}); returns the `invoice.paid` event.
+    pub fn invoice_paid(&self, sub_id: &str, amount_paid: i64, billing_reason: &str) -> Value {
+        let sub = self.subscription(sub_id).expect("no such subscription");
+        let mut s = self.state.lock().unwrap();
+        s.counter += 1;
+        let n = s.counter;
+        let inv = invoice(
+            &format!("in_fake{n}"),
+            sub["customer"].as_str().unwrap(),
+            sub_id,
+            sub["current_period_start"].as_i64().expect("a subscription with current_period_start"),
+            sub["current_period_end"].as_i64().unwrap(),
+            sub["items"]["data"][0]["price"]["id"].as_str().unwrap(),
+            amount_paid,
+            billing_reason,
+        );
+        s.invoices.insert(format!("in_fake{n}"), inv.clone());
+        fake_event(&format!("evt_fake{n}_invpaid"), "invoice.paid", now(), inv)
+    }
+
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.lock().unwrap().requests.clone()
     }
@@ -374,6 +449,76 @@ fn complete_checkout(s: &mut FakeState, session_id: &str) -> Vec<Value> {
     ]
 }
 
+/// What a pack price costs at the fake (cents).
+pub fn pack_amount(price: Option<&str>) -> i64 {
+    match price {
+        Some(PRICE_PACK_SMALL) => PACK_SMALL_AMOUNT,
+        Some(PRICE_PACK_LARGE) => PACK_LARGE_AMOUNT,
+        _ => 1000,
+    }
+}
+
+/// A paid invoice as Stripe's API (2024-06-20) sends it in `invoice.paid`: one line for
+/// the subscription's price over `[start, end)`.
+#[allow(clippy::too_many_arguments)]
+pub fn invoice(
+    id: &str,
+    customer: &str,
+    subscription: &str,
+    start: i64,
+    end: i64,
+    price: &str,
+    amount_paid: i64,
+    billing_reason: &str,
+) -> Value {
+    json!({
+        "id": id, "object": "invoice", "customer": customer, "subscription": subscription,
+        "status": "paid", "paid": true, "amount_due": amount_paid, "amount_paid": amount_paid, "currency": "usd",
+        "billing_reason": billing_reason, "period_start": start, "period_end": end,
+        "lines": {"object": "list", "data": [{
+            "id": format!("il_{id}"), "object": "line_item", "type": "subscription", "subscription": subscription,
+            "amount": amount_paid, "period": {"start": start, "end": end}, "price": {"id": price}
+        }]}
+    })
+}
+
+fn complete_payment_checkout(s: &mut FakeState, session_id: &str) -> Vec<Value> {
+    let session = s.checkout_sessions.get(session_id).cloned().expect("no such session");
+    assert_eq!(session["mode"], "payment", "not a payment-mode session: {session}");
+    s.counter += 1;
+    let n = s.counter;
+    let t = now();
+    let amount = pack_amount(session["price"].as_str());
+    let metadata = match &session["payment_intent_data"]["metadata"] {
+        Value::Object(m) => Value::Object(m.clone()),
+        _ => json!({}),
+    };
+    let (pi_id, ch_id) = (format!("pi_fake{n}"), format!("ch_fake{n}"));
+    let charge = json!({
+        "id": ch_id, "object": "charge", "payment_intent": pi_id, "amount": amount, "amount_captured": amount,
+        "amount_refunded": 0, "refunded": false, "captured": true, "paid": true, "status": "succeeded",
+        "currency": "usd", "customer": session["customer"], "metadata": metadata, "created": t
+    });
+    let pi = json!({
+        "id": pi_id, "object": "payment_intent", "amount": amount, "amount_received": amount, "currency": "usd",
+        "customer": session["customer"], "status": "succeeded", "metadata": metadata, "latest_charge": ch_id,
+        "created": t
+    });
+    s.charges.insert(ch_id, charge);
+    s.payment_intents.insert(pi_id.clone(), pi.clone());
+    let mut completed = session.clone();
+    completed["status"] = json!("complete");
+    completed["payment_status"] = json!("paid");
+    completed["payment_intent"] = json!(pi_id);
+    completed["amount_total"] = json!(amount);
+    completed["currency"] = json!("usd");
+    s.checkout_sessions.insert(session_id.to_string(), completed.clone());
+    vec![
+        fake_event(&format!("evt_fake{n}_cs"), "checkout.session.completed", t, completed),
+        fake_event(&format!("evt_fake{n}_pi"), "payment_intent.succeeded", t, pi),
+    ]
+}
+
 fn delete_customer(s: &mut FakeState, id: &str) {
     s.customers.insert(id.to_string(), json!({"id": id, "object": "customer", "deleted": true, "metadata": s.customers.get(id).map(|c| c["metadata"].clone()).unwrap_or(Value::Null)}));
     for sub in s.subscriptions.values_mut().filter(|v| v["customer"] == id) {
@@ -457,6 +602,10 @@ fn handle_post(s: &mut FakeState, r: &Recorded) -> (u16, Value) {
                 "status": "open",
                 "metadata": f.iter().filter_map(|(k, v)| Some((k.strip_prefix("metadata[")?.strip_suffix(']')?.to_string(), json!(v)))).collect::<serde_json::Map<String, Value>>(),
                 "subscription_user_id": param(&f, "subscription_data[metadata][user_id]"),
+                "payment_intent_data": {"metadata": f.iter().filter_map(|(k, v)| Some((k.strip_prefix("payment_intent_data[metadata][")?.strip_suffix(']')?.to_string(), json!(v)))).collect::<serde_json::Map<String, Value>>()},
+                "amount_total": (param(&f, "mode") == Some("payment")).then(|| pack_amount(param(&f, "line_items[0][price]"))),
+                "currency": (param(&f, "mode") == Some("payment")).then_some("usd"),
+                "payment_intent": null, "payment_status": "unpaid",
                 "success_url": param(&f, "success_url"), "cancel_url": param(&f, "cancel_url"),
             });
             s.checkout_sessions.insert(id, session.clone());
@@ -627,6 +776,18 @@ fn handle_get(state: &Arc<Mutex<FakeState>>, r: &Recorded) -> (u16, Value) {
         ("GET", ["v1", "checkout", "sessions", id]) => match s.checkout_sessions.get(*id) {
             Some(v) => (200, v.clone()),
             None => error(404, "invalid_request_error", "resource_missing", "No such checkout session"),
+        },
+        ("GET", ["v1", "payment_intents", id]) => match s.payment_intents.get(*id) {
+            Some(v) => (200, v.clone()),
+            None => error(404, "invalid_request_error", "resource_missing", "No such payment_intent"),
+        },
+        ("GET", ["v1", "charges", id]) => match s.charges.get(*id) {
+            Some(v) => (200, v.clone()),
+            None => error(404, "invalid_request_error", "resource_missing", "No such charge"),
+        },
+        ("GET", ["v1", "invoices", id]) => match s.invoices.get(*id) {
+            Some(v) => (200, v.clone()),
+            None => error(404, "invalid_request_error", "resource_missing", "No such invoice"),
         },
         ("GET", ["v1", "customers", id]) => {
             if s.failing.contains(*id) {
