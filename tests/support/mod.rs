@@ -397,6 +397,62 @@ impl App {
         assert!(out.status.success(), "kv put {key}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
+    /// Writes a value of the local KV namespace bound as `binding` (e.g. `LEGACY_AUTH_KV`)
+    /// behind the Worker's back, as the legacy writers did.
+    pub fn kv_put_in(&self, binding: &str, key: &str, value: &str) {
+        self.kv_bulk_put(binding, &[(key.to_string(), value.to_string())]);
+    }
+
+    /// Writes many values of the local namespace `binding` in one `wrangler kv bulk put`
+    /// (one process for thousands of keys instead of one per key).
+    pub fn kv_bulk_put(&self, binding: &str, entries: &[(String, String)]) {
+        let items: Vec<Value> = entries.iter().map(|(k, v)| json!({"key": k, "value": v})).collect();
+        let file = self.persist.join(format!("{}.json", unique("kv-bulk")));
+        std::fs::write(&file, serde_json::to_vec(&items).unwrap()).unwrap();
+        // Several tests write the same local store at once: a busy store is tried again.
+        let mut attempt = 0;
+        loop {
+            let out = wrangler_command()
+                .args(["kv", "bulk", "put", "--binding", binding, "--local", "--persist-to"])
+                .arg(&self.persist)
+                .arg(&file)
+                .output()
+                .unwrap();
+            attempt += 1;
+            if out.status.success() {
+                break;
+            }
+            let err = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(attempt < 5, "kv bulk put into {binding}: {err}");
+            eprintln!("kv bulk put into {binding} failed (attempt {attempt}), trying again: {err}");
+            std::thread::sleep(Duration::from_millis(300 * attempt));
+        }
+        let _ = std::fs::remove_file(&file);
+    }
+
+    /// Deletes a key of the local namespace `binding`.
+    pub fn kv_delete_in(&self, binding: &str, key: &str) {
+        let out = wrangler_command()
+            .args(["kv", "key", "delete", "--binding", binding, "--local", "--persist-to"])
+            .arg(&self.persist)
+            .arg(key)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "kv delete {key} in {binding}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// A value of the local namespace `binding`, read now.
+    pub fn kv_get_in(&self, binding: &str, key: &str) -> Option<String> {
+        let out = wrangler_command()
+            .args(["kv", "key", "get", "--binding", binding, "--local", "--persist-to"])
+            .arg(&self.persist)
+            .arg(key)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (out.status.success() && !text.is_empty() && !text.contains("Value not found")).then_some(text)
+    }
+
     /// Runs a read-only SQL query against the local D1 (SQLite) file.
     pub fn sql(&self, query: &str) -> Vec<Value> {
         let dir = self.persist.join("v3/d1/miniflare-D1DatabaseObject");
