@@ -126,12 +126,6 @@ fn resolve(method: &str, path: &str) -> Result<(Handler, Vec<String>), ApiError>
     }
 }
 
-fn boxed<'a>(
-    f: impl std::future::Future<Output = Result<Reply, ApiError>> + 'a,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Reply, ApiError>> + 'a>> {
-    Box::pin(f)
-}
-
 async fn dispatch(handler: Handler, params: &[String], ctx: &Ctx<'_>, method: &str) -> Result<Reply, ApiError> {
     let param = |i: usize| params.get(i).map(String::as_str).unwrap_or_default();
     match handler {
@@ -159,13 +153,13 @@ async fn dispatch(handler: Handler, params: &[String], ctx: &Ctx<'_>, method: &s
         Handler::AdminCredits => routes::credits::admin_list(ctx).await,
         Handler::AdminCreditsAdjust => routes::credits::admin_adjust(ctx).await,
         Handler::AdminCreditShortfalls => routes::credits::admin_shortfalls(ctx).await,
-        Handler::CustomerMe if method == "PATCH" => boxed(routes::customer::patch_me(ctx)).await,
+        Handler::CustomerMe if method == "PATCH" => routes::customer::patch_me(ctx).await,
         Handler::CustomerMe => routes::customer::read(ctx, routes::customer::Read::Me, "").await,
         Handler::Customer => routes::customer::read(ctx, routes::customer::Read::Id, param(0)).await,
         Handler::CustomerByEmail => routes::customer::read(ctx, routes::customer::Read::Email, param(0)).await,
-        Handler::CustomerCreate => boxed(routes::customer::create(ctx)).await,
-        Handler::AdminCustomerBackfill => boxed(routes::customer::backfill(ctx)).await,
-        Handler::AdminCustomerVerify => boxed(routes::customer::verify(ctx)).await,
+        Handler::CustomerCreate => routes::customer::create(ctx).await,
+        Handler::AdminCustomerBackfill => routes::customer::backfill(ctx).await,
+        Handler::AdminCustomerVerify => routes::customer::verify(ctx).await,
     }
 }
 

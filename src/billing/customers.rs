@@ -11,7 +11,7 @@
 //! Every D1 access is one batch whose last statement reads the record: few await
 //! points, so little async code in the Wasm.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use worker::KvStore;
 
 use crate::auth::jwt::Identity;
@@ -25,8 +25,9 @@ use crate::store::{kv_list, state};
 const LEGACY: &str = "LEGACY_AUTH_KV";
 /// Where a stopped backfill resumes (the legacy namespace's list cursor).
 pub const BACKFILL_STATE: &str = "migration:customers:cursor";
-/// Failed dual writes of customer records.
-pub const WRITE_FAILED_COUNTER: &str = "counter:legacy_customer_write_failed";
+/// Failed dual writes, of plan keys and of customer records alike (shown by
+/// `GET /api/admin/webhook-events` as `kvDualWriteFailures`).
+pub const WRITE_FAILED_COUNTER: &str = "counter:kv_dual_write_failed";
 
 pub struct Customers<'a> {
     pub db: &'a Db,
@@ -49,6 +50,16 @@ fn parse_record(key: &str, text: &str) -> Result<Customer, String> {
     serde_json::from_str(text).map_err(|e| format!("not JSON: {e}")).and_then(|v| Customer::from_legacy(Some(id), v))
 }
 
+/// A JSON object of `fields`: one non-generic builder rather than `json!`, whose
+/// per-field `to_value(..).unwrap()` is inlined code at every use.
+pub fn obj(fields: &mut [(&str, Value)]) -> Value {
+    let mut map = serde_json::Map::new();
+    for (k, v) in fields {
+        map.insert(k.to_string(), std::mem::take(v));
+    }
+    Value::Object(map)
+}
+
 /// A mapping's value: the customerId (tolerating a JSON-quoted one).
 fn mapped_id(text: String) -> String {
     text.trim().trim_matches('"').to_string()
@@ -67,32 +78,36 @@ impl Customers<'_> {
     }
 
     /// The record with id `key`, or with `email` the one of email hash `key`: D1 first,
-    /// else the legacy namespace's (the mapping, then the record), imported in one
-    /// batch. With `link`, a record linked to nobody is linked to that user in the same
-    /// batch, and the answer is then the user's record.
-    pub async fn find(&self, email: bool, key: &str, link: Option<&str>) -> Result<Option<Stored>, ApiError> {
-        let mut stmts = Vec::new();
-        let id = match self.last(&[store::select(if email { BY_EMAIL } else { BY_ID }, key)]).await? {
-            Some(s) if link.is_none() || s.user_id.is_some() => return Ok(Some(s)),
-            Some(s) => s.customer.id,
-            None => {
-                let id = if email { self.kv_text(&email_key(key)).await?.map(mapped_id) } else { Some(key.into()) };
-                let Some(id) = id else { return Ok(None) };
-                let key = record_key(&id);
-                match self.kv_text(&key).await?.map(|text| parse_record(&key, &text)) {
-                    Some(Ok(c)) => {
-                        log::info(self.request_id, "customer.read_through", json!({ "customerId": id }));
-                        stmts.push(store::insert_stmt(&c, None, Some(self.now)));
-                    }
-                    Some(Err(e)) => {
-                        log::warn(self.request_id, "customer.legacy_unreadable", json!({"customerId": id, "error": e}));
-                        return Ok(None);
-                    }
-                    None => return Ok(None),
-                }
-                id
+    /// else the legacy namespace's, imported.
+    pub async fn find(&self, email: bool, key: &str) -> Result<Option<Stored>, ApiError> {
+        match self.last(&[store::select(if email { BY_EMAIL } else { BY_ID }, key)]).await? {
+            Some(s) => Ok(Some(s)),
+            None => self.read_through(email, key, None).await,
+        }
+    }
+
+    /// The legacy record of id `key` (or with `email`, the one the mapping of email hash
+    /// `key` names, if it has that email), imported in one batch — and linked to the
+    /// user `link` when given, the answer being then the user's record. A record already
+    /// in D1 is never overwritten; one that cannot be read is logged, never guessed.
+    async fn read_through(&self, email: bool, key: &str, link: Option<&str>) -> Result<Option<Stored>, ApiError> {
+        let id = if email { self.kv_text(&email_key(key)).await?.map(mapped_id) } else { Some(key.into()) };
+        let Some(id) = id else { return Ok(None) };
+        let record_key = record_key(&id);
+        let c = match self.kv_text(&record_key).await?.map(|text| parse_record(&record_key, &text)) {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
+                log::warn(
+                    self.request_id,
+                    "customer.legacy_unreadable",
+                    obj(&mut [("key", record_key.into()), ("error", e.into())]),
+                );
+                return Ok(None);
             }
+            None => return Ok(None),
         };
+        log::info(self.request_id, "customer.read_through", obj(&mut [("customerId", id.as_str().into())]));
+        let mut stmts = vec![store::insert_stmt(&c, None, Some(self.now))];
         if let Some(user_id) = link {
             stmts.push(store::link_stmt(&id, user_id, key));
         }
@@ -105,17 +120,21 @@ impl Customers<'_> {
     }
 
     /// The record of a signed-in user: the one linked to them; else, only when the token
-    /// says their email is verified, the record of that email, linked to them now if it
-    /// is linked to nobody (a record is never re-linked).
+    /// says their email is verified, the record of that email (D1's, else the legacy
+    /// one, imported), linked to them now if it is linked to nobody — in the same batch
+    /// that reads it. A record is never re-linked.
     pub async fn for_user(&self, who: &Identity, user_id: &str) -> Result<Option<Stored>, ApiError> {
-        if let Some(s) = self.last(&[store::select(BY_USER, user_id)]).await? {
-            return Ok(Some(s));
+        let hash = who.email.as_deref().filter(|_| who.email_verified).and_then(email_hash);
+        let mut stmts = Vec::new();
+        if let Some(h) = &hash {
+            stmts.push(store::link_by_email_stmt(user_id, h));
         }
-        let Some(hash) = who.email.as_deref().filter(|_| who.email_verified).and_then(email_hash) else {
-            return Ok(None);
-        };
-        let found = self.find(true, &hash, Some(user_id)).await?;
-        Ok(found.filter(|s| s.user_id.as_deref() == Some(user_id)))
+        stmts.push(store::select(BY_USER, user_id));
+        match (self.last(&stmts).await?, hash) {
+            (Some(s), _) => Ok(Some(s)),
+            (None, Some(h)) => self.read_through(true, &h, Some(user_id)).await,
+            (None, None) => Ok(None),
+        }
     }
 
     /// Creates `c` (`409 CUSTOMER_EXISTS` when its id or email has a record, here or in
@@ -159,7 +178,11 @@ impl Customers<'_> {
                 Err(e) => Err(e),
             };
             if let Err(e) = put {
-                log::warn(self.request_id, "customer.legacy_write_failed", json!({"key": key, "error": e.to_string()}));
+                log::warn(
+                    self.request_id,
+                    "customer.legacy_write_failed",
+                    obj(&mut [("key", key.into()), ("error", e.to_string().into())]),
+                );
                 let _ = state::increment(self.db, WRITE_FAILED_COUNTER, self.now).await;
             }
         }
@@ -200,7 +223,7 @@ impl Customers<'_> {
                 None => vanished += 1,
                 Some(Ok(c)) if dry_run => stmts.push(store::absent_stmt(&c.id)),
                 Some(Ok(c)) => stmts.push(store::insert_stmt(&c, None, Some(self.now))),
-                Some(Err(e)) => failed.push(json!({"key": key, "error": e})),
+                Some(Err(e)) => failed.push(obj(&mut [("key", key.as_str().into()), ("error", e.into())])),
             }
         }
         let records = stmts.len();
@@ -209,12 +232,21 @@ impl Customers<'_> {
         }
         let results = if stmts.is_empty() { Vec::new() } else { self.db.batch_rows(&stmts).await? };
         let imported = results.iter().take(records).filter(|r| !r.is_empty()).count();
-        log::info(self.request_id, "customer.backfill_page", json!({"dryRun": dry_run, "imported": imported}));
-        Ok(json!({
-            "ok": true, "dryRun": dry_run, "seen": page.keys.len(), "imported": imported,
-            "skipped": {"alreadyInD1": records - imported, "vanished": vanished},
-            "failed": failed, "done": page.cursor.is_none(), "cursor": page.cursor,
-        }))
+        log::info(
+            self.request_id,
+            "customer.backfill_page",
+            obj(&mut [("dryRun", dry_run.into()), ("imported", imported.into())]),
+        );
+        Ok(obj(&mut [
+            ("ok", true.into()),
+            ("dryRun", dry_run.into()),
+            ("seen", page.keys.len().into()),
+            ("imported", imported.into()),
+            ("skipped", obj(&mut [("alreadyInD1", (records - imported).into()), ("vanished", vanished.into())])),
+            ("failed", failed.into()),
+            ("done", page.cursor.is_none().into()),
+            ("cursor", page.cursor.into()),
+        ]))
     }
 
     /// One page of the verification. The cursor carries the phase (`records`, then
@@ -244,15 +276,20 @@ impl Customers<'_> {
             let mut pairs = Vec::new();
             for (key, value) in page.keys.iter().zip(values) {
                 if let Some(id) = value {
-                    pairs.push(json!([key.strip_prefix(EMAIL_PREFIX).unwrap_or(key), mapped_id(id)]));
+                    pairs.push(Value::from(vec![
+                        key.strip_prefix(EMAIL_PREFIX).unwrap_or(key).to_string(),
+                        mapped_id(id),
+                    ]));
                 }
             }
             store::mapping_mismatches_stmt(Value::Array(pairs))
         };
         let row = self.db.batch_rows(&[stmt]).await?.into_iter().flatten().next();
         let d1 = row.as_ref().and_then(|r| r.int("n")).unwrap_or_default() as u64;
-        let mismatches: Value =
-            row.and_then(|r| r.text("m")).and_then(|m| serde_json::from_str(&m).ok()).unwrap_or_else(|| json!([]));
+        let mismatches: Value = row
+            .and_then(|r| r.text("m"))
+            .and_then(|m| serde_json::from_str(&m).ok())
+            .unwrap_or_else(|| Value::Array(Vec::new()));
         total += mismatches.as_array().map_or(0, Vec::len) as u64;
         let next = match (records_phase, page.cursor) {
             (true, None) => Some(format!("mappings:{records}:{total}:")),
@@ -260,10 +297,18 @@ impl Customers<'_> {
             (false, None) => None,
         };
         let done = next.is_none();
-        Ok(json!({
-            "ok": true, "phase": phase, "checked": page.keys.len(), "mismatches": mismatches,
-            "cursor": next, "done": done, "legacyRecords": records, "mismatchesSoFar": total, "d1Records": d1,
-            "countsEqual": d1 == records, "clean": done && d1 == records && total == 0,
-        }))
+        Ok(obj(&mut [
+            ("ok", true.into()),
+            ("phase", phase.into()),
+            ("checked", page.keys.len().into()),
+            ("mismatches", mismatches),
+            ("done", done.into()),
+            ("cursor", next.into()),
+            ("legacyRecords", records.into()),
+            ("mismatchesSoFar", total.into()),
+            ("d1Records", d1.into()),
+            ("countsEqual", (d1 == records).into()),
+            ("clean", (done && d1 == records && total == 0).into()),
+        ]))
     }
 }

@@ -7,12 +7,12 @@
 //! verified email it has), a service token, the admin. Any other user gets 403 whether
 //! or not the record exists.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{admin, Ctx, Reply};
 use crate::auth::jwt::Identity;
 use crate::auth::Caller;
-use crate::billing::customers::{conflict, Customers};
+use crate::billing::customers::{conflict, obj, Customers};
 use crate::domain::customer::{email_hash, normalize_email, valid_email, valid_new_id, Customer, ProfileError};
 use crate::error::ApiError;
 use crate::store::customers::Stored;
@@ -40,7 +40,7 @@ fn customers<'a>(ctx: &'a Ctx<'_>) -> Customers<'a> {
 }
 
 fn reply(s: Stored) -> Reply {
-    Reply::ok(json!({"ok": true, "customer": s.customer.to_json()})).header("Cache-Control", "no-store")
+    Reply::ok(obj(&mut [("ok", true.into()), ("customer", s.customer.to_json())])).header("Cache-Control", "no-store")
 }
 
 fn not_found() -> ApiError {
@@ -78,10 +78,10 @@ pub async fn read(ctx: &Ctx<'_>, what: Read, raw: &str) -> Result<Reply, ApiErro
         }
         _ => match what {
             Read::Email => match email_hash(&key) {
-                Some(hash) => customers(ctx).find(true, &hash, None).await?,
+                Some(hash) => customers(ctx).find(true, &hash).await?,
                 None => None,
             },
-            _ => customers(ctx).find(false, &key, None).await?,
+            _ => customers(ctx).find(false, &key).await?,
         },
     };
     found.map(reply).ok_or_else(not_found)
@@ -96,7 +96,7 @@ fn profile_error(e: ProfileError) -> ApiError {
                 "`{field}` cannot be changed here: plan, tier, status, subscriptions, flairs and features are \
                  plangate's; the id, email and dates are the record's"
             ),
-            fields: json!({ "field": field }),
+            fields: obj(&mut [("field", field.as_str().into())]),
         },
         ProfileError::Invalid(m) => ApiError::InvalidRequest(m),
     }

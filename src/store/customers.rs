@@ -96,8 +96,21 @@ pub fn absent_stmt(id: &str) -> Stmt {
 pub fn link_stmt(id: &str, user_id: &str, hash: &str) -> Stmt {
     Stmt {
         sql: "UPDATE customers SET user_id = ?2 WHERE id = ?1 AND user_id IS NULL AND email_hash = ?3 \
-              AND NOT EXISTS (SELECT 1 FROM customers WHERE user_id = ?2) RETURNING id",
+              AND NOT EXISTS (SELECT 1 FROM customers WHERE user_id = ?2)",
         params: vec![id.into(), user_id.into(), hash.into()],
+    }
+}
+
+/// Links the record email hash `hash` resolves to (see `BY_EMAIL`) to `user_id` when it
+/// is linked to nobody and the user has no record yet.
+pub fn link_by_email_stmt(user_id: &str, hash: &str) -> Stmt {
+    Stmt {
+        sql: concat!(
+            "UPDATE customers SET user_id = ?1 WHERE id = (SELECT id FROM customers WHERE email_hash = ?2",
+            by_email_order!(),
+            ") AND user_id IS NULL AND NOT EXISTS (SELECT 1 FROM customers WHERE user_id = ?1)"
+        ),
+        params: vec![user_id.into(), hash.into()],
     }
 }
 

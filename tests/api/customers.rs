@@ -269,6 +269,11 @@ fn post_customer_creates_once_and_answers_409_customer_exists_for_a_taken_id_or_
         let r = call(app, "POST", "/customer", Some(ADMIN_TOKEN), Some(body));
         assert_eq!((r.status, error_code(&r.json())), (409, "CUSTOMER_EXISTS"), "{what}: {}", r.body);
     }
+    // The record's owner signs in later with that email verified: linked from D1.
+    let owner = unique("post-owner");
+    let r = get_as(app, "/customer/me", Some(&verified(&owner, &smail.to_uppercase())));
+    assert_eq!((r.status, r.json()["customer"]["customerId"].clone()), (200, json!(sid)), "{}", r.body);
+    assert_eq!(customer_row(app, &sid).unwrap()["user_id"], json!(user_id_of(app, &owner)));
     // Taken in the legacy namespace, not yet imported: 409 too.
     let (lid, lmail) = (unique("cust-post-legacy"), email("post-legacy"));
     put_legacy(app, &lid, &lmail, json!({}));
