@@ -8,7 +8,7 @@
 //! deliveries (retries first, at most [`RUN_RETRIES`] of them) and a few Events API
 //! pages; whatever is left is taken up by the next run.
 
-use serde_json::json;
+use serde_json::Value;
 use worker::Env;
 
 use crate::billing::delivery::{Tally, RUN_DELIVERIES, RUN_RETRIES};
@@ -16,8 +16,9 @@ use crate::billing::Billing;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::store::db::Db;
+use crate::store::kv_store::KvStore;
 use crate::store::webhooks;
-use crate::{clock, log, util};
+use crate::{clock, log, obj, util};
 
 /// Users whose KV copies are written per run at most (each a few KV operations).
 const COPIES_PER_RUN: i64 = 100;
@@ -28,15 +29,15 @@ pub async fn run(cron: &str, scheduled_ms: f64, env: &Env) {
     let request_id = format!("cron_{}", util::random_hex(8).unwrap_or_default());
     let now =
         if scheduled_ms.is_finite() && scheduled_ms > 0.0 { (scheduled_ms / 1000.0) as i64 } else { clock::now() };
-    let cfg = match Config::cached(|n| env.var(n).ok().map(|v| v.to_string())) {
+    let cfg = match Config::cached(crate::env_lookup(env)) {
         Ok(c) => c,
-        Err(e) => return log::error(&request_id, "cron.config_invalid", json!({"error": e})),
+        Err(e) => return log::error(&request_id, "cron.config_invalid", obj! {"error": e}),
     };
     let db = match env.d1("DB") {
         Ok(d) => Db::new(d),
-        Err(e) => return log::error(&request_id, "cron.no_d1", json!({"error": e.to_string()})),
+        Err(e) => return log::error(&request_id, "cron.no_d1", obj! {"error": e.to_string()}),
     };
-    let billing = Billing::new(&db, &cfg, env.kv("APP_KV").ok(), now, &request_id);
+    let billing = Billing::new(&db, &cfg, KvStore::from_env(env, "APP_KV"), now, &request_id);
 
     let retries = billing.retry_due(RUN_RETRIES).await;
     let left = RUN_DELIVERIES.saturating_sub(retries.as_ref().map_or(0, |t| t.deliveries));
@@ -46,19 +47,19 @@ pub async fn run(cron: &str, scheduled_ms: f64, env: &Env) {
     let copies = billing.flush_due_copies(COPIES_PER_RUN).await;
 
     let summary = |r: &Result<Tally, ApiError>| match r {
-        Ok(t) => json!({"processed": t.processed, "failed": t.failed, "skipped": t.skipped, "more": t.more}),
-        Err(e) => json!({"error": e.to_string()}),
+        Ok(t) => obj! {"processed": t.processed, "failed": t.failed, "skipped": t.skipped, "more": t.more},
+        Err(e) => obj! {"error": e.to_string()},
     };
     log::info(
         &request_id,
         "cron.done",
-        json!({
+        obj! {
             "cron": cron,
             "retries": summary(&retries),
-            "reconcile": reconciled.as_ref().map(summary).unwrap_or(json!("skipped: no STRIPE_SECRET_KEY")),
-            "kvCopies": copies.as_ref().map(|n| json!(n)).unwrap_or_else(|e| json!({"error": e.to_string()})),
-            "purged": purged.as_ref().map(|n| json!(n)).unwrap_or_else(|e| json!({"error": e.to_string()})),
-            "purgedUsageKeys": purged_keys.as_ref().map(|n| json!(n)).unwrap_or_else(|e| json!({"error": e.to_string()})),
-        }),
+            "reconcile": reconciled.as_ref().map(summary).unwrap_or_else(|| "skipped: no STRIPE_SECRET_KEY".into()),
+            "kvCopies": copies.as_ref().map(|n| Value::from(*n)).unwrap_or_else(|e| obj! {"error": e.to_string()}),
+            "purged": purged.as_ref().map(|n| Value::from(*n)).unwrap_or_else(|e| obj! {"error": e.to_string()}),
+            "purgedUsageKeys": purged_keys.as_ref().map(|n| Value::from(*n as u64)).unwrap_or_else(|e| obj! {"error": e.to_string()}),
+        },
     );
 }

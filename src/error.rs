@@ -2,7 +2,6 @@
 //! `{"ok":false,"code":"…","message":"…"}` with its status. Server-side causes are
 //! carried for the log line only and never rendered.
 
-use serde::Serialize;
 use std::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,19 +56,6 @@ pub enum ApiError {
     },
     /// Anything that is our fault or a dependency's. The cause goes to the log only.
     Server(String),
-}
-
-#[derive(Serialize)]
-struct Body<'a> {
-    ok: bool,
-    code: &'a str,
-    message: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    plan: Option<&'a str>,
-    #[serde(rename = "subscriptionStatus", skip_serializing_if = "Option::is_none")]
-    subscription_status: Option<&'a str>,
-    #[serde(rename = "invoiceUrl", skip_serializing_if = "Option::is_none")]
-    invoice_url: Option<&'a str>,
 }
 
 impl ApiError {
@@ -150,35 +136,31 @@ impl ApiError {
         }
     }
 
+    /// `{"ok":false,"code","message"}`, plus `plan` for `CodedPlan` and
+    /// `subscriptionStatus` (and `invoiceUrl` when there is one) for `PaymentPending`.
     pub fn body_json(&self) -> String {
-        let plan = match self {
-            ApiError::CodedPlan { plan, .. } => Some(plan.as_str()),
-            _ => None,
-        };
-        let (subscription_status, invoice_url) = match self {
-            ApiError::PaymentPending { subscription_status, invoice_url } => {
-                (Some(subscription_status.as_str()), invoice_url.as_deref())
-            }
-            _ => (None, None),
-        };
-        let body = Body {
-            ok: false,
-            code: self.code(),
-            message: self.public_message(),
-            plan,
-            subscription_status,
-            invoice_url,
-        };
-        if let ApiError::Detailed { fields: serde_json::Value::Object(extra), .. } = self {
-            if let Ok(serde_json::Value::Object(mut obj)) = serde_json::to_value(&body) {
-                for (k, v) in extra {
-                    obj.entry(k.clone()).or_insert_with(|| v.clone());
+        let mut body = crate::obj! {"ok": false, "code": self.code(), "message": self.public_message()};
+        if let Some(obj) = body.as_object_mut() {
+            match self {
+                ApiError::CodedPlan { plan, .. } => {
+                    obj.insert("plan".into(), plan.as_str().into());
                 }
-                return serde_json::Value::Object(obj).to_string();
+                ApiError::PaymentPending { subscription_status, invoice_url } => {
+                    obj.insert("subscriptionStatus".into(), subscription_status.as_str().into());
+                    if let Some(url) = invoice_url {
+                        obj.insert("invoiceUrl".into(), url.as_str().into());
+                    }
+                }
+                // Extra fields never replace `ok`, `code` or `message`.
+                ApiError::Detailed { fields: serde_json::Value::Object(extra), .. } => {
+                    for (k, v) in extra {
+                        obj.entry(k.clone()).or_insert_with(|| v.clone());
+                    }
+                }
+                _ => {}
             }
         }
-        serde_json::to_string(&body)
-            .unwrap_or_else(|_| r#"{"ok":false,"code":"SERVER_ERROR","message":"Internal error"}"#.into())
+        body.to_string()
     }
 }
 

@@ -18,13 +18,13 @@ pub mod store;
 pub mod stripe;
 pub mod util;
 
-use serde_json::json;
 use worker::{event, Context, Env, Headers, Method, Request, Response};
 
 use config::Config;
 use error::ApiError;
 use routes::{Ctx, Reply};
 use store::db::Db;
+use store::kv_store::KvStore;
 
 #[derive(Clone, Copy)]
 enum Handler {
@@ -176,7 +176,10 @@ async fn read_body(req: &mut Request, limit: u64) -> Result<Vec<u8>, ApiError> {
     })
 }
 
-fn env_lookup(env: &Env) -> impl Fn(&str) -> Option<String> + '_ {
+/// A var or secret by name. The one lookup `Config::cached` is called with (fetch and
+/// cron alike): it is generic over the lookup, and the configuration parser would be
+/// in the Wasm once per closure type.
+pub(crate) fn env_lookup(env: &Env) -> impl Fn(&str) -> Option<String> + '_ {
     move |name| env.var(name).ok().map(|v| v.to_string())
 }
 
@@ -200,15 +203,15 @@ fn build_response(status: u16, body: Option<String>, headers: &[(&'static str, S
 async fn write_copies_later(env: Env, cfg: std::rc::Rc<Config>, user_ids: Vec<String>, request_id: String) {
     let Ok(d1) = env.d1("DB") else { return };
     let db = Db::new(d1);
-    let billing = billing::Billing::new(&db, &cfg, env.kv("APP_KV").ok(), clock::now(), &request_id);
+    let billing = billing::Billing::new(&db, &cfg, KvStore::from_env(&env, "APP_KV"), clock::now(), &request_id);
     billing.flush_copies(&user_ids).await;
 }
 
 /// After the response: a cache entry (e.g. entitlements) put in `APP_KV`.
 async fn cache_later(env: Env, key: String, value: String, ttl: u64, request_id: String) {
-    let Ok(kv) = env.kv("APP_KV") else { return };
+    let Some(kv) = KvStore::from_env(&env, "APP_KV") else { return };
     // A change since this answer was computed left a tombstone: the answer is old.
-    if let (Ok(Some(current)), Some(at)) = (kv.get(&key).text().await, store::kv::computed_at(&value)) {
+    if let (Ok(Some(current)), Some(at)) = (kv.get_text(&key).await, store::kv::computed_at(&value)) {
         if store::kv::superseded(&current, at) {
             return;
         }
@@ -218,7 +221,7 @@ async fn cache_later(env: Env, key: String, value: String, ttl: u64, request_id:
         Err(e) => Err(e),
     };
     if let Err(e) = put {
-        log::warn(&request_id, "kv.cache_put_failed", json!({"error": e.to_string()}));
+        log::warn(&request_id, "kv.cache_put_failed", obj! {"error": e.to_string()});
     }
 }
 
@@ -249,7 +252,7 @@ pub async fn fetch(mut req: Request, env: Env, worker_ctx: Context) -> worker::R
         Ok(c) => c,
         Err(e) => {
             let err = ApiError::server(format!("configuration: {e}"));
-            log::error(&request_id, "config.invalid", json!({"error": e}));
+            log::error(&request_id, "config.invalid", obj! {"error": e.as_str()});
             return build_response(500, Some(err.body_json()), &[("X-Request-Id", request_id)]);
         }
     };
@@ -319,7 +322,7 @@ pub async fn fetch(mut req: Request, env: Env, worker_ctx: Context) -> worker::R
                 log::error(
                     &request_id,
                     "request.failed",
-                    json!({"method": method.as_ref(), "path": path, "status": e.status(), "error": cause}),
+                    obj! {"method": method.as_ref(), "path": path.as_str(), "status": e.status(), "error": cause},
                 );
             }
             if let ApiError::MethodNotAllowed { allow } = &e {

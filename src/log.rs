@@ -1,21 +1,20 @@
 //! Structured logs: one JSON object per line, always with the request id. Never pass
 //! secrets, tokens or request bodies in here.
 
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
 pub fn line(level: &str, request_id: &str, event: &str, fields: Value) {
-    let mut obj = Map::new();
-    obj.insert("level".into(), json!(level));
-    obj.insert("event".into(), json!(event));
-    obj.insert("requestId".into(), json!(request_id));
-    if let Value::Object(extra) = fields {
+    let mut obj = crate::obj! {"level": level, "event": event, "requestId": request_id};
+    if let (Some(obj), Value::Object(extra)) = (obj.as_object_mut(), fields) {
         obj.extend(extra);
     }
-    let text = Value::Object(obj).to_string();
+    let text = worker::wasm_bindgen::JsValue::from(obj.to_string());
+    // The console directly: worker's console_* macros format their argument again.
+    use worker::web_sys::console;
     match level {
-        "error" => worker::console_error!("{text}"),
-        "warn" => worker::console_warn!("{text}"),
-        _ => worker::console_log!("{text}"),
+        "error" => console::error_1(&text),
+        "warn" => console::warn_1(&text),
+        _ => console::log_1(&text),
     }
 }
 

@@ -9,6 +9,8 @@
 //! `exp`/`nbf`/`iat` allow `leeway` seconds of clock skew; `iss`/`aud` are checked when
 //! configured; `sub` is the auth id.
 
+use std::rc::Rc;
+
 use hmac::{Hmac, Mac};
 use serde_json::{Map, Value};
 use sha2::Sha256;
@@ -154,7 +156,13 @@ impl Jwks {
     pub fn from_json(v: &Value) -> Result<Jwks, String> {
         let keys = match v.as_object().ok_or("the key set is not an object")?.get("keys") {
             None => Vec::new(),
-            Some(Value::Array(list)) => list.iter().map(Jwk::from_json).collect::<Result<_, _>>()?,
+            Some(Value::Array(list)) => {
+                let mut keys = Vec::with_capacity(list.len());
+                for k in list {
+                    keys.push(Jwk::from_json(k)?);
+                }
+                keys
+            }
             Some(_) => return Err("`keys` is not an array".into()),
         };
         Ok(Jwks { keys })
@@ -182,9 +190,10 @@ impl Jwks {
 
 /// Source of RS256 verification keys. `refresh` asks for keys newer than any cache
 /// (used once when a token names an unknown `kid`, e.g. right after key rotation).
+/// Shared (`Rc`): the isolate's cached set is handed out without copying it.
 #[allow(async_fn_in_trait)]
 pub trait KeyStore {
-    async fn keys(&self, refresh: bool) -> Result<Jwks, JwtError>;
+    async fn keys(&self, refresh: bool) -> Result<Rc<Jwks>, JwtError>;
 }
 
 /// RSASSA-PKCS1-v1_5 with SHA-256 over `message`.
@@ -448,12 +457,12 @@ mod tests {
     }
 
     impl KeyStore for FixedKeys {
-        async fn keys(&self, refresh: bool) -> Result<Jwks, JwtError> {
+        async fn keys(&self, refresh: bool) -> Result<Rc<Jwks>, JwtError> {
             if refresh {
                 self.refreshes.set(self.refreshes.get() + 1);
-                Ok(self.fresh.clone())
+                Ok(Rc::new(self.fresh.clone()))
             } else {
-                Ok(self.cached.clone())
+                Ok(Rc::new(self.cached.clone()))
             }
         }
     }

@@ -5,16 +5,18 @@ pub mod b64;
 pub mod jwt;
 
 use std::cell::RefCell;
+use std::rc::Rc;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use worker::js_sys::{Array, Object, Reflect};
 use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::wasm_bindgen_futures::JsFuture;
-use worker::KvStore;
 
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::obj;
 use crate::store::kv;
+use crate::store::kv_store::KvStore;
 use crate::util::with_timeout;
 use jwt::{Identity, Jwk, Jwks, JwtError, KeyStore, Policy, RsaVerifier};
 
@@ -62,7 +64,7 @@ pub fn cache_ttl(cache_control: Option<&str>) -> i64 {
 struct CachedJwks {
     url: String,
     expires_at: i64,
-    keys: Jwks,
+    keys: Rc<Jwks>,
 }
 
 impl CachedJwks {
@@ -71,11 +73,11 @@ impl CachedJwks {
         let url = v.get("url").and_then(Value::as_str).ok_or("no string `url`")?;
         let expires_at = v.get("expiresAt").and_then(Value::as_i64).ok_or("no whole-number `expiresAt`")?;
         let keys = Jwks::from_json(v.get("keys").ok_or("no `keys`")?)?;
-        Ok(CachedJwks { url: url.to_string(), expires_at, keys })
+        Ok(CachedJwks { url: url.to_string(), expires_at, keys: Rc::new(keys) })
     }
 
     fn to_json(&self) -> String {
-        json!({"url": self.url, "expiresAt": self.expires_at, "keys": self.keys.to_json()}).to_string()
+        obj! {"url": self.url.as_str(), "expiresAt": self.expires_at, "keys": self.keys.to_json()}.to_string()
     }
 }
 
@@ -98,13 +100,11 @@ impl JwksStore<'_> {
 
     async fn read_kv(&self) -> Option<CachedJwks> {
         let kv = self.kv.as_ref()?;
-        // Read as text and parsed here: worker's `.json()` would link serde-wasm-bindgen's
-        // deserializer for this one type.
-        let read = kv.get(&kv::jwks_cache_key(self.url)).text().await.map_err(|e| e.to_string());
+        let read = kv.get_text(&kv::jwks_cache_key(self.url)).await.map_err(|e| e.to_string());
         match read.and_then(|text| text.map(|t| CachedJwks::from_json(&t)).transpose()) {
             Ok(v) => v.filter(|c| c.url == self.url),
             Err(e) => {
-                crate::log::warn(self.request_id, "jwks.kv_read_failed", json!({"error": e.to_string()}));
+                crate::log::warn(self.request_id, "jwks.kv_read_failed", obj! {"error": e.to_string()});
                 None
             }
         }
@@ -124,7 +124,7 @@ impl JwksStore<'_> {
                 .map_err(|e| e.to_string())
                 .and_then(|v| Jwks::from_json(&v))
                 .map_err(|e| format!("JWKS JSON: {e}"))?;
-            Ok(CachedJwks { url: self.url.to_string(), expires_at: self.now + ttl, keys })
+            Ok(CachedJwks { url: self.url.to_string(), expires_at: self.now + ttl, keys: Rc::new(keys) })
         };
         let fresh = with_timeout(send, JWKS_FETCH_TIMEOUT_MS).await.unwrap_or_else(|| Err("timeout".into()))?;
         MEMORY.with(|m| *m.borrow_mut() = Some(fresh.clone()));
@@ -137,7 +137,7 @@ impl JwksStore<'_> {
                 Err(e) => Err(e.to_string()),
             };
             if let Err(e) = stored {
-                crate::log::warn(self.request_id, "jwks.kv_write_failed", json!({"error": e}));
+                crate::log::warn(self.request_id, "jwks.kv_write_failed", obj! {"error": e});
             }
         }
         Ok(fresh)
@@ -145,7 +145,7 @@ impl JwksStore<'_> {
 }
 
 impl KeyStore for JwksStore<'_> {
-    async fn keys(&self, refresh: bool) -> Result<Jwks, JwtError> {
+    async fn keys(&self, refresh: bool) -> Result<Rc<Jwks>, JwtError> {
         let memory = self.memory();
         if refresh {
             let last = LAST_FORCED_REFRESH.with(|l| *l.borrow());
@@ -165,7 +165,7 @@ impl KeyStore for JwksStore<'_> {
         match self.fetch().await {
             Ok(c) => Ok(c.keys),
             Err(e) => {
-                crate::log::error(self.request_id, "jwks.fetch_failed", json!({"error": e}));
+                crate::log::error(self.request_id, "jwks.fetch_failed", obj! {"error": e});
                 // Serve stale keys rather than lock everyone out while the IdP is down.
                 memory.map(|c| c.keys).ok_or(JwtError::KeysUnavailable)
             }
@@ -291,6 +291,7 @@ pub async fn authenticate_caller(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn admin_tokens_must_match_exactly() {
@@ -322,7 +323,7 @@ mod tests {
         let c = CachedJwks {
             url: "https://idp.example/jwks".into(),
             expires_at: 1_700_000_000,
-            keys: Jwks { keys: vec![key] },
+            keys: Rc::new(Jwks { keys: vec![key] }),
         };
         let text = c.to_json();
         let v: Value = serde_json::from_str(&text).unwrap();

@@ -15,7 +15,7 @@
 
 use std::future::Future;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::Billing;
 use crate::auth::jwt::Identity;
@@ -24,10 +24,10 @@ use crate::domain::plans::Tier;
 use crate::domain::subscription::{best, tier_of, Subscription};
 use crate::domain::upgrade::{self, CheckoutGuard, Downgrade, Pending, Upgrade};
 use crate::error::ApiError;
-use crate::log;
 use crate::store::{locks, users};
 use crate::stripe::client::{idempotency_key, StripeError, StripeRequest};
 use crate::stripe::events;
+use crate::{log, obj};
 
 /// Internal code of a Stripe `resource_missing` answer about the stored customer.
 /// Keys of requests that name the customer include it: the run after a replacement
@@ -185,7 +185,7 @@ impl Billing<'_> {
             log::error(
                 self.request_id,
                 "billing.lock_release_failed",
-                json!({"userId": user_id, "error": e.to_string()}),
+                obj! {"userId": user_id, "error": e.to_string()},
             );
         }
     }
@@ -222,7 +222,7 @@ impl Billing<'_> {
         log::warn(
             self.request_id,
             "billing.customer_missing_recreated",
-            json!({"userId": user.id, "customer": customer}),
+            obj! {"userId": user.id.as_str(), "customer": customer},
         );
         let default_plan = self.catalog.id(self.catalog.default_tier());
         let gone = users::customer_gone_stmts(customer, default_plan, "api:customer_missing", self.now, self.now);
@@ -279,7 +279,7 @@ impl Billing<'_> {
                 log::warn(
                     self.request_id,
                     "billing.customer_email_failed",
-                    json!({"customer": id, "error": e.to_string()}),
+                    obj! {"customer": id.as_str(), "error": e.to_string()},
                 );
             }
         }
@@ -410,7 +410,7 @@ impl Billing<'_> {
         log::warn(
             self.request_id,
             "billing.checkout_completed_meanwhile",
-            json!({"userId": user.id, "customer": customer}),
+            obj! {"userId": user.id.as_str(), "customer": customer},
         );
         already_subscribed(plan)
     }
@@ -427,7 +427,7 @@ impl Billing<'_> {
                     log::warn(
                         self.request_id,
                         "billing.multiple_live_subscriptions",
-                        json!({"userId": user.id, "customer": customer, "ignored": others}),
+                        obj! {"userId": user.id.as_str(), "customer": customer, "ignored": others},
                     );
                 }
                 match decision {
@@ -652,7 +652,7 @@ impl Billing<'_> {
         }
         let answer = match self.stripe.send(&StripeRequest::delete(format!("/v1/subscriptions/{}", sub.id))).await {
             Ok(a) => a,
-            Err(StripeError::Api { status: 404, .. }) => json!({"status": "canceled"}), // gone
+            Err(StripeError::Api { status: 404, .. }) => obj! {"status": "canceled"}, // gone
             // Refused (already canceled, or not cancellable): read what Stripe has now.
             Err(StripeError::Api { status: 400, .. }) => {
                 let req = StripeRequest::get(format!("/v1/subscriptions/{}", sub.id));
@@ -686,7 +686,7 @@ impl Billing<'_> {
         log::info(
             self.request_id,
             "billing.subscription_canceled_now",
-            json!({"userId": user.id, "subscription": sub.id}),
+            obj! {"userId": user.id.as_str(), "subscription": sub.id.as_str()},
         );
         Ok(())
     }

@@ -12,15 +12,16 @@
 //! points, so little async code in the Wasm.
 
 use serde_json::Value;
-use worker::KvStore;
 
 use crate::auth::jwt::Identity;
 use crate::domain::customer::{email_hash, email_key, record_key, Customer, EMAIL_PREFIX, RECORD_PREFIX};
 use crate::error::ApiError;
 use crate::log;
+use crate::obj;
 use crate::store::customers::{self as store, Stored, BY_EMAIL, BY_ID, BY_USER};
 use crate::store::db::{Db, Stmt};
-use crate::store::{kv_list, state};
+use crate::store::kv_store::{KvStore, ListPage};
+use crate::store::state;
 
 const LEGACY: &str = "LEGACY_AUTH_KV";
 /// Where a stopped backfill resumes (the legacy namespace's list cursor).
@@ -31,7 +32,6 @@ pub const WRITE_FAILED_COUNTER: &str = "counter:kv_dual_write_failed";
 
 pub struct Customers<'a> {
     pub db: &'a Db,
-    pub env: &'a worker::Env,
     /// `LEGACY_AUTH_KV`.
     pub legacy: Option<KvStore>,
     /// `DUAL_WRITE_KV`: API writes are copied to the legacy record.
@@ -50,16 +50,6 @@ fn parse_record(key: &str, text: &str) -> Result<Customer, String> {
     serde_json::from_str(text).map_err(|e| format!("not JSON: {e}")).and_then(|v| Customer::from_legacy(Some(id), v))
 }
 
-/// A JSON object of `fields`: one non-generic builder rather than `json!`, whose
-/// per-field `to_value(..).unwrap()` is inlined code at every use.
-pub fn obj(fields: &mut [(&str, Value)]) -> Value {
-    let mut map = serde_json::Map::new();
-    for (k, v) in fields {
-        map.insert(k.to_string(), std::mem::take(v));
-    }
-    Value::Object(map)
-}
-
 /// A mapping's value: the customerId (tolerating a JSON-quoted one).
 fn mapped_id(text: String) -> String {
     text.trim().trim_matches('"').to_string()
@@ -72,9 +62,14 @@ impl Customers<'_> {
         Ok(results.last().and_then(|rows| rows.first()).map(store::from_row))
     }
 
+    async fn list(&self, prefix: &str, limit: u64, cursor: Option<&str>) -> Result<ListPage, ApiError> {
+        let kv = self.legacy.as_ref().ok_or_else(|| ApiError::server("no LEGACY_AUTH_KV binding"))?;
+        kv.list(prefix, limit, cursor).await.map_err(|e| ApiError::server(format!("{LEGACY} list: {e}")))
+    }
+
     async fn kv_text(&self, key: &str) -> Result<Option<String>, ApiError> {
         let Some(kv) = &self.legacy else { return Ok(None) };
-        kv.get(key).text().await.map_err(|e| ApiError::server(format!("{LEGACY} get: {e}")))
+        kv.get_text(key).await.map_err(|e| ApiError::server(format!("{LEGACY} get: {e}")))
     }
 
     /// The record with id `key`, or with `email` the one of email hash `key`: D1 first,
@@ -97,16 +92,12 @@ impl Customers<'_> {
         let c = match self.kv_text(&record_key).await?.map(|text| parse_record(&record_key, &text)) {
             Some(Ok(c)) => c,
             Some(Err(e)) => {
-                log::warn(
-                    self.request_id,
-                    "customer.legacy_unreadable",
-                    obj(&mut [("key", record_key.into()), ("error", e.into())]),
-                );
+                log::warn(self.request_id, "customer.legacy_unreadable", obj! {"key": record_key, "error": e});
                 return Ok(None);
             }
             None => return Ok(None),
         };
-        log::info(self.request_id, "customer.read_through", obj(&mut [("customerId", id.as_str().into())]));
+        log::info(self.request_id, "customer.read_through", obj! {"customerId": id.as_str()});
         let mut stmts = vec![store::insert_stmt(&c, None, Some(self.now))];
         if let Some(user_id) = link {
             stmts.push(store::link_stmt(&id, user_id, key));
@@ -181,7 +172,7 @@ impl Customers<'_> {
                 log::warn(
                     self.request_id,
                     "customer.legacy_write_failed",
-                    obj(&mut [("key", key.into()), ("error", e.to_string().into())]),
+                    obj! {"key": key.as_str(), "error": e.to_string()},
                 );
                 let _ = state::increment(self.db, WRITE_FAILED_COUNTER, self.now).await;
             }
@@ -195,8 +186,8 @@ impl Customers<'_> {
         prefix: &str,
         limit: u64,
         cursor: Option<&str>,
-    ) -> Result<(kv_list::Page, Vec<Option<String>>), ApiError> {
-        let page = kv_list::page(self.env, LEGACY, prefix, limit, cursor).await.map_err(ApiError::server)?;
+    ) -> Result<(ListPage, Vec<Option<String>>), ApiError> {
+        let page = self.list(prefix, limit, cursor).await?;
         let mut values = Vec::with_capacity(page.keys.len());
         for key in &page.keys {
             values.push(self.kv_text(key).await?);
@@ -223,7 +214,7 @@ impl Customers<'_> {
                 None => vanished += 1,
                 Some(Ok(c)) if dry_run => stmts.push(store::absent_stmt(&c.id)),
                 Some(Ok(c)) => stmts.push(store::insert_stmt(&c, None, Some(self.now))),
-                Some(Err(e)) => failed.push(obj(&mut [("key", key.as_str().into()), ("error", e.into())])),
+                Some(Err(e)) => failed.push(obj! {"key": key.as_str(), "error": e}),
             }
         }
         let records = stmts.len();
@@ -232,21 +223,17 @@ impl Customers<'_> {
         }
         let results = if stmts.is_empty() { Vec::new() } else { self.db.batch_rows(&stmts).await? };
         let imported = results.iter().take(records).filter(|r| !r.is_empty()).count();
-        log::info(
-            self.request_id,
-            "customer.backfill_page",
-            obj(&mut [("dryRun", dry_run.into()), ("imported", imported.into())]),
-        );
-        Ok(obj(&mut [
-            ("ok", true.into()),
-            ("dryRun", dry_run.into()),
-            ("seen", page.keys.len().into()),
-            ("imported", imported.into()),
-            ("skipped", obj(&mut [("alreadyInD1", (records - imported).into()), ("vanished", vanished.into())])),
-            ("failed", failed.into()),
-            ("done", page.cursor.is_none().into()),
-            ("cursor", page.cursor.into()),
-        ]))
+        log::info(self.request_id, "customer.backfill_page", obj! {"dryRun": dry_run, "imported": imported});
+        Ok(obj! {
+            "ok": true,
+            "dryRun": dry_run,
+            "seen": page.keys.len(),
+            "imported": imported,
+            "skipped": obj! {"alreadyInD1": records - imported, "vanished": vanished},
+            "failed": failed,
+            "done": page.cursor.is_none(),
+            "cursor": page.cursor,
+        })
     }
 
     /// One page of the verification. The cursor carries the phase (`records`, then
@@ -262,8 +249,7 @@ impl Customers<'_> {
         };
         let records_phase = phase == "records";
         let (page, values) = if records_phase {
-            let page = kv_list::page(self.env, LEGACY, RECORD_PREFIX, limit, Some(list_cursor));
-            (page.await.map_err(ApiError::server)?, Vec::new())
+            (self.list(RECORD_PREFIX, limit, Some(list_cursor)).await?, Vec::new())
         } else {
             self.scan(EMAIL_PREFIX, limit, Some(list_cursor)).await?
         };
@@ -297,18 +283,18 @@ impl Customers<'_> {
             (false, None) => None,
         };
         let done = next.is_none();
-        Ok(obj(&mut [
-            ("ok", true.into()),
-            ("phase", phase.into()),
-            ("checked", page.keys.len().into()),
-            ("mismatches", mismatches),
-            ("done", done.into()),
-            ("cursor", next.into()),
-            ("legacyRecords", records.into()),
-            ("mismatchesSoFar", total.into()),
-            ("d1Records", d1.into()),
-            ("countsEqual", (d1 == records).into()),
-            ("clean", (done && d1 == records && total == 0).into()),
-        ]))
+        Ok(obj! {
+            "ok": true,
+            "phase": phase,
+            "checked": page.keys.len(),
+            "mismatches": mismatches,
+            "done": done,
+            "cursor": next,
+            "legacyRecords": records,
+            "mismatchesSoFar": total,
+            "d1Records": d1,
+            "countsEqual": d1 == records,
+            "clean": done && d1 == records && total == 0,
+        })
     }
 }

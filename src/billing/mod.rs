@@ -20,12 +20,11 @@ pub mod sync;
 
 use std::cell::RefCell;
 
-use worker::KvStore;
-
 use crate::config::Config;
 use crate::domain::account::UserRecord;
 use crate::domain::plans::Catalog;
 use crate::store::db::Db;
+use crate::store::kv_store::KvStore;
 use crate::stripe::client::StripeClient;
 
 pub use delivery::Delivery;

@@ -1,13 +1,11 @@
 //! Re-syncing every user from Stripe, a page of users per call, so that one call stays
 //! inside a Worker invocation's limits however many users there are.
 
-use serde_json::json;
-
 use super::Billing;
 use crate::domain::account::UserRecord;
 use crate::error::ApiError;
-use crate::log;
 use crate::store::db::Param;
+use crate::{log, obj};
 
 /// Users re-synced per call when the caller does not say.
 pub const DEFAULT_PAGE: u32 = 40;
@@ -46,7 +44,7 @@ impl Billing<'_> {
                     log::error(
                         self.request_id,
                         "resync.user_failed",
-                        json!({"userId": user.id, "error": e.to_string()}),
+                        obj! {"userId": user.id.as_str(), "error": e.to_string()},
                     );
                     page.failed.push(user.id.clone());
                 }

@@ -3,7 +3,8 @@
 use std::fmt;
 
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
 
 use super::plans::TRIAL_PLAN;
 use super::time::iso8601;
@@ -121,8 +122,7 @@ impl<'de> Visitor<'de> for RowVisitor {
 }
 
 /// The body of `GET /api/plan/me`, field for field the old endpoint's format.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlanView {
     pub ok: bool,
     pub plan: String,
@@ -133,6 +133,23 @@ pub struct PlanView {
     pub scheduled_plan: Option<String>,
     pub scheduled_at: Option<String>,
     pub plan_updated_at: String,
+}
+
+impl PlanView {
+    /// The JSON body (camelCase keys).
+    pub fn to_json(self) -> Value {
+        crate::obj! {
+            "ok": self.ok,
+            "plan": self.plan,
+            "subscriptionStatus": self.subscription_status,
+            "trialEndsAt": self.trial_ends_at,
+            "currentPeriodEnd": self.current_period_end,
+            "cancelAt": self.cancel_at,
+            "scheduledPlan": self.scheduled_plan,
+            "scheduledAt": self.scheduled_at,
+            "planUpdatedAt": self.plan_updated_at,
+        }
+    }
 }
 
 impl UserRecord {
@@ -228,7 +245,7 @@ mod tests {
 
     #[test]
     fn a_new_user_is_reported_in_the_old_endpoints_exact_format() {
-        let v = serde_json::to_value(record().plan_view()).unwrap();
+        let v = record().plan_view().to_json();
         assert_eq!(
             v,
             json!({"ok":true,"plan":"free","subscriptionStatus":null,"trialEndsAt":null,

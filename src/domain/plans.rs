@@ -1,6 +1,6 @@
 //! The plan catalog compiled from `plans.toml` by `build.rs`, and the tier order.
 
-use serde::Serialize;
+use serde_json::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FeatureDef {
@@ -107,44 +107,28 @@ impl Catalog {
         self.tiers().skip(1)
     }
 
-    /// The public view served by `GET /api/plans`.
-    pub fn public_view(&self) -> Vec<PublicTier> {
-        self.tiers()
-            .map(|(tier, d)| PublicTier {
-                id: d.id,
-                name: d.name,
-                rank: tier.0,
-                trial_days: d.trial_days,
-                features: d.features.iter().map(|f| f.id).collect(),
-                limits: d
+    /// The public view served by `GET /api/plans`: per tier `{id, name, rank,
+    /// trialDays, features: [id…], limits: [{feature, monthly}], creditsPerPeriod}`,
+    /// `monthly: null` meaning unlimited (features paid in credits have no limit entry).
+    pub fn public_view(&self) -> Value {
+        let tiers = self.tiers().map(|(tier, d)| {
+            crate::obj! {
+                "id": d.id,
+                "name": d.name,
+                "rank": tier.0,
+                "trialDays": d.trial_days,
+                "features": d.features.iter().map(|f| f.id).collect::<Vec<_>>(),
+                "limits": d
                     .features
                     .iter()
                     .filter(|f| f.credit_cost.is_none())
-                    .map(|f| PublicLimit { feature: f.id, monthly: f.monthly_limit })
-                    .collect(),
-                credits_per_period: d.credits_per_period,
-            })
-            .collect()
+                    .map(|f| crate::obj! {"feature": f.id, "monthly": f.monthly_limit})
+                    .collect::<Vec<_>>(),
+                "creditsPerPeriod": d.credits_per_period,
+            }
+        });
+        Value::Array(tiers.collect())
     }
-}
-
-#[derive(Debug, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct PublicTier {
-    pub id: &'static str,
-    pub name: &'static str,
-    pub rank: u8,
-    pub trial_days: u32,
-    pub features: Vec<&'static str>,
-    pub limits: Vec<PublicLimit>,
-    pub credits_per_period: u64,
-}
-
-#[derive(Debug, Serialize, PartialEq)]
-pub struct PublicLimit {
-    pub feature: &'static str,
-    /// `null` means unlimited.
-    pub monthly: Option<u64>,
 }
 
 #[cfg(test)]
@@ -174,8 +158,7 @@ mod tests {
 
     #[test]
     fn the_public_view_lists_limits_with_null_for_unlimited() {
-        let view = Catalog::builtin().public_view();
-        let json = serde_json::to_value(&view).unwrap();
+        let json = Catalog::builtin().public_view();
         assert_eq!(json[0]["id"], "free");
         assert_eq!(json[0]["rank"], 0);
         assert_eq!(json[1]["trialDays"], 3);

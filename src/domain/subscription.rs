@@ -152,11 +152,13 @@ pub enum MapError {
 impl std::fmt::Display for MapError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            MapError::UnknownPrice { subscription, prices } => write!(
-                f,
-                "subscription {subscription} has price(s) {} that match no STRIPE_PRICE_<TIER> var",
-                prices.join(", ")
-            ),
+            MapError::UnknownPrice { subscription, prices } => {
+                write!(f, "subscription {subscription} has price(s) ")?;
+                for (i, p) in prices.iter().enumerate() {
+                    write!(f, "{}{p}", if i == 0 { "" } else { ", " })?;
+                }
+                write!(f, " that match no STRIPE_PRICE_<TIER> var")
+            }
         }
     }
 }
@@ -259,6 +261,19 @@ mod tests {
 
     fn state(s: &Subscription) -> BillingState {
         state_from(s, &Catalog::builtin(), &prices()).unwrap()
+    }
+
+    #[test]
+    fn an_unknown_price_names_the_subscription_and_every_price() {
+        let e = |prices: &[&str]| {
+            MapError::UnknownPrice {
+                subscription: "sub_1".into(),
+                prices: prices.iter().map(|p| p.to_string()).collect(),
+            }
+            .to_string()
+        };
+        assert_eq!(e(&["price_x"]), "subscription sub_1 has price(s) price_x that match no STRIPE_PRICE_<TIER> var");
+        assert_eq!(e(&["a", "b"]), "subscription sub_1 has price(s) a, b that match no STRIPE_PRICE_<TIER> var");
     }
 
     #[test]

@@ -3,13 +3,14 @@
 //! change the plan drops the caller's cached entitlements before answering, so the
 //! page's next read shows the change.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{Ctx, Reply};
 use crate::billing::actions::{CheckoutReturn, UpgradeResult};
 use crate::domain::account::UserRecord;
 use crate::domain::plans::{Catalog, Tier, TRIAL_PLAN};
 use crate::error::ApiError;
+use crate::obj;
 
 const RETURN_URL_MAX: usize = 2048;
 
@@ -43,7 +44,7 @@ pub(super) fn required_return_url(ctx: &Ctx<'_>, given: Option<&str>) -> Result<
 }
 
 fn plan_reply(user: &UserRecord, extra: Value) -> Result<Reply, ApiError> {
-    let mut body = serde_json::to_value(user.plan_view()).map_err(ApiError::server)?;
+    let mut body = user.plan_view().to_json();
     if let (Some(obj), Value::Object(more)) = (body.as_object_mut(), extra) {
         obj.extend(more);
     }
@@ -60,11 +61,11 @@ pub async fn upgrade_plan(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let result = ctx.billing().upgrade(&who, target, CheckoutReturn { url, source }).await?;
     ctx.forget_entitlements(&who.auth_id).await;
     match result {
-        UpgradeResult::Redirect { url } => Ok(Reply::ok(json!({"ok": true, "action": "redirect", "url": url}))),
-        UpgradeResult::Updated { plan, subscription_id, customer_id, pending_payment } => Ok(Reply::ok(json!({
+        UpgradeResult::Redirect { url } => Ok(Reply::ok(obj! {"ok": true, "action": "redirect", "url": url})),
+        UpgradeResult::Updated { plan, subscription_id, customer_id, pending_payment } => Ok(Reply::ok(obj! {
             "ok": true, "action": "updated", "plan": plan, "subscriptionId": subscription_id,
             "customerId": customer_id, "pendingPayment": pending_payment
-        }))),
+        })),
     }
 }
 
@@ -77,7 +78,7 @@ pub async fn stripe_checkout(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let url = required_return_url(ctx, body.opt_str("returnUrl")?)?;
     let who = ctx.identity().await?;
     let url = ctx.billing().checkout(&who, target, url).await?;
-    Ok(Reply::ok(json!({"ok": true, "url": url})))
+    Ok(Reply::ok(obj! {"ok": true, "url": url}))
 }
 
 /// `POST /api/billing-portal {returnUrl}` → `{ok, url}`.
@@ -85,7 +86,7 @@ pub async fn billing_portal(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let url = required_return_url(ctx, ctx.json_body()?.opt_str("returnUrl")?)?;
     let who = ctx.identity().await?;
     let url = ctx.billing().portal(&who, url).await?;
-    Ok(Reply::ok(json!({"ok": true, "url": url})))
+    Ok(Reply::ok(obj! {"ok": true, "url": url}))
 }
 
 /// `POST /api/cancel-subscription`: cancel at the end of the current period (other
@@ -94,7 +95,7 @@ pub async fn cancel_subscription(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let who = ctx.identity().await?;
     let user = ctx.billing().cancel(&who).await?;
     ctx.forget_entitlements(&who.auth_id).await;
-    plan_reply(&user, json!({"action": "cancel_scheduled"}))
+    plan_reply(&user, obj! {"action": "cancel_scheduled"})
 }
 
 /// `POST /api/resume-subscription`: undo a pending cancellation before the period ends.
@@ -102,7 +103,7 @@ pub async fn resume_subscription(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let who = ctx.identity().await?;
     let user = ctx.billing().resume(&who).await?;
     ctx.forget_entitlements(&who.auth_id).await;
-    plan_reply(&user, json!({"action": "resumed"}))
+    plan_reply(&user, obj! {"action": "resumed"})
 }
 
 /// `POST /api/downgrade-plan {targetPlan}`
@@ -111,7 +112,7 @@ pub async fn downgrade_plan(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let who = ctx.identity().await?;
     let (action, user) = ctx.billing().downgrade(&who, target).await?;
     ctx.forget_entitlements(&who.auth_id).await;
-    plan_reply(&user, json!({"action": action}))
+    plan_reply(&user, obj! {"action": action})
 }
 
 /// `POST /api/sync-stripe-plan`: re-read the caller's subscriptions from Stripe.
@@ -119,5 +120,5 @@ pub async fn sync_stripe_plan(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let who = ctx.identity().await?;
     let (synced, user) = ctx.billing().sync_own(&who).await?;
     ctx.forget_entitlements(&who.auth_id).await;
-    plan_reply(&user, json!({"synced": synced}))
+    plan_reply(&user, obj! {"synced": synced})
 }

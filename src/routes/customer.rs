@@ -12,9 +12,10 @@ use serde_json::Value;
 use super::{admin, Ctx, Reply};
 use crate::auth::jwt::Identity;
 use crate::auth::Caller;
-use crate::billing::customers::{conflict, obj, Customers};
+use crate::billing::customers::{conflict, Customers};
 use crate::domain::customer::{email_hash, normalize_email, valid_email, valid_new_id, Customer, ProfileError};
 use crate::error::ApiError;
+use crate::obj;
 use crate::store::customers::Stored;
 
 /// Largest body `POST /customer` takes (a legacy record with its unknown fields).
@@ -31,8 +32,7 @@ pub enum Read {
 fn customers<'a>(ctx: &'a Ctx<'_>) -> Customers<'a> {
     Customers {
         db: ctx.db,
-        env: ctx.env,
-        legacy: ctx.env.kv("LEGACY_AUTH_KV").ok(),
+        legacy: crate::store::kv_store::KvStore::from_env(ctx.env, "LEGACY_AUTH_KV"),
         dual_write: ctx.cfg.dual_write_kv,
         now: ctx.now,
         request_id: ctx.request_id,
@@ -40,7 +40,7 @@ fn customers<'a>(ctx: &'a Ctx<'_>) -> Customers<'a> {
 }
 
 fn reply(s: Stored) -> Reply {
-    Reply::ok(obj(&mut [("ok", true.into()), ("customer", s.customer.to_json())])).header("Cache-Control", "no-store")
+    Reply::ok(obj! {"ok": true, "customer": s.customer.to_json()}).header("Cache-Control", "no-store")
 }
 
 fn not_found() -> ApiError {
@@ -96,7 +96,7 @@ fn profile_error(e: ProfileError) -> ApiError {
                 "`{field}` cannot be changed here: plan, tier, status, subscriptions, flairs and features are \
                  plangate's; the id, email and dates are the record's"
             ),
-            fields: obj(&mut [("field", field.as_str().into())]),
+            fields: obj! {"field": field.as_str()},
         },
         ProfileError::Invalid(m) => ApiError::InvalidRequest(m),
     }

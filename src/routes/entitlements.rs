@@ -16,7 +16,7 @@ pub async fn get(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let who = ctx.identity().await?;
     let key = kv::entitlements_key(&who.auth_id);
     if let Some(store) = ctx.app_kv() {
-        if let Ok(Some(text)) = store.get(&key).text().await {
+        if let Ok(Some(text)) = store.get_text(&key).await {
             if let Some(body) = kv::fresh_entitlements(&text, ctx.now) {
                 return Ok(Reply::ok(body)
                     .header("Cache-Control", "private, no-store")

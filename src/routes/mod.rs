@@ -17,6 +17,7 @@ use worker::Env;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::store::db::Db;
+use crate::store::kv_store::KvStore;
 
 /// What a handler needs; built once per request by `lib.rs`.
 pub struct Ctx<'a> {
@@ -44,8 +45,8 @@ impl<'a> Ctx<'a> {
             .deferring_copies_to(&self.copies_due)
     }
 
-    pub fn app_kv(&self) -> Option<worker::KvStore> {
-        self.env.kv("APP_KV").ok()
+    pub fn app_kv(&self) -> Option<KvStore> {
+        KvStore::from_env(self.env, "APP_KV")
     }
 
     pub fn header(&self, name: &str) -> Option<String> {

@@ -13,6 +13,6 @@ pub async fn me(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let user =
         users::get_or_create_by_auth_id(ctx.db, &who, default_plan, ctx.now, || Ok(format!("usr_{}", random_hex(12)?)))
             .await?;
-    let body = serde_json::to_value(user.plan_view()).map_err(ApiError::server)?;
+    let body = user.plan_view().to_json();
     Ok(Reply::ok(body).header("Cache-Control", "private, no-store"))
 }

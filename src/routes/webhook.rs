@@ -9,13 +9,11 @@
 //! attempts of one backoff window count once, so re-deliveries cannot use up the
 //! retries during an outage. A delivery of a `dead` event is tried again.
 
-use serde_json::json;
-
 use super::{Ctx, Reply};
 use crate::billing::Delivery;
 use crate::error::ApiError;
-use crate::log;
 use crate::stripe::{events, signature};
+use crate::{log, obj};
 
 pub async fn stripe(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     if ctx.cfg.webhook_secrets.is_empty() {
@@ -36,26 +34,30 @@ pub async fn stripe(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
 
     let billing = ctx.billing();
     match billing.deliver(&ev, payload, "webhook").await? {
-        Delivery::Processed => Ok(Reply::ok(json!({"ok": true, "received": true, "status": "processed"}))),
-        Delivery::Duplicate => Ok(Reply::ok(json!({"ok": true, "received": true, "status": "duplicate"}))),
+        Delivery::Processed => Ok(Reply::ok(obj! {"ok": true, "received": true, "status": "processed"})),
+        Delivery::Duplicate => Ok(Reply::ok(obj! {"ok": true, "received": true, "status": "duplicate"})),
         // Only the cron and the reconciliation stop at dead; a delivery from Stripe is
         // always tried again, so this is not reached from here.
-        Delivery::Dead => Ok(Reply::ok(json!({"ok": true, "received": true, "status": "dead"}))),
+        Delivery::Dead => Ok(Reply::ok(obj! {"ok": true, "received": true, "status": "dead"})),
         // Another delivery holds the lease; if it fails, the cron retries the event.
         Delivery::InProgress => {
-            Ok(Reply::ok(json!({"ok": true, "received": true, "status": "in_progress"})).with_status(202))
+            Ok(Reply::ok(obj! {"ok": true, "received": true, "status": "in_progress"}).with_status(202))
         }
         // Not an error of this delivery: Stripe (which ignores Retry-After and keeps its
         // own, slower schedule) retries, and so does the cron from `retry_at`.
         Delivery::NotDue { retry_at } => {
             let wait = retry_after_seconds(retry_at, ctx.now);
-            log::info(ctx.request_id, "stripe.event_retry_later", json!({"eventId": ev.id, "retryAt": retry_at}));
-            Ok(Reply::ok(json!({
+            log::info(
+                ctx.request_id,
+                "stripe.event_retry_later",
+                obj! {"eventId": ev.id.as_str(), "retryAt": retry_at},
+            );
+            Ok(Reply::ok(obj! {
                 "ok": false,
                 "code": "WEBHOOK_RETRY_LATER",
                 "message": "This event failed recently; it is retried when its backoff has passed",
                 "retryAfter": wait,
-            }))
+            })
             .with_status(503)
             .header("Retry-After", wait.to_string()))
         }

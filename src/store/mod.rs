@@ -1,10 +1,10 @@
-//! D1 repositories and typed KV keys.
+//! D1 repositories, typed KV keys and the KV binding.
 
 pub mod credits;
 pub mod customers;
 pub mod db;
 pub mod kv;
-pub mod kv_list;
+pub mod kv_store;
 pub mod locks;
 pub mod outbox;
 pub mod payments;

@@ -99,12 +99,17 @@ pub async fn consume(db: &Db, c: &Consume<'_>, now: i64) -> Result<Consumed, Api
         },
         Stmt { sql: READ_KEY, params: vec![c.user_id.into(), c.key.into()] },
     ];
-    let mut results = db.batch_rows(&stmts).await?;
+    answered(db, &stmts, c.token).await
+}
+
+/// Runs a consume batch (its last statement reads the key's row back) and reads the answer.
+async fn answered(db: &Db, stmts: &[Stmt], token: &str) -> Result<Consumed, ApiError> {
+    let mut results = db.batch_rows(stmts).await?;
     let row = results
         .pop()
         .and_then(|rows| rows.into_iter().next())
         .ok_or_else(|| ApiError::server("usage request row missing"))?;
-    consumed_from(&row, c.token)
+    consumed_from(&row, token)
 }
 
 fn consumed_from(row: &Row, token: &str) -> Result<Consumed, ApiError> {
@@ -194,12 +199,7 @@ pub async fn consume_credits(
         },
         Stmt { sql: READ_KEY, params: vec![c.user_id.into(), c.key.into()] },
     ];
-    let mut results = db.batch_rows(&stmts).await?;
-    let row = results
-        .pop()
-        .and_then(|rows| rows.into_iter().next())
-        .ok_or_else(|| ApiError::server("usage request row missing"))?;
-    consumed_from(&row, c.token)
+    answered(db, &stmts, c.token).await
 }
 
 /// Keys are kept this long (retries come within minutes; a month is generous).

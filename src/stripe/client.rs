@@ -48,7 +48,10 @@ pub fn encode_component(s: &str) -> String {
     for b in s.bytes() {
         match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
-            _ => out.push_str(&format!("%{b:02X}")),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                out.extend(['%', HEX[usize::from(b >> 4)] as char, HEX[usize::from(b & 15)] as char]);
+            }
         }
     }
     out
@@ -56,7 +59,16 @@ pub fn encode_component(s: &str) -> String {
 
 /// `application/x-www-form-urlencoded` body or query string.
 pub fn encode_form(params: &[(String, String)]) -> String {
-    params.iter().map(|(k, v)| format!("{}={}", encode_component(k), encode_component(v))).collect::<Vec<_>>().join("&")
+    let mut out = String::new();
+    for (k, v) in params {
+        if !out.is_empty() {
+            out.push('&');
+        }
+        out.push_str(&encode_component(k));
+        out.push('=');
+        out.push_str(&encode_component(v));
+    }
+    out
 }
 
 /// An idempotency key from stable ids, so the same logical action is the same Stripe
