@@ -97,7 +97,6 @@ impl Customers<'_> {
             }
             None => return Ok(None),
         };
-        log::info(self.request_id, "customer.read_through", obj! {"customerId": id.as_str()});
         let mut stmts = vec![store::insert_stmt(&c, None, Some(self.now))];
         if let Some(user_id) = link {
             stmts.push(store::link_stmt(&id, user_id, key));
@@ -223,7 +222,6 @@ impl Customers<'_> {
         }
         let results = if stmts.is_empty() { Vec::new() } else { self.db.batch_rows(&stmts).await? };
         let imported = results.iter().take(records).filter(|r| !r.is_empty()).count();
-        log::info(self.request_id, "customer.backfill_page", obj! {"dryRun": dry_run, "imported": imported});
         Ok(obj! {
             "ok": true,
             "dryRun": dry_run,

@@ -18,9 +18,6 @@ use crate::error::ApiError;
 use crate::obj;
 use crate::store::customers::Stored;
 
-/// Largest body `POST /customer` takes (a legacy record with its unknown fields).
-const MAX_CREATE_BYTES: u64 = 64 * 1024;
-
 /// What a read names: the caller's own record, a customerId, an email.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Read {
@@ -47,21 +44,17 @@ fn not_found() -> ApiError {
     ApiError::coded(404, "CUSTOMER_NOT_FOUND", "No customer record (an unverified email links none)")
 }
 
-/// The signed-in user's own record (linking it by verified email if need be).
-async fn own(ctx: &Ctx<'_>, who: &Identity) -> Result<Option<Stored>, ApiError> {
+/// The signed-in user's id and own record (linked by verified email if need be).
+async fn own(ctx: &Ctx<'_>, who: &Identity) -> Result<(String, Option<Stored>), ApiError> {
     let user = ctx.billing().user_for(who).await?;
-    customers(ctx).for_user(who, &user.id).await
+    Ok((user.id.clone(), customers(ctx).for_user(who, &user.id).await?))
 }
 
 /// `GET /customer/me`, `GET /customer/{id}`, `GET /customer/by-email/{email}`.
 pub async fn read(ctx: &Ctx<'_>, what: Read, raw: &str) -> Result<Reply, ApiError> {
     // A path segment decoded; `+` stays a plus (common in emails).
     let key = crate::util::percent_decode(&raw.replace('+', "%2B"));
-    let caller = match what {
-        Read::Me => Caller::User(ctx.identity().await?),
-        _ => ctx.caller().await?,
-    };
-    let found = match caller {
+    let found = match ctx.caller().await? {
         Caller::User(who) => {
             let theirs = match what {
                 Read::Email => {
@@ -69,13 +62,14 @@ pub async fn read(ctx: &Ctx<'_>, what: Read, raw: &str) -> Result<Reply, ApiErro
                 }
                 _ => true,
             };
-            let own = if theirs { own(ctx, &who).await? } else { None };
+            let own = if theirs { own(ctx, &who).await?.1 } else { None };
             match own {
                 Some(s) if what != Read::Id || s.customer.id == key => Some(s),
                 None if what == Read::Me || (theirs && what == Read::Email) => None,
                 _ => return Err(ApiError::Forbidden("only the customer themself, a service or the admin may read it")),
             }
         }
+        _ if what == Read::Me => return Err(ApiError::AuthRequired("a user's token")),
         _ => match what {
             Read::Email => match email_hash(&key) {
                 Some(hash) => customers(ctx).find(true, &hash).await?,
@@ -92,10 +86,7 @@ fn profile_error(e: ProfileError) -> ApiError {
         ProfileError::NotWritable(field) => ApiError::Detailed {
             status: 400,
             code: "FIELD_NOT_WRITABLE",
-            message: format!(
-                "`{field}` cannot be changed here: plan, tier, status, subscriptions, flairs and features are \
-                 plangate's; the id, email and dates are the record's"
-            ),
+            message: format!("`{field}` is not a profile field: it cannot be changed here"),
             fields: obj! {"field": field.as_str()},
         },
         ProfileError::Invalid(m) => ApiError::InvalidRequest(m),
@@ -107,9 +98,6 @@ fn profile_error(e: ProfileError) -> ApiError {
 /// record from the legacy JSON (`customerId` optional). `409 CUSTOMER_EXISTS` when the
 /// id or the email already has a record.
 pub async fn create(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
-    if ctx.body.len() as u64 > MAX_CREATE_BYTES {
-        return Err(ApiError::PayloadTooLarge { limit: MAX_CREATE_BYTES });
-    }
     let mut body = ctx.json_object()?;
     let new_id = format!("cust_{}", crate::util::random_hex(12)?);
     let (mut c, user_id) = match ctx.caller().await? {
@@ -120,11 +108,11 @@ pub async fn create(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
             let mut c = Customer { id: new_id, ..Customer::default() };
             c.text[0] = Some(email);
             c.apply_profile(&body).map_err(profile_error)?;
-            let user = ctx.billing().user_for(&who).await?;
-            if customers(ctx).for_user(&who, &user.id).await?.is_some() {
+            let (user_id, existing) = own(ctx, &who).await?;
+            if existing.is_some() {
                 return Err(conflict());
             }
-            (c, Some(user.id))
+            (c, Some(user_id))
         }
         _ => {
             if body.get("customerId").is_none_or(Value::is_null) {
@@ -150,7 +138,7 @@ pub async fn create(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
 pub async fn patch_me(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let body = ctx.json_object()?;
     let who = ctx.identity().await?;
-    let mut c = own(ctx, &who).await?.ok_or_else(not_found)?.customer;
+    let mut c = own(ctx, &who).await?.1.ok_or_else(not_found)?.customer;
     c.apply_profile(&body).map_err(profile_error)?;
     c.times[1] = Some(ctx.now);
     customers(ctx).update_profile(&c).await.map(reply)
