@@ -54,6 +54,12 @@ enum Handler {
     AdminCreditShortfalls,
     AdminMigratePlans,
     AdminVerifyPlans,
+    CustomerMe,
+    Customer,
+    CustomerByEmail,
+    CustomerCreate,
+    AdminCustomerBackfill,
+    AdminCustomerVerify,
 }
 
 struct Route {
@@ -91,6 +97,13 @@ const ROUTES: &[Route] = &[
     Route { path: "/api/admin/credits/shortfalls", methods: &["GET"], handler: Handler::AdminCreditShortfalls },
     Route { path: "/api/admin/migrations/plans", methods: &["POST"], handler: Handler::AdminMigratePlans },
     Route { path: "/api/admin/migrations/plans/verify", methods: &["GET"], handler: Handler::AdminVerifyPlans },
+    // The legacy customer API's paths; `/customer/me` before `/customer/{}`.
+    Route { path: "/customer", methods: &["POST"], handler: Handler::CustomerCreate },
+    Route { path: "/customer/me", methods: &["GET", "PATCH"], handler: Handler::CustomerMe },
+    Route { path: "/customer/by-email/{}", methods: &["GET"], handler: Handler::CustomerByEmail },
+    Route { path: "/customer/{}", methods: &["GET"], handler: Handler::Customer },
+    Route { path: "/api/admin/migrations/customers", methods: &["POST"], handler: Handler::AdminCustomerBackfill },
+    Route { path: "/api/admin/migrations/customers/verify", methods: &["GET"], handler: Handler::AdminCustomerVerify },
 ];
 
 fn match_path(pattern: &str, path: &str) -> Option<Vec<String>> {
@@ -117,7 +130,7 @@ fn resolve(method: &str, path: &str) -> Result<(Handler, Vec<String>), ApiError>
     }
 }
 
-async fn dispatch(handler: Handler, params: &[String], ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
+async fn dispatch(handler: Handler, params: &[String], ctx: &Ctx<'_>, method: &str) -> Result<Reply, ApiError> {
     let param = |i: usize| params.get(i).map(String::as_str).unwrap_or_default();
     match handler {
         Handler::Health => routes::health::get(ctx).await,
@@ -146,6 +159,13 @@ async fn dispatch(handler: Handler, params: &[String], ctx: &Ctx<'_>) -> Result<
         Handler::AdminCreditShortfalls => routes::credits::admin_shortfalls(ctx).await,
         Handler::AdminMigratePlans => routes::plan_migration::backfill(ctx).await,
         Handler::AdminVerifyPlans => routes::plan_migration::verify(ctx).await,
+        Handler::CustomerMe if method == "PATCH" => routes::customer::patch_me(ctx).await,
+        Handler::CustomerMe => routes::customer::read(ctx, routes::customer::Read::Me, "").await,
+        Handler::Customer => routes::customer::read(ctx, routes::customer::Read::Id, param(0)).await,
+        Handler::CustomerByEmail => routes::customer::read(ctx, routes::customer::Read::Email, param(0)).await,
+        Handler::CustomerCreate => routes::customer::create(ctx).await,
+        Handler::AdminCustomerBackfill => routes::customer::backfill(ctx).await,
+        Handler::AdminCustomerVerify => routes::customer::verify(ctx).await,
     }
 }
 
@@ -281,7 +301,7 @@ pub async fn fetch(mut req: Request, env: Env, worker_ctx: Context) -> worker::R
             copies_due: Default::default(),
             cache_put: Default::default(),
         };
-        let reply = dispatch(handler, &params, &ctx).await;
+        let reply = dispatch(handler, &params, &ctx, method.as_ref()).await;
         let due = ctx.copies_due.take();
         if !due.is_empty() {
             worker_ctx.wait_until(write_copies_later(env.clone(), cfg.clone(), due, request_id.clone()));

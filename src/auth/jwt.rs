@@ -62,6 +62,9 @@ pub struct Identity {
     /// `sub`: the identity provider's user id.
     pub auth_id: String,
     pub email: Option<String>,
+    /// `email_verified`: the identity provider says the caller proved they own `email`.
+    /// `false` when absent or not a JSON boolean (a string `"true"` is not `true`).
+    pub email_verified: bool,
     /// `scope` (space-separated), e.g. `plangate:service` on a service token.
     pub scope: Option<String>,
 }
@@ -327,8 +330,9 @@ fn check_claims(claims: &Map<String, Value>, policy: &Policy<'_>, now: i64) -> R
         .and_then(Value::as_str)
         .filter(|e| !e.is_empty() && e.len() <= 320 && !e.chars().any(char::is_control))
         .map(str::to_string);
+    let email_verified = claims.get("email_verified").and_then(Value::as_bool) == Some(true);
     let scope = claims.get("scope").and_then(Value::as_str).map(str::to_string);
-    Ok(Identity { auth_id: sub.clone(), email, scope })
+    Ok(Identity { auth_id: sub.clone(), email, email_verified, scope })
 }
 
 /// Verifies `token` under `policy` at time `now` (unix seconds).
@@ -502,7 +506,30 @@ mod tests {
     #[test]
     fn a_valid_hs256_token_yields_the_subject_and_email() {
         let id = run_default(&sign_hs256(SECRET, &claims())).unwrap();
-        assert_eq!(id, Identity { auth_id: "user-1".into(), email: Some("a@example.com".into()), scope: None });
+        assert_eq!(
+            id,
+            Identity {
+                auth_id: "user-1".into(),
+                email: Some("a@example.com".into()),
+                email_verified: false,
+                scope: None
+            }
+        );
+    }
+
+    #[test]
+    fn email_verified_is_true_only_for_a_json_true() {
+        let verified = |v: Option<Value>| {
+            let mut c = claims();
+            if let Some(v) = v {
+                c["email_verified"] = v;
+            }
+            run_default(&sign_hs256(SECRET, &c)).unwrap().email_verified
+        };
+        assert!(verified(Some(json!(true))));
+        for not in [None, Some(json!(false)), Some(json!("true")), Some(json!(1)), Some(Value::Null), Some(json!({}))] {
+            assert!(!verified(not.clone()), "{not:?}");
+        }
     }
 
     #[test]

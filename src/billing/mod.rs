@@ -13,6 +13,7 @@
 
 pub mod actions;
 pub mod credits;
+pub mod customers;
 pub mod delivery;
 pub mod entitlements;
 pub mod legacy;

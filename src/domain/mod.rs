@@ -4,6 +4,7 @@ pub mod account;
 #[cfg(test)]
 mod catalog_source;
 pub mod legacy_plan;
+pub mod customer;
 pub mod plans;
 pub mod quota;
 pub mod subscription;

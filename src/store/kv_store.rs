@@ -64,6 +64,33 @@ impl KvStore {
     pub async fn delete(&self, key: &str) -> Result<(), KvError> {
         self.call("delete", &[&JsValue::from_str(key)]).await.map(|_| ())
     }
+
+    /// One page of the keys starting with `prefix`, after `cursor`: `list({prefix,
+    /// limit, cursor})`, its answer read as JSON text by serde_json (worker's builder
+    /// decodes it with serde-wasm-bindgen).
+    pub async fn list(&self, prefix: &str, limit: u64, cursor: Option<&str>) -> Result<ListPage, KvError> {
+        let options = Object::new();
+        Reflect::set(&options, &JsValue::from_str("prefix"), &JsValue::from_str(prefix))?;
+        Reflect::set(&options, &JsValue::from_str("limit"), &JsValue::from_f64(limit as f64))?;
+        if let Some(c) = cursor.filter(|c| !c.is_empty()) {
+            Reflect::set(&options, &JsValue::from_str("cursor"), &JsValue::from_str(c))?;
+        }
+        let answer = self.call("list", &[options.as_ref()]).await?;
+        let text = String::from(worker::js_sys::JSON::stringify(&answer)?);
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| KvError(e.to_string()))?;
+        let keys = v["keys"]
+            .as_array()
+            .map_or_else(Vec::new, |keys| keys.iter().filter_map(|k| k["name"].as_str().map(str::to_string)).collect());
+        let complete = v["list_complete"].as_bool() != Some(false);
+        let cursor = v["cursor"].as_str().filter(|c| !complete && !c.is_empty()).map(str::to_string);
+        Ok(ListPage { keys, cursor })
+    }
+}
+
+/// Key names of one page of a listing, and the cursor of the next (`None`: complete).
+pub struct ListPage {
+    pub keys: Vec<String>,
+    pub cursor: Option<String>,
 }
 
 #[must_use = "a KvPut does nothing until it is executed"]

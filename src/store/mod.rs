@@ -1,6 +1,7 @@
 //! D1 repositories, typed KV keys and the KV binding.
 
 pub mod credits;
+pub mod customers;
 pub mod db;
 pub mod kv;
 pub mod kv_store;

@@ -11,6 +11,7 @@ mod auth;
 mod billing;
 mod cors;
 mod credits;
+mod customers;
 mod entitlements;
 mod errors;
 mod fixtures;

@@ -428,6 +428,35 @@ impl App {
         }
     }
 
+    /// Writes a value of the local KV namespace bound as `binding` (e.g. `LEGACY_AUTH_KV`)
+    /// behind the Worker's back, as the legacy writers did.
+    pub fn kv_put_in(&self, binding: &str, key: &str, value: &str) {
+        self.kv_put_bulk(binding, &[(key.to_string(), value.to_string())]);
+    }
+
+    /// Deletes a key of the local namespace `binding`.
+    pub fn kv_delete_in(&self, binding: &str, key: &str) {
+        let out = wrangler_command()
+            .args(["kv", "key", "delete", "--binding", binding, "--local", "--persist-to"])
+            .arg(&self.persist)
+            .arg(key)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "kv delete {key} in {binding}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// A value of the local namespace `binding`, read now.
+    pub fn kv_get_in(&self, binding: &str, key: &str) -> Option<String> {
+        let out = wrangler_command()
+            .args(["kv", "key", "get", "--binding", binding, "--local", "--persist-to"])
+            .arg(&self.persist)
+            .arg(key)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (out.status.success() && !text.is_empty() && !text.contains("Value not found")).then_some(text)
+    }
+
     /// Runs a read-only SQL query against the local D1 (SQLite) file.
     pub fn sql(&self, query: &str) -> Vec<Value> {
         let dir = self.persist.join("v3/d1/miniflare-D1DatabaseObject");
