@@ -52,6 +52,8 @@ enum Handler {
     AdminCredits,
     AdminCreditsAdjust,
     AdminCreditShortfalls,
+    AdminCreditImport,
+    AdminPurgeTestAccounts,
 }
 
 struct Route {
@@ -87,6 +89,8 @@ const ROUTES: &[Route] = &[
     Route { path: "/api/admin/credits", methods: &["GET"], handler: Handler::AdminCredits },
     Route { path: "/api/admin/credits/adjust", methods: &["POST"], handler: Handler::AdminCreditsAdjust },
     Route { path: "/api/admin/credits/shortfalls", methods: &["GET"], handler: Handler::AdminCreditShortfalls },
+    Route { path: "/api/admin/migrations/credits", methods: &["POST"], handler: Handler::AdminCreditImport },
+    Route { path: "/api/admin/purge-test-accounts", methods: &["POST"], handler: Handler::AdminPurgeTestAccounts },
 ];
 
 fn match_path(pattern: &str, path: &str) -> Option<Vec<String>> {
@@ -140,6 +144,8 @@ async fn dispatch(handler: Handler, params: &[String], ctx: &Ctx<'_>) -> Result<
         Handler::AdminCredits => routes::credits::admin_list(ctx).await,
         Handler::AdminCreditsAdjust => routes::credits::admin_adjust(ctx).await,
         Handler::AdminCreditShortfalls => routes::credits::admin_shortfalls(ctx).await,
+        Handler::AdminCreditImport => routes::credit_import::import(ctx).await,
+        Handler::AdminPurgeTestAccounts => routes::purge::purge_test_accounts(ctx).await,
     }
 }
 

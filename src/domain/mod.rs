@@ -3,7 +3,10 @@
 pub mod account;
 #[cfg(test)]
 mod catalog_source;
+pub mod credit_import;
+pub mod csv;
 pub mod plans;
+pub mod purge;
 pub mod quota;
 pub mod subscription;
 pub mod time;

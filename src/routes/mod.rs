@@ -3,10 +3,12 @@
 pub mod admin;
 pub mod billing;
 pub mod catalog;
+pub mod credit_import;
 pub mod credits;
 pub mod entitlements;
 pub mod health;
 pub mod plan;
+pub mod purge;
 pub mod usage;
 pub mod webhook;
 

@@ -10,11 +10,13 @@ mod support;
 mod auth;
 mod billing;
 mod cors;
+mod credit_import;
 mod errors;
 mod fixtures;
 mod health;
 mod kv_copy;
 mod plan_me;
+mod purge;
 mod webhooks;
 
 use std::sync::OnceLock;

@@ -389,6 +389,60 @@ impl App {
         assert!(out.status.success(), "kv put {key}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
+    /// Runs SQL statements (a script) against the local D1 through `wrangler d1 execute`,
+    /// as another writer would: for tests that need rows no endpoint writes.
+    pub fn sql_exec(&self, script: &str) {
+        let file = self.persist.join(format!("{}.sql", unique("exec")));
+        std::fs::write(&file, script).unwrap();
+        let out = wrangler_command()
+            .args(["d1", "execute", "DB", "--local", "--yes", "--persist-to"])
+            .arg(&self.persist)
+            .arg("--file")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_file(&file);
+        assert!(
+            out.status.success(),
+            "d1 execute failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Writes many values of a KV namespace (`binding`) at once (`wrangler kv bulk put`).
+    pub fn kv_put_bulk(&self, binding: &str, pairs: &[(String, String)]) {
+        let file = self.persist.join(format!("{}.json", unique("bulk")));
+        let body: Vec<Value> = pairs.iter().map(|(k, v)| json!({"key": k, "value": v})).collect();
+        std::fs::write(&file, Value::from(body).to_string()).unwrap();
+        let out = wrangler_command()
+            .args(["kv", "bulk", "put", "--binding", binding, "--local", "--persist-to"])
+            .arg(&self.persist)
+            .arg(&file)
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_file(&file);
+        assert!(out.status.success(), "kv bulk put: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// The keys of a KV namespace (`binding`) that start with `prefix`.
+    pub fn kv_keys(&self, binding: &str, prefix: &str) -> Vec<String> {
+        let out = wrangler_command()
+            .args(["kv", "key", "list", "--binding", binding, "--local", "--persist-to"])
+            .arg(&self.persist)
+            .args(["--prefix", prefix])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "kv key list: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let json = &text[text.find('[').unwrap_or(0)..];
+        serde_json::from_str::<Vec<Value>>(json)
+            .unwrap_or_else(|e| panic!("kv key list output ({e}): {text}"))
+            .iter()
+            .filter_map(|k| k["name"].as_str().map(str::to_string))
+            .collect()
+    }
+
     /// Runs a read-only SQL query against the local D1 (SQLite) file.
     pub fn sql(&self, query: &str) -> Vec<Value> {
         let dir = self.persist.join("v3/d1/miniflare-D1DatabaseObject");
