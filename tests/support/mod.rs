@@ -391,16 +391,27 @@ impl App {
 
     /// Runs SQL statements (a script) against the local D1 through `wrangler d1 execute`,
     /// as another writer would: for tests that need rows no endpoint writes.
+    /// The running app may hold the database for a moment (`SQLITE_BUSY`): retried.
     pub fn sql_exec(&self, script: &str) {
         let file = self.persist.join(format!("{}.sql", unique("exec")));
         std::fs::write(&file, script).unwrap();
-        let out = wrangler_command()
-            .args(["d1", "execute", "DB", "--local", "--yes", "--persist-to"])
-            .arg(&self.persist)
-            .arg("--file")
-            .arg(&file)
-            .output()
-            .unwrap();
+        let mut attempts = 0;
+        let out = loop {
+            let out = wrangler_command()
+                .args(["d1", "execute", "DB", "--local", "--yes", "--persist-to"])
+                .arg(&self.persist)
+                .arg("--file")
+                .arg(&file)
+                .output()
+                .unwrap();
+            attempts += 1;
+            let busy = String::from_utf8_lossy(&out.stderr).contains("SQLITE_BUSY")
+                || String::from_utf8_lossy(&out.stdout).contains("SQLITE_BUSY");
+            if out.status.success() || !busy || attempts == 20 {
+                break out;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
         let _ = std::fs::remove_file(&file);
         assert!(
             out.status.success(),
