@@ -52,17 +52,19 @@ pub fn email_hash(email: &str) -> String {
 }
 
 /// The records of an export as one JSON array text: `[line, <columns in order>]` per
-/// record, fields as strings exactly as read; a users record ends with the hash of its
-/// email (`null` without one). A malformed file or a header without the columns is an
-/// error with its line.
+/// record, fields as strings, trimmed (but `metadata`), `null` when blank; a users
+/// record ends with the hash of its email (`null` without one). A malformed file or a
+/// header without the columns is an error with its line.
 pub fn rows_json(file: LegacyFile, csv: &str) -> Result<(String, usize), CsvError> {
     let columns = file.columns();
     let t = Table::read(csv, columns)?;
     let mut rows = Vec::with_capacity(t.rows().len());
     for r in t.rows() {
         let mut row = vec![Value::from(r.line)];
-        for k in 0..columns.len() {
-            row.push(Value::from(t.get(r, k)));
+        for (k, name) in columns.iter().enumerate() {
+            let f = t.get(r, k);
+            let f = if *name == "metadata" { f } else { f.trim() };
+            row.push(if f.trim().is_empty() { Value::Null } else { Value::from(f) });
         }
         if file == LegacyFile::Users {
             let email = t.get(r, 1);
@@ -99,34 +101,25 @@ mod tests {
     #[test]
     fn each_record_becomes_its_line_and_its_fields_in_column_order() {
         let csv = format!("{USERS}u1, Alice@Example.com ,200,cus_1,\"2024-01-01 10:00:00+00\",\nu2,,,,,\n");
+        let hash = email_hash("alice@example.com");
         assert_eq!(
             rows(LegacyFile::Users, &csv),
             json!([
-                [
-                    2,
-                    "u1",
-                    " Alice@Example.com ",
-                    "200",
-                    "cus_1",
-                    "2024-01-01 10:00:00+00",
-                    "",
-                    email_hash("alice@example.com")
-                ],
-                [3, "u2", "", "", "", "", "", null],
+                [2, "u1", "Alice@Example.com", "200", "cus_1", "2024-01-01 10:00:00+00", null, hash],
+                [3, "u2", null, null, null, null, null, null],
             ])
         );
         let t = "created_at,metadata,id,user_id,delta,reason,stripe_event_id,extra\n\
-                 t0,\"{\"\"a\"\": \"\"x,\ny\"\"}\",t1,u1,-10,spend,,ignored\n";
+                 t0,\" {\"\"a\"\": \"\"x,\ny\"\"}\", t1 ,u1,-10,spend,  ,ignored\n";
         assert_eq!(
             rows(LegacyFile::Transactions, t),
-            json!([[2, "t1", "u1", "-10", "spend", "", "{\"a\": \"x,\ny\"}", "t0"]])
+            json!([[2, "t1", "u1", "-10", "spend", null, " {\"a\": \"x,\ny\"}", "t0"]]),
+            "fields are trimmed, but the metadata"
         );
         let p = "id,user_id,stripe_payment_intent_id,amount,status,created_at,updated_at\r\np1,u1,pi_1,500,PAID,,\r\n";
-        assert_eq!(rows(LegacyFile::Payments, p), json!([[2, "p1", "u1", "pi_1", "500", "PAID", "", ""]]));
-        assert_eq!(
-            rows(LegacyFile::Payments, "id,user_id,stripe_payment_intent_id,amount,status,created_at,updated_at"),
-            json!([])
-        );
+        assert_eq!(rows(LegacyFile::Payments, p), json!([[2, "p1", "u1", "pi_1", "500", "PAID", null, null]]));
+        let header_only = "id,user_id,stripe_payment_intent_id,amount,status,created_at,updated_at";
+        assert_eq!(rows(LegacyFile::Payments, header_only), json!([]));
     }
 
     #[test]

@@ -78,7 +78,7 @@ pub async fn import(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
         });
     }
     let mut report = credit_import::run(ctx.db, dry_run, ctx.now).await?;
-    crate::log::info(ctx.request_id, "credits.legacy_import", json!({"dryRun": dry_run, "written": report["written"]}));
+    crate::log::info(ctx.request_id, "credits.legacy_import", json!({"dryRun": dry_run}));
     report["ok"] = true.into();
     report["dryRun"] = dry_run.into();
     report["staged"] = staged;

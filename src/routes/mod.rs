@@ -136,7 +136,7 @@ impl JsonBody {
     }
 
     /// A field; `null` counts as absent.
-    fn field(&self, name: &str) -> Option<&Value> {
+    pub fn field(&self, name: &str) -> Option<&Value> {
         self.0.get(name).filter(|v| !v.is_null())
     }
 

@@ -12,20 +12,19 @@ use crate::error::ApiError;
 /// The most JSON text one file may take (D1 binds values of up to 2 MB).
 const MAX_JSON: usize = 1_900_000;
 
-/// The first record of a file (`[line, id, …]` rows in `?1`) whose id is empty or
-/// repeated, or whose number column (`?2`, a JSON path) is not a whole number between
-/// `?4` and 10^12 (empty allowed when `?5`; `?3` names the column), kept as the
-/// upload's fault: the statements after it stage nothing when there is one.
+/// The first record of a file (`[line, id, …]` rows in `?1`) whose id is missing or
+/// repeated, or whose number (JSON path `?2`, named `?3`) is not a whole number from
+/// `?4` to 10^12 (or missing, unless `?5`), kept as the upload's fault: the statements
+/// after it stage nothing when there is one.
 const VALIDATE: &str = "INSERT INTO legacy_credit_upload_errors (line, why) \
-     WITH r AS MATERIALIZED (SELECT value->>0 AS line, trim(value->>1) AS id, trim(value->>?2) AS n FROM json_each(?1)) \
+     WITH r AS MATERIALIZED (SELECT value->>0 AS line, value->>1 AS id, value->>?2 AS n FROM json_each(?1)) \
      SELECT line, why FROM ( \
-       SELECT line, 'the id is empty' AS why FROM r WHERE id = '' \
-       UNION ALL SELECT line, '`' || ?3 || '` must be a whole number' || CASE WHEN ?4 = 0 THEN ' from 0' ELSE '' END \
-                                || ', not `' || n || '`' FROM r \
-         WHERE NOT (n = '' AND ?5) AND NOT (n = CAST(CAST(n AS INTEGER) AS TEXT) AND CAST(n AS INTEGER) BETWEEN ?4 AND 1000000000000) \
+       SELECT line, 'the id is empty' AS why FROM r WHERE id ISNULL \
+       UNION ALL SELECT line, '`' || ?3 || '` must be a whole number' || iif(?4 = 0, ' from 0', '') || ', not `' || ifnull(n, '') || '`' \
+         FROM r WHERE iif(n ISNULL, NOT ?5, n <> CAST(CAST(n AS INTEGER) AS TEXT) OR CAST(n AS INTEGER) NOT BETWEEN ?4 AND 1000000000000) \
        UNION ALL SELECT line, 'the id `' || id || '` is on line ' || first || ' too' FROM ( \
-         SELECT line, id, MIN(line) OVER w AS first, ROW_NUMBER() OVER w AS k FROM r WHERE id <> '' \
-         WINDOW w AS (PARTITION BY id ORDER BY line)) WHERE k = 2) \
+         SELECT line, id, MIN(line) OVER w AS first, ROW_NUMBER() OVER w AS k FROM r WHERE id NOTNULL WINDOW w AS (PARTITION BY id ORDER BY line)) \
+         WHERE k = 2) \
      ORDER BY line LIMIT 1";
 
 macro_rules! if_valid {
@@ -35,8 +34,9 @@ macro_rules! if_valid {
 }
 
 /// Per file: its number column (in `columns()`), that number's minimum and whether it
-/// may be empty; the statements that replace the staged copy with the rows of `?1`.
+/// may be missing; the statements that replace the staged copy with the rows of `?1`.
 fn staging(file: LegacyFile) -> (usize, i64, bool, [&'static str; 2]) {
+    const MIN: i64 = -1_000_000_000_000;
     match file {
         LegacyFile::Users => (
             2,
@@ -46,40 +46,35 @@ fn staging(file: LegacyFile) -> (usize, i64, bool, [&'static str; 2]) {
                 concat!("DELETE FROM legacy_users", if_valid!()),
                 concat!(
                     "INSERT INTO legacy_users (id, email, email_hash, credits_balance, stripe_customer_id, created_at, updated_at) \
-                     SELECT trim(value->>1), NULLIF(trim(value->>2), ''), value->>7, CAST(COALESCE(NULLIF(trim(value->>3), ''), '0') AS INTEGER), \
-                            NULLIF(trim(value->>4), ''), NULLIF(trim(value->>5), ''), NULLIF(trim(value->>6), '') FROM json_each(?1)",
+                     SELECT value->>1, value->>2, value->>7, ifnull(value->>3, 0), value->>4, value->>5, value->>6 FROM json_each(?1)",
                     if_valid!()
                 ),
             ],
         ),
         LegacyFile::Payments => (
             3,
-            -1_000_000_000_000,
+            MIN,
             true,
             [
                 concat!("DELETE FROM legacy_payments", if_valid!()),
                 concat!(
                     "INSERT INTO legacy_payments (id, user_id, stripe_payment_intent_id, amount, status, created_at, updated_at) \
-                     SELECT trim(value->>1), NULLIF(trim(value->>2), ''), NULLIF(trim(value->>3), ''), CAST(NULLIF(trim(value->>4), '') AS INTEGER), \
-                            NULLIF(trim(value->>5), ''), NULLIF(trim(value->>6), ''), NULLIF(trim(value->>7), '') FROM json_each(?1)",
+                     SELECT value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7 FROM json_each(?1)",
                     if_valid!()
                 ),
             ],
         ),
         LegacyFile::Transactions => (
             2,
-            -1_000_000_000_000,
+            MIN,
             false,
             [
                 concat!("DELETE FROM legacy_credit_transactions", if_valid!()),
                 // The ledger's reason when it has the legacy one, else `migration`.
                 concat!(
                     "INSERT INTO legacy_credit_transactions (id, user_id, delta, reason, legacy_reason, stripe_event_id, metadata, created_at) \
-                     SELECT trim(value->>1), NULLIF(trim(value->>2), ''), CAST(trim(value->>3) AS INTEGER), \
-                            CASE WHEN lower(trim(value->>4)) IN ('purchase', 'grant', 'spend', 'refund', 'adjustment') \
-                                 THEN lower(trim(value->>4)) ELSE 'migration' END, \
-                            NULLIF(trim(value->>4), ''), NULLIF(trim(value->>5), ''), NULLIF(value->>6, ''), NULLIF(trim(value->>7), '') \
-                     FROM json_each(?1)",
+                     SELECT value->>1, value->>2, value->>3, iif(lower(value->>4) IN ('purchase', 'grant', 'spend', 'refund', 'adjustment'), \
+                            lower(value->>4), 'migration'), value->>4, value->>5, value->>6, value->>7 FROM json_each(?1)",
                     if_valid!()
                 ),
             ],
@@ -140,27 +135,11 @@ pub async fn stage(db: &Db, upload: Option<Upload<'_>>, now: i64) -> Result<(Val
     Ok((staged, fault))
 }
 
-/// A legacy time (`2024-05-01 12:00:00.123+00`, ISO 8601, unix seconds or ms) in unix
-/// seconds; the import time when unreadable.
+/// A legacy time (`2024-05-01 12:00:00…`, ISO 8601) in unix seconds, its first 19
+/// characters read as UTC; the import time when unreadable.
 macro_rules! legacy_time {
     ($col:literal) => {
-        concat!(
-            "COALESCE(CASE WHEN ",
-            $col,
-            " GLOB '[0-9]*' AND ",
-            $col,
-            " NOT GLOB '*[^0-9]*' THEN CAST(",
-            $col,
-            " AS INTEGER) / (CASE WHEN length(",
-            $col,
-            ") > 11 THEN 1000 ELSE 1 END) ELSE CAST(strftime('%s', CASE WHEN ",
-            $col,
-            " GLOB '*[0-9]:[0-9][0-9]*[+-][0-9][0-9]' THEN ",
-            $col,
-            " || ':00' ELSE ",
-            $col,
-            " END) AS INTEGER) END, ?1)"
-        )
+        concat!("ifnull(CAST(strftime('%s', substr(", $col, ", 1, 19)) AS INTEGER), ?1)")
     };
 }
 
@@ -170,12 +149,12 @@ macro_rules! legacy_time {
 const MATCH: [&str; 3] = [
     "UPDATE legacy_users SET user_id = NULL, matched_by = NULL",
     "UPDATE legacy_users SET matched_by = 'stripe_customer', \
-       user_id = (SELECT u.id FROM users u WHERE u.stripe_customer_id = legacy_users.stripe_customer_id) \
-     WHERE EXISTS (SELECT 1 FROM users u WHERE u.stripe_customer_id = legacy_users.stripe_customer_id)",
-    "UPDATE legacy_users SET matched_by = 'verified_email', \
-       user_id = (SELECT c.user_id FROM customers c JOIN users u ON u.id = c.user_id WHERE c.email_hash = legacy_users.email_hash) \
-     WHERE user_id IS NULL AND (SELECT COUNT(DISTINCT c.user_id) FROM customers c JOIN users u ON u.id = c.user_id \
-                                WHERE c.email_hash = legacy_users.email_hash) = 1",
+       user_id = (SELECT id FROM users WHERE stripe_customer_id = legacy_users.stripe_customer_id) \
+     WHERE stripe_customer_id IN (SELECT stripe_customer_id FROM users)",
+    "WITH v AS (SELECT email_hash AS h, MIN(c.user_id) AS u FROM customers c JOIN users ON users.id = c.user_id \
+                GROUP BY email_hash HAVING COUNT(DISTINCT c.user_id) = 1) \
+     UPDATE legacy_users SET matched_by = 'verified_email', user_id = (SELECT u FROM v WHERE h = email_hash) \
+     WHERE user_id ISNULL AND email_hash IN (SELECT h FROM v)",
 ];
 
 /// The ledger rows of matched users' legacy transactions, once each (`legacy:<id>`).
@@ -183,88 +162,70 @@ const IMPORT_TRANSACTIONS: &str = concat!(
     "INSERT INTO credit_transactions (id, user_id, delta, reason, source_key, stripe_event_id, metadata, created_at) \
      SELECT 'ct_' || lower(hex(randomblob(12))), u.user_id, t.delta, t.reason, 'legacy:' || t.id, t.stripe_event_id, \
             json_object('legacyId', t.id, 'legacyUserId', t.user_id, 'legacyReason', t.legacy_reason, \
-                        'legacyMetadata', CASE WHEN json_valid(t.metadata) THEN json(t.metadata) ELSE t.metadata END, \
-                        'legacyCreatedAt', t.created_at), ",
+                        'legacyMetadata', iif(json_valid(t.metadata), json(t.metadata), t.metadata), 'legacyCreatedAt', t.created_at), ",
     legacy_time!("t.created_at"),
-    " FROM legacy_credit_transactions t JOIN legacy_users u ON u.id = t.user_id WHERE u.user_id IS NOT NULL \
+    " FROM legacy_credit_transactions t JOIN legacy_users u ON u.id = t.user_id WHERE u.user_id NOTNULL \
      ON CONFLICT(source_key) DO NOTHING"
 );
 
 /// One `migration` row per matched user whose imported rows do not sum to their legacy
 /// balance (`legacy-balance:<legacy user id>`), for the difference.
-const IMPORT_BALANCES: &str = "INSERT INTO credit_transactions (id, user_id, delta, reason, source_key, stripe_event_id, metadata, created_at) \
-     SELECT 'ct_' || lower(hex(randomblob(12))), user_id, balance - ledger, 'migration', 'legacy-balance:' || id, NULL, \
+const IMPORT_BALANCES: &str = "INSERT INTO credit_transactions (id, user_id, delta, reason, source_key, metadata, created_at) \
+     SELECT 'ct_' || lower(hex(randomblob(12))), user_id, balance - ledger, 'migration', 'legacy-balance:' || id, \
             json_object('legacyUserId', id, 'legacyBalance', balance, 'legacyRows', ledger), ?1 \
-     FROM (SELECT u.id, u.user_id, u.credits_balance AS balance, \
-                  (SELECT COALESCE(SUM(c.delta), 0) FROM legacy_credit_transactions t \
-                     JOIN credit_transactions c ON c.source_key = 'legacy:' || t.id WHERE t.user_id = u.id) AS ledger \
-           FROM legacy_users u WHERE u.user_id IS NOT NULL) \
-     WHERE balance <> ledger \
-     ON CONFLICT(source_key) DO NOTHING";
+     FROM (SELECT id, user_id, credits_balance AS balance, (SELECT ifnull(SUM(c.delta), 0) FROM legacy_credit_transactions t \
+             JOIN credit_transactions c ON c.source_key = 'legacy:' || t.id WHERE t.user_id = u.id) AS ledger \
+           FROM legacy_users u WHERE user_id NOTNULL) \
+     WHERE balance <> ledger ON CONFLICT(source_key) DO NOTHING";
 
 /// Matched users' legacy payments, kept in `stripe_payments` (id: the payment intent,
 /// else `legacy:<id>`; status `legacy:<status>`; dated before any Stripe event, so a
 /// later event about the same payment intent wins).
 const IMPORT_PAYMENTS: &str = concat!(
-    "INSERT INTO stripe_payments (id, user_id, customer_id, amount, amount_refunded, status, last_event_id, \
-       last_event_created, created_at, updated_at) \
-     SELECT COALESCE(p.stripe_payment_intent_id, 'legacy:' || p.id), u.user_id, u.stripe_customer_id, p.amount, 0, \
-            'legacy:' || lower(COALESCE(p.status, 'unknown')), 'legacy:' || p.id, 0, ",
+    "INSERT INTO stripe_payments (id, user_id, customer_id, amount, status, last_event_id, last_event_created, created_at, updated_at) \
+     SELECT ifnull(p.stripe_payment_intent_id, 'legacy:' || p.id), u.user_id, u.stripe_customer_id, p.amount, \
+            'legacy:' || lower(ifnull(p.status, 'unknown')), 'legacy:' || p.id, 0, ",
     legacy_time!("p.created_at"),
-    ", ?1 FROM legacy_payments p JOIN legacy_users u ON u.id = p.user_id WHERE u.user_id IS NOT NULL \
+    ", ?1 FROM legacy_payments p JOIN legacy_users u ON u.id = p.user_id WHERE u.user_id NOTNULL \
      ON CONFLICT(id) DO NOTHING"
 );
 
 /// The report, one JSON object. With `?2` = 1 (the plan, before writing) the figures
-/// are what the ledger will hold once the import ran; with 0 what it holds.
-const REPORT: &str = "WITH lu AS MATERIALIZED ( \
-       SELECT u.id, u.email, u.stripe_customer_id, u.user_id, u.matched_by, u.credits_balance AS balance, \
-              COUNT(t.id) AS tx, COUNT(c.id) AS tx_done, \
-              COALESCE(SUM(COALESCE(c.delta, CASE WHEN ?2 THEN t.delta END)), 0) AS tx_sum, \
-              (SELECT delta FROM credit_transactions WHERE source_key = 'legacy-balance:' || u.id) AS fix \
-       FROM legacy_users u LEFT JOIN legacy_credit_transactions t ON t.user_id = u.id \
-         LEFT JOIN credit_transactions c ON c.source_key = 'legacy:' || t.id \
-       GROUP BY u.id), \
-     m AS MATERIALIZED (SELECT *, COALESCE(fix, CASE WHEN ?2 AND balance <> tx_sum THEN balance - tx_sum END) AS fix_delta \
-           FROM lu WHERE user_id IS NOT NULL), \
-     n AS (SELECT * FROM lu WHERE user_id IS NULL), \
-     mp AS (SELECT p.id, COALESCE(p.stripe_payment_intent_id, 'legacy:' || p.id) AS sid FROM legacy_payments p JOIN m ON m.id = p.user_id), \
-     orphan_t AS (SELECT user_id FROM legacy_credit_transactions WHERE user_id IS NULL OR user_id NOT IN (SELECT id FROM legacy_users)), \
-     orphan_p AS (SELECT user_id FROM legacy_payments WHERE user_id IS NULL OR user_id NOT IN (SELECT id FROM legacy_users)), \
-     tot AS (SELECT (SELECT COALESCE(SUM(balance), 0) FROM m) AS matched, \
-                    (SELECT COALESCE(SUM(tx_sum + COALESCE(fix_delta, 0)), 0) FROM m) AS imported) \
+/// are what the ledger will hold once the import ran; with 0 what it holds. Per legacy
+/// user: `tx` transactions, `done` of them in the ledger, `tx_sum` their credits, `fix`
+/// the balance row's delta (`fixed`: as it will be).
+const REPORT: &str = "WITH u AS (SELECT *, iif(user_id NOTNULL, ifnull(fix, iif(?2 AND balance <> tx_sum, balance - tx_sum, NULL)), NULL) AS fixed \
+       FROM (SELECT u.id, u.email, u.stripe_customer_id AS cus, u.user_id, u.matched_by AS how, u.credits_balance AS balance, \
+               COUNT(t.id) AS tx, COUNT(c.id) AS done, ifnull(SUM(ifnull(c.delta, iif(?2, t.delta, NULL))), 0) AS tx_sum, \
+               (SELECT delta FROM credit_transactions WHERE source_key = 'legacy-balance:' || u.id) AS fix \
+             FROM legacy_users u LEFT JOIN legacy_credit_transactions t ON t.user_id = u.id \
+               LEFT JOIN credit_transactions c ON c.source_key = 'legacy:' || t.id GROUP BY u.id)), \
+     p AS (SELECT ifnull(stripe_payment_intent_id, 'legacy:' || id) AS sid, ifnull(user_id IN (SELECT id FROM u WHERE user_id NOTNULL), 0) AS m, \
+             ifnull(user_id IN (SELECT id FROM u), 0) AS known FROM legacy_payments) \
      SELECT json_object( \
-       'legacyCredits', (SELECT COALESCE(SUM(balance), 0) FROM lu), \
-       'matchedCredits', tot.matched, \
-       'importedCredits', tot.imported, \
-       'difference', tot.matched - tot.imported, \
-       'unmatchedCredits', (SELECT COALESCE(SUM(balance), 0) FROM n), \
-       'users', json_object('total', (SELECT COUNT(*) FROM lu), 'matched', (SELECT COUNT(*) FROM m), \
-                 'unmatched', (SELECT COUNT(*) FROM n), \
-                 'byStripeCustomer', (SELECT COUNT(*) FROM m WHERE matched_by = 'stripe_customer'), \
-                 'byVerifiedEmail', (SELECT COUNT(*) FROM m WHERE matched_by = 'verified_email')), \
-       'ledger', json_object('rows', (SELECT COALESCE(SUM(CASE WHEN ?2 THEN tx ELSE tx_done END), 0) + COUNT(fix_delta) FROM m), \
-                 'balanceRows', (SELECT COUNT(fix_delta) FROM m)), \
-       'transactions', json_object('total', (SELECT COUNT(*) FROM legacy_credit_transactions), \
-                 'ofMatchedUsers', (SELECT COALESCE(SUM(tx), 0) FROM m), \
-                 'ofUnmatchedUsers', (SELECT COALESCE(SUM(tx), 0) FROM n), \
-                 'orphans', (SELECT COUNT(*) FROM orphan_t)), \
-       'payments', json_object('total', (SELECT COUNT(*) FROM legacy_payments), \
-                 'ofMatchedUsers', (SELECT COUNT(*) FROM mp), \
-                 'recorded', CASE WHEN ?2 THEN (SELECT COUNT(DISTINCT sid) FROM mp) \
-                             ELSE (SELECT COUNT(DISTINCT sid) FROM mp WHERE sid IN (SELECT id FROM stripe_payments)) END, \
-                 'ofUnmatchedUsers', (SELECT COUNT(*) FROM legacy_payments p JOIN n ON n.id = p.user_id), \
-                 'orphans', (SELECT COUNT(*) FROM orphan_p)), \
-       'written', json_object( \
-                 'ledgerRows', (SELECT COALESCE(SUM(tx - tx_done), 0) FROM m) \
-                               + (SELECT COUNT(*) FROM m WHERE fix IS NULL AND fix_delta IS NOT NULL), \
-                 'balanceRows', (SELECT COUNT(*) FROM m WHERE fix IS NULL AND fix_delta IS NOT NULL), \
-                 'payments', (SELECT COUNT(DISTINCT sid) FROM mp WHERE sid NOT IN (SELECT id FROM stripe_payments))), \
-       'matched', json((SELECT json_group_array(json_object('legacyId', id, 'userId', user_id, 'by', matched_by)) FROM m)), \
-       'unmatched', json((SELECT json_group_array(json_object('legacyId', id, 'email', email, \
-                 'stripeCustomerId', stripe_customer_id, 'creditsBalance', balance)) FROM n)), \
-       'orphanUserIds', json((SELECT json_group_array(user_id) FROM (SELECT user_id FROM orphan_t UNION SELECT user_id FROM orphan_p))) \
-     ) AS report FROM tot";
+       'legacyCredits', ifnull(SUM(balance), 0), \
+       'matchedCredits', ifnull(SUM(balance) FILTER (WHERE user_id NOTNULL), 0), \
+       'importedCredits', ifnull(SUM(tx_sum + ifnull(fixed, 0)) FILTER (WHERE user_id NOTNULL), 0), \
+       'difference', ifnull(SUM(balance - tx_sum - ifnull(fixed, 0)) FILTER (WHERE user_id NOTNULL), 0), \
+       'unmatchedCredits', ifnull(SUM(balance) FILTER (WHERE user_id ISNULL), 0), \
+       'users', json_object('total', COUNT(*), 'matched', COUNT(user_id), 'unmatched', COUNT(*) - COUNT(user_id), \
+         'byStripeCustomer', COUNT(*) FILTER (WHERE how = 'stripe_customer'), 'byVerifiedEmail', COUNT(*) FILTER (WHERE how = 'verified_email')), \
+       'ledger', json_object('rows', ifnull(SUM(iif(?2, tx, done)) FILTER (WHERE user_id NOTNULL), 0) + COUNT(fixed), 'balanceRows', COUNT(fixed)), \
+       'written', json_object('ledgerRows', ifnull(SUM(tx - done) FILTER (WHERE user_id NOTNULL), 0) + COUNT(fixed) - COUNT(fix), \
+         'balanceRows', COUNT(fixed) - COUNT(fix), \
+         'payments', (SELECT COUNT(DISTINCT sid) FROM p WHERE m AND sid NOT IN (SELECT id FROM stripe_payments))), \
+       'transactions', json_object('ofMatchedUsers', ifnull(SUM(tx) FILTER (WHERE user_id NOTNULL), 0), \
+         'ofUnmatchedUsers', ifnull(SUM(tx) FILTER (WHERE user_id ISNULL), 0), \
+         'orphans', (SELECT COUNT(*) FROM legacy_credit_transactions WHERE user_id NOT IN (SELECT id FROM u) OR user_id ISNULL)), \
+       'payments', json((SELECT json_object('ofMatchedUsers', COUNT(*) FILTER (WHERE m), 'ofUnmatchedUsers', COUNT(*) FILTER (WHERE known AND NOT m), \
+         'orphans', COUNT(*) FILTER (WHERE NOT known), \
+         'recorded', iif(?2, COUNT(DISTINCT sid) FILTER (WHERE m), COUNT(DISTINCT sid) FILTER (WHERE m AND sid IN (SELECT id FROM stripe_payments)))) FROM p)), \
+       'matched', json_group_array(json_object('legacyId', id, 'userId', user_id, 'by', how)) FILTER (WHERE user_id NOTNULL), \
+       'unmatched', json_group_array(json_object('legacyId', id, 'email', email, 'stripeCustomerId', cus, 'creditsBalance', balance)) \
+         FILTER (WHERE user_id ISNULL), \
+       'orphanUserIds', json((SELECT json_group_array(DISTINCT user_id) FROM (SELECT user_id FROM legacy_credit_transactions UNION ALL \
+         SELECT user_id FROM legacy_payments) WHERE user_id NOT IN (SELECT id FROM u) OR user_id ISNULL)) \
+     ) AS report FROM u";
 
 const CLEAR: [&str; 4] = [
     "DELETE FROM legacy_credit_files",

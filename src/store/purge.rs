@@ -21,52 +21,44 @@ pub async fn accounts(db: &Db, by_email: bool, param: &str) -> Result<Vec<Row>, 
     db.rows_of(sql, &[param.into()]).await
 }
 
-macro_rules! of_users {
+macro_rules! ids {
     () => {
-        " WHERE user_id IN (SELECT value FROM json_each(?1))"
+        "WITH ids AS (SELECT value FROM json_each(?1)) "
     };
 }
-macro_rules! customers_of_users {
+macro_rules! customers {
     () => {
-        " FROM customers WHERE user_id IN (SELECT value FROM json_each(?1)) \
-          OR (user_id IS NULL AND email_hash IN (SELECT value FROM json_each(?2)))"
+        " customers WHERE user_id IN ids OR (user_id ISNULL AND email_hash IN (SELECT value FROM json_each(?2)))"
     };
 }
 
 /// The rows of the users per table, as a JSON object (`customers`: also the records
 /// not linked to any user whose email hash is one of theirs).
 const COUNT: &str = concat!(
-    "SELECT json_object('users', (SELECT COUNT(*) FROM users WHERE id IN (SELECT value FROM json_each(?1))), \
-     'usage', (SELECT COUNT(*) FROM usage",
-    of_users!(),
-    "), 'usage_requests', (SELECT COUNT(*) FROM usage_requests",
-    of_users!(),
-    "), 'credit_transactions', (SELECT COUNT(*) FROM credit_transactions",
-    of_users!(),
-    "), 'customers', (SELECT COUNT(*)",
-    customers_of_users!(),
-    "), 'billing_locks', (SELECT COUNT(*) FROM billing_locks",
-    of_users!(),
-    "), 'kv_outbox', (SELECT COUNT(*) FROM kv_outbox",
-    of_users!(),
-    "), 'plan_changes', (SELECT COUNT(*) FROM plan_changes",
-    of_users!(),
-    "), 'stripe_payments', (SELECT COUNT(*) FROM stripe_payments",
-    of_users!(),
-    ")) AS rows"
+    ids!(),
+    "SELECT json_object('users', (SELECT COUNT(*) FROM users WHERE id IN ids), \
+     'usage', (SELECT COUNT(*) FROM usage WHERE user_id IN ids), \
+     'usage_requests', (SELECT COUNT(*) FROM usage_requests WHERE user_id IN ids), \
+     'credit_transactions', (SELECT COUNT(*) FROM credit_transactions WHERE user_id IN ids), \
+     'customers', (SELECT COUNT(*) FROM",
+    customers!(),
+    "), 'billing_locks', (SELECT COUNT(*) FROM billing_locks WHERE user_id IN ids), \
+     'kv_outbox', (SELECT COUNT(*) FROM kv_outbox WHERE user_id IN ids), \
+     'plan_changes', (SELECT COUNT(*) FROM plan_changes WHERE user_id IN ids), \
+     'stripe_payments', (SELECT COUNT(*) FROM stripe_payments WHERE user_id IN ids)) AS rows"
 );
 
 /// Children first: every table that references `users`, then the users.
 const DELETE: [&str; 9] = [
-    concat!("DELETE FROM usage", of_users!()),
-    concat!("DELETE FROM usage_requests", of_users!()),
-    concat!("DELETE FROM credit_transactions", of_users!()),
-    concat!("DELETE", customers_of_users!()),
-    concat!("DELETE FROM billing_locks", of_users!()),
-    concat!("DELETE FROM kv_outbox", of_users!()),
-    concat!("DELETE FROM plan_changes", of_users!()),
-    concat!("DELETE FROM stripe_payments", of_users!()),
-    "DELETE FROM users WHERE id IN (SELECT value FROM json_each(?1))",
+    concat!(ids!(), "DELETE FROM usage WHERE user_id IN ids"),
+    concat!(ids!(), "DELETE FROM usage_requests WHERE user_id IN ids"),
+    concat!(ids!(), "DELETE FROM credit_transactions WHERE user_id IN ids"),
+    concat!(ids!(), "DELETE FROM", customers!()),
+    concat!(ids!(), "DELETE FROM billing_locks WHERE user_id IN ids"),
+    concat!(ids!(), "DELETE FROM kv_outbox WHERE user_id IN ids"),
+    concat!(ids!(), "DELETE FROM plan_changes WHERE user_id IN ids"),
+    concat!(ids!(), "DELETE FROM stripe_payments WHERE user_id IN ids"),
+    concat!(ids!(), "DELETE FROM users WHERE id IN ids"),
 ];
 
 /// Counts the rows of the users (ids and their email hashes as JSON arrays) in each
@@ -108,12 +100,10 @@ mod tests {
             .collect();
         tables.push("customers");
         for t in tables {
-            let delete = super::DELETE.iter().position(|d| {
-                d.starts_with(&format!("DELETE FROM {t} ")) || (t == "customers" && d.contains("FROM customers"))
-            });
+            let delete = super::DELETE.iter().position(|d| d.contains(&format!("DELETE FROM {t} ")));
             assert!(delete.is_some_and(|i| i < 8), "{t} is purged before users");
             assert!(super::COUNT.contains(&format!("'{t}'")), "{t} is counted");
         }
-        assert!(super::DELETE[8].starts_with("DELETE FROM users "));
+        assert!(super::DELETE[8].contains("DELETE FROM users "));
     }
 }
