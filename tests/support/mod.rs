@@ -437,13 +437,22 @@ impl App {
     }
 
     /// The keys of a KV namespace (`binding`) that start with `prefix`.
+    /// (A local read racing the running app's writes may fail: retried.)
     pub fn kv_keys(&self, binding: &str, prefix: &str) -> Vec<String> {
-        let out = wrangler_command()
-            .args(["kv", "key", "list", "--binding", binding, "--local", "--persist-to"])
-            .arg(&self.persist)
-            .args(["--prefix", prefix])
-            .output()
-            .unwrap();
+        let mut attempts = 0;
+        let out = loop {
+            let out = wrangler_command()
+                .args(["kv", "key", "list", "--binding", binding, "--local", "--persist-to"])
+                .arg(&self.persist)
+                .args(["--prefix", prefix])
+                .output()
+                .unwrap();
+            attempts += 1;
+            if out.status.success() || attempts == 10 {
+                break out;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
         assert!(out.status.success(), "kv key list: {}", String::from_utf8_lossy(&out.stderr));
         let text = String::from_utf8_lossy(&out.stdout);
         let json = &text[text.find('[').unwrap_or(0)..];
