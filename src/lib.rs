@@ -60,6 +60,8 @@ enum Handler {
     CustomerCreate,
     AdminCustomerBackfill,
     AdminCustomerVerify,
+    AdminCreditImport,
+    AdminPurgeTestAccounts,
 }
 
 struct Route {
@@ -104,6 +106,8 @@ const ROUTES: &[Route] = &[
     Route { path: "/customer/{}", methods: &["GET"], handler: Handler::Customer },
     Route { path: "/api/admin/migrations/customers", methods: &["POST"], handler: Handler::AdminCustomerBackfill },
     Route { path: "/api/admin/migrations/customers/verify", methods: &["GET"], handler: Handler::AdminCustomerVerify },
+    Route { path: "/api/admin/migrations/credits", methods: &["POST"], handler: Handler::AdminCreditImport },
+    Route { path: "/api/admin/purge-test-accounts", methods: &["POST"], handler: Handler::AdminPurgeTestAccounts },
 ];
 
 fn match_path(pattern: &str, path: &str) -> Option<Vec<String>> {
@@ -166,7 +170,16 @@ async fn dispatch(handler: Handler, params: &[String], ctx: &Ctx<'_>, method: &s
         Handler::CustomerCreate => routes::customer::create(ctx).await,
         Handler::AdminCustomerBackfill => routes::customer::backfill(ctx).await,
         Handler::AdminCustomerVerify => routes::customer::verify(ctx).await,
+        // Boxed: these admin-only handlers stay out of the request future's state (smaller Wasm).
+        Handler::AdminCreditImport => boxed(routes::credit_import::import(ctx)).await,
+        Handler::AdminPurgeTestAccounts => boxed(routes::purge::purge_test_accounts(ctx)).await,
     }
+}
+
+type ReplyFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Reply, ApiError>> + 'a>>;
+
+fn boxed<'a>(f: impl std::future::Future<Output = Result<Reply, ApiError>> + 'a) -> ReplyFuture<'a> {
+    Box::pin(f)
 }
 
 /// Reads the body as a stream and stops at `limit` bytes whatever Content-Length said

@@ -14,7 +14,7 @@
 use serde_json::Value;
 
 use crate::auth::jwt::Identity;
-use crate::domain::customer::{email_hash, email_key, record_key, Customer, EMAIL_PREFIX, RECORD_PREFIX};
+use crate::domain::customer::{email_hash, email_key, mapped_id, record_key, Customer, EMAIL_PREFIX, RECORD_PREFIX};
 use crate::error::ApiError;
 use crate::log;
 use crate::obj;
@@ -50,11 +50,6 @@ fn parse_record(key: &str, text: &str) -> Result<Customer, String> {
     serde_json::from_str(text).map_err(|e| format!("not JSON: {e}")).and_then(|v| Customer::from_legacy(Some(id), v))
 }
 
-/// A mapping's value: the customerId (tolerating a JSON-quoted one).
-fn mapped_id(text: String) -> String {
-    text.trim().trim_matches('"').to_string()
-}
-
 impl Customers<'_> {
     /// Runs `stmts` as one batch; the record the last one read.
     async fn last(&self, stmts: &[Stmt]) -> Result<Option<Stored>, ApiError> {
@@ -86,7 +81,7 @@ impl Customers<'_> {
     /// user `link` when given, the answer being then the user's record. A record already
     /// in D1 is never overwritten; one that cannot be read is logged, never guessed.
     async fn read_through(&self, email: bool, key: &str, link: Option<&str>) -> Result<Option<Stored>, ApiError> {
-        let id = if email { self.kv_text(&email_key(key)).await?.map(mapped_id) } else { Some(key.into()) };
+        let id = if email { self.kv_text(&email_key(key)).await?.map(|t| mapped_id(&t)) } else { Some(key.into()) };
         let Some(id) = id else { return Ok(None) };
         let record_key = record_key(&id);
         let c = match self.kv_text(&record_key).await?.map(|text| parse_record(&record_key, &text)) {
@@ -262,7 +257,7 @@ impl Customers<'_> {
                 if let Some(id) = value {
                     pairs.push(Value::from(vec![
                         key.strip_prefix(EMAIL_PREFIX).unwrap_or(key).to_string(),
-                        mapped_id(id),
+                        mapped_id(&id),
                     ]));
                 }
             }

@@ -84,6 +84,11 @@ pub fn record_key(id: &str) -> String {
     format!("{RECORD_PREFIX}{id}")
 }
 
+/// A mapping's value: the customerId (tolerating a JSON-quoted one).
+pub fn mapped_id(text: &str) -> String {
+    text.trim().trim_matches('"').to_string()
+}
+
 pub fn email_key(hash: &str) -> String {
     format!("{EMAIL_PREFIX}{hash}")
 }

@@ -3,9 +3,12 @@
 pub mod account;
 #[cfg(test)]
 mod catalog_source;
-pub mod legacy_plan;
+pub mod credit_import;
+pub mod csv;
 pub mod customer;
+pub mod legacy_plan;
 pub mod plans;
+pub mod purge;
 pub mod quota;
 pub mod subscription;
 pub mod time;

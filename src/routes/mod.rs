@@ -3,12 +3,14 @@
 pub mod admin;
 pub mod billing;
 pub mod catalog;
+pub mod credit_import;
 pub mod credits;
 pub mod customer;
 pub mod entitlements;
 pub mod health;
 pub mod plan;
 pub mod plan_migration;
+pub mod purge;
 pub mod usage;
 pub mod webhook;
 
@@ -138,7 +140,7 @@ impl JsonBody {
     }
 
     /// A field; `null` counts as absent.
-    fn field(&self, name: &str) -> Option<&Value> {
+    pub fn field(&self, name: &str) -> Option<&Value> {
         self.0.get(name).filter(|v| !v.is_null())
     }
 

@@ -1,5 +1,6 @@
 //! D1 repositories, typed KV keys and the KV binding.
 
+pub mod credit_import;
 pub mod credits;
 pub mod customers;
 pub mod db;
@@ -9,6 +10,7 @@ pub mod legacy_plans;
 pub mod locks;
 pub mod outbox;
 pub mod payments;
+pub mod purge;
 pub mod state;
 pub mod usage;
 pub mod users;

@@ -10,6 +10,7 @@ mod support;
 mod auth;
 mod billing;
 mod cors;
+mod credit_import;
 mod credits;
 mod customers;
 mod entitlements;
@@ -19,6 +20,7 @@ mod health;
 mod kv_copy;
 mod plan_me;
 mod plan_migration;
+mod purge;
 mod usage;
 mod webhooks;
 

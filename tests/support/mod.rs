@@ -457,6 +457,65 @@ impl App {
         (out.status.success() && !text.is_empty() && !text.contains("Value not found")).then_some(text)
     }
 
+    /// Runs SQL statements (a script) against the local D1 through `wrangler d1 execute`,
+    /// as another writer would: for tests that need rows no endpoint writes.
+    /// The running app may hold the database for a moment (`SQLITE_BUSY`): retried.
+    pub fn sql_exec(&self, script: &str) {
+        let file = self.persist.join(format!("{}.sql", unique("exec")));
+        std::fs::write(&file, script).unwrap();
+        let mut attempts = 0;
+        let out = loop {
+            let out = wrangler_command()
+                .args(["d1", "execute", "DB", "--local", "--yes", "--persist-to"])
+                .arg(&self.persist)
+                .arg("--file")
+                .arg(&file)
+                .output()
+                .unwrap();
+            attempts += 1;
+            let busy = String::from_utf8_lossy(&out.stderr).contains("SQLITE_BUSY")
+                || String::from_utf8_lossy(&out.stdout).contains("SQLITE_BUSY");
+            if out.status.success() || !busy || attempts == 20 {
+                break out;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        let _ = std::fs::remove_file(&file);
+        assert!(
+            out.status.success(),
+            "d1 execute failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The keys of a KV namespace (`binding`) that start with `prefix`.
+    /// (A local read racing the running app's writes may fail: retried.)
+    pub fn kv_keys(&self, binding: &str, prefix: &str) -> Vec<String> {
+        let mut attempts = 0;
+        let out = loop {
+            let out = wrangler_command()
+                .args(["kv", "key", "list", "--binding", binding, "--local", "--persist-to"])
+                .arg(&self.persist)
+                .args(["--prefix", prefix])
+                .output()
+                .unwrap();
+            attempts += 1;
+            if out.status.success() || attempts == 10 {
+                break out;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        assert!(out.status.success(), "kv key list: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let json = &text[text.find('[').unwrap_or(0)..];
+        serde_json::from_str::<Vec<Value>>(json)
+            .unwrap_or_else(|e| panic!("kv key list output ({e}): {text}"))
+            .iter()
+            .filter_map(|k| k["name"].as_str().map(str::to_string))
+            .collect()
+    }
+
     /// Runs a read-only SQL query against the local D1 (SQLite) file.
     pub fn sql(&self, query: &str) -> Vec<Value> {
         let dir = self.persist.join("v3/d1/miniflare-D1DatabaseObject");

@@ -1,0 +1,161 @@
+//! `POST /api/admin/purge-test-accounts {match, dryRun}` (README, "Purging test
+//! accounts"). Never calls Stripe.
+
+use serde_json::{json, Value};
+
+use super::credit_import::object;
+use super::{admin, Ctx, Reply};
+use crate::domain::customer::{email_hash, email_key, mapped_id, record_key};
+use crate::domain::purge::{email_pattern_suffix, glob_match};
+use crate::error::ApiError;
+use crate::store::db::Row;
+use crate::store::kv_store::KvStore;
+use crate::store::{kv, purge};
+
+/// Accounts per call: five KV deletes each stay inside an invocation's limits.
+pub const MAX_ACCOUNTS: usize = 100;
+
+fn invalid(message: &str) -> ApiError {
+    ApiError::InvalidRequest(message.into())
+}
+
+/// A purge request: dry run or not, how to find the accounts (by email suffix, or the
+/// auth ids as JSON) and the email pattern.
+struct Request {
+    dry_run: bool,
+    by_email: bool,
+    param: String,
+    pattern: String,
+}
+
+#[inline(never)]
+fn request(ctx: &Ctx<'_>) -> Result<Request, ApiError> {
+    admin::authorize(ctx)?;
+    let body = ctx.json_body()?;
+    body.only(&["match", "dryRun"])?;
+    // A real run only when asked for.
+    let dry_run = body.field("dryRun").is_none() || body.flag("dryRun")?;
+    match body.field("match") {
+        Some(Value::String(pattern)) => {
+            let pattern = pattern.trim();
+            let suffix = email_pattern_suffix(pattern).map_err(invalid)?;
+            Ok(Request { dry_run, by_email: true, param: suffix, pattern: pattern.to_string() })
+        }
+        Some(list @ Value::Array(ids))
+            if (1..=MAX_ACCOUNTS).contains(&ids.len())
+                && ids.iter().all(|v| v.as_str().is_some_and(|s| !s.is_empty() && s.len() <= 128)) =>
+        {
+            Ok(Request { dry_run, by_email: false, param: list.to_string(), pattern: String::new() })
+        }
+        Some(Value::Array(_)) => Err(invalid("match: give from 1 to 100 auth ids (non-empty strings)")),
+        _ => Err(invalid("match must be an email pattern such as *@test.example.com, or a list of auth ids")),
+    }
+}
+
+/// The accounts to purge (the glob decides among those the suffix found; at most
+/// MAX_ACCOUNTS), their user ids and email hashes (JSON arrays), their KV keys, and how
+/// many more match.
+struct Plan {
+    users: Vec<Value>,
+    ids: String,
+    hashes: String,
+    keys: Vec<String>,
+    remaining: usize,
+}
+
+#[inline(never)]
+fn plan(req: &Request, rows: Vec<Row>) -> Plan {
+    let (mut users, mut ids, mut hashes, mut keys, mut remaining) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0);
+    for row in rows {
+        let email = row.text("email");
+        if req.by_email && !email.as_deref().is_some_and(|e| glob_match(&req.pattern, e)) {
+            continue;
+        }
+        if users.len() == MAX_ACCOUNTS {
+            remaining += 1;
+            continue;
+        }
+        if let Some(id) = row.text("userId") {
+            ids.push(Value::String(id));
+        }
+        if let Some(h) = email.as_deref().and_then(email_hash) {
+            hashes.push(Value::String(h));
+        }
+        let uid = row.text("authId").unwrap_or_default();
+        keys.extend([
+            kv::plan_key(&uid),
+            kv::billing_status_key(&uid),
+            kv::trial_end_key(&uid),
+            kv::trial_used_key(&uid),
+            kv::entitlements_key(&uid),
+        ]);
+        users.push(row.0);
+    }
+    Plan { users, ids: Value::Array(ids).to_string(), hashes: Value::Array(hashes).to_string(), keys, remaining }
+}
+
+pub async fn purge_test_accounts(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
+    let req = request(ctx)?;
+    let plan = plan(&req, purge::accounts(ctx.db, req.by_email, &req.param).await?);
+    let counted = purge::purge(ctx.db, &plan.ids, &plan.hashes, req.dry_run).await?;
+    let legacy = KvStore::from_env(ctx.env, "LEGACY_AUTH_KV");
+    let legacy_keys = legacy_customer_keys(legacy.as_ref(), &counted).await;
+    let mut kv_failed = Vec::new();
+    if !req.dry_run {
+        delete_all(ctx.app_kv().as_ref(), &plan.keys, &mut kv_failed).await;
+        delete_all(legacy.as_ref(), &legacy_keys, &mut kv_failed).await;
+    }
+    Ok(reply(ctx, req.dry_run, plan, counted.rows, legacy_keys, kv_failed))
+}
+
+/// The legacy customer API's keys of the purged records (`LEGACY_AUTH_KV`): each
+/// record, and each email mapping that names one of them (a mapping another record
+/// answers for stays).
+async fn legacy_customer_keys(legacy: Option<&KvStore>, counted: &purge::Counted) -> Vec<String> {
+    let mut keys: Vec<String> = counted.customer_ids.iter().map(|id| record_key(id)).collect();
+    let Some(kv) = legacy else { return keys };
+    for hash in &counted.customer_hashes {
+        let key = email_key(hash);
+        if keys.contains(&key) {
+            continue;
+        }
+        // An unreadable mapping is listed: a test account's mapping is better gone.
+        let names_purged = match kv.get_text(&key).await {
+            Ok(Some(text)) => counted.customer_ids.iter().any(|id| *id == mapped_id(&text)),
+            Ok(None) => false,
+            Err(_) => true,
+        };
+        if names_purged {
+            keys.push(key);
+        }
+    }
+    keys
+}
+
+async fn delete_all(store: Option<&KvStore>, keys: &[String], failed: &mut Vec<Value>) {
+    for key in keys {
+        let deleted = match store {
+            Some(s) => s.delete(key).await.is_ok(),
+            None => false,
+        };
+        if !deleted {
+            failed.push(Value::from(key.as_str()));
+        }
+    }
+}
+
+#[inline(never)]
+fn reply(ctx: &Ctx<'_>, dry_run: bool, plan: Plan, rows: Value, legacy: Vec<String>, kv_failed: Vec<Value>) -> Reply {
+    crate::log::info(ctx.request_id, "accounts.purge", json!({"dryRun": dry_run, "accounts": plan.users.len()}));
+    let keys = plan.keys.into_iter().map(Value::String).collect();
+    Reply::ok(object(vec![
+        ("ok", Value::Bool(true)),
+        ("dryRun", Value::Bool(dry_run)),
+        ("users", Value::Array(plan.users)),
+        ("rows", rows),
+        ("kvKeys", Value::Array(keys)),
+        ("legacyCustomerKeys", Value::Array(legacy.into_iter().map(Value::String).collect())),
+        ("remaining", Value::from(plan.remaining)),
+        ("kvFailed", Value::Array(kv_failed)),
+    ]))
+}

@@ -1,0 +1,276 @@
+//! The legacy credit import (migrations/0011_credit_import.sql): the three exports
+//! staged in D1, then imported set-wise: a handful of statements whatever the number of
+//! users, in one batch (one transaction).
+
+use serde_json::Value;
+
+use super::db::{Db, Param, Stmt};
+use crate::domain::credit_import::LegacyFile;
+use crate::domain::csv::CsvError;
+use crate::error::ApiError;
+
+/// The most JSON text one file may take (D1 binds values of up to 2 MB).
+const MAX_JSON: usize = 1_900_000;
+
+/// The first record of a file (`[line, id, …]` rows in `?1`) whose id is missing or
+/// repeated, or whose number (JSON path `?2`, named `?3`) is not a whole number from
+/// `?4` to 10^12 (or missing, unless `?5`), kept as the upload's fault: the statements
+/// after it stage nothing when there is one.
+const VALIDATE: &str = "INSERT INTO legacy_credit_upload_errors (line, why) \
+     WITH r AS MATERIALIZED (SELECT value->>0 AS line, value->>1 AS id, value->>?2 AS n FROM json_each(?1)) \
+     SELECT line, why FROM ( \
+       SELECT line, 'the id is empty' AS why FROM r WHERE id ISNULL \
+       UNION ALL SELECT line, '`' || ?3 || '` must be a whole number' || iif(?4 = 0, ' from 0', '') || ', not `' || ifnull(n, '') || '`' \
+         FROM r WHERE iif(n ISNULL, NOT ?5, n <> CAST(CAST(n AS INTEGER) AS TEXT) OR CAST(n AS INTEGER) NOT BETWEEN ?4 AND 1000000000000) \
+       UNION ALL SELECT line, 'the id `' || id || '` is on line ' || first || ' too' FROM ( \
+         SELECT line, id, MIN(line) OVER w AS first, ROW_NUMBER() OVER w AS k FROM r WHERE id NOTNULL WINDOW w AS (PARTITION BY id ORDER BY line)) \
+         WHERE k = 2) \
+     ORDER BY line LIMIT 1";
+
+macro_rules! if_valid {
+    () => {
+        " WHERE NOT EXISTS (SELECT 1 FROM legacy_credit_upload_errors)"
+    };
+}
+
+/// Per file: its number column (in `columns()`), that number's minimum and whether it
+/// may be missing; the statements that replace the staged copy with the rows of `?1`.
+fn staging(file: LegacyFile) -> (usize, i64, bool, [&'static str; 2]) {
+    const MIN: i64 = -1_000_000_000_000;
+    match file {
+        LegacyFile::Users => (
+            2,
+            0,
+            true,
+            [
+                concat!("DELETE FROM legacy_users", if_valid!()),
+                concat!(
+                    "INSERT INTO legacy_users (id, email, email_hash, credits_balance, stripe_customer_id, created_at, updated_at) \
+                     SELECT value->>1, value->>2, value->>7, ifnull(value->>3, 0), value->>4, value->>5, value->>6 FROM json_each(?1)",
+                    if_valid!()
+                ),
+            ],
+        ),
+        LegacyFile::Payments => (
+            3,
+            MIN,
+            true,
+            [
+                concat!("DELETE FROM legacy_payments", if_valid!()),
+                concat!(
+                    "INSERT INTO legacy_payments (id, user_id, stripe_payment_intent_id, amount, status, created_at, updated_at) \
+                     SELECT value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7 FROM json_each(?1)",
+                    if_valid!()
+                ),
+            ],
+        ),
+        LegacyFile::Transactions => (
+            2,
+            MIN,
+            false,
+            [
+                concat!("DELETE FROM legacy_credit_transactions", if_valid!()),
+                // The ledger's reason when it has the legacy one, else `migration`.
+                concat!(
+                    "INSERT INTO legacy_credit_transactions (id, user_id, delta, reason, legacy_reason, stripe_event_id, metadata, created_at) \
+                     SELECT value->>1, value->>2, value->>3, iif(lower(value->>4) IN ('purchase', 'grant', 'spend', 'refund', 'adjustment'), \
+                            lower(value->>4), 'migration'), value->>4, value->>5, value->>6, value->>7 FROM json_each(?1)",
+                    if_valid!()
+                ),
+            ],
+        ),
+    }
+}
+
+/// A file to stage: which, its rows (`rows_json`) and their number.
+pub struct Upload<'a> {
+    pub file: LegacyFile,
+    pub rows: &'a str,
+    pub count: usize,
+}
+
+/// In one batch: checks an uploaded file's rows and, when every one is right, replaces
+/// the staged copy of the file with them (else nothing is staged and the first fault is
+/// answered with its line); then lists the staged files, `{name: rows}`.
+pub async fn stage(db: &Db, upload: Option<Upload<'_>>, now: i64) -> Result<(Value, Option<CsvError>), ApiError> {
+    let mut stmts = Vec::new();
+    if let Some(u) = &upload {
+        if u.rows.len() > MAX_JSON {
+            return Err(ApiError::InvalidRequest("the file is too large for one call".into()));
+        }
+        let (column, min, empty_ok, [delete, insert]) = staging(u.file);
+        stmts.push(Stmt { sql: "DELETE FROM legacy_credit_upload_errors", params: vec![] });
+        stmts.push(Stmt {
+            sql: VALIDATE,
+            params: vec![
+                u.rows.into(),
+                // Each row starts with its line: column k is at k + 1.
+                format!("$[{}]", column + 1).into(),
+                u.file.columns()[column].into(),
+                Param::Int(min),
+                Param::Int(i64::from(empty_ok)),
+            ],
+        });
+        stmts.push(Stmt { sql: delete, params: vec![] });
+        stmts.push(Stmt { sql: insert, params: vec![u.rows.into()] });
+        stmts.push(Stmt {
+            sql: concat!(
+                "INSERT INTO legacy_credit_files (name, rows, uploaded_at) SELECT ?1, ?2, ?3",
+                if_valid!(),
+                " ON CONFLICT(name) DO UPDATE SET rows = excluded.rows, uploaded_at = excluded.uploaded_at"
+            ),
+            params: vec![u.file.name().into(), Param::Int(u.count as i64), Param::Int(now)],
+        });
+        stmts.push(Stmt { sql: "SELECT line, why FROM legacy_credit_upload_errors", params: vec![] });
+    }
+    stmts.push(Stmt { sql: "SELECT json_group_object(name, rows) AS staged FROM legacy_credit_files", params: vec![] });
+    let mut results = db.batch_rows(&stmts).await?;
+    let staged = results.pop().and_then(|rows| rows.into_iter().next()).and_then(|r| r.text("staged"));
+    let staged = serde_json::from_str(&staged.unwrap_or_default())
+        .map_err(|e| ApiError::server(format!("staged files: {e}")))?;
+    let fault = results.pop().and_then(|rows| rows.into_iter().next()).map(|bad| CsvError {
+        line: bad.int("line").unwrap_or(0) as usize,
+        message: bad.text("why").unwrap_or_default(),
+    });
+    Ok((staged, fault))
+}
+
+/// A legacy time (`2024-05-01 12:00:00…`, ISO 8601) in unix seconds, its first 19
+/// characters read as UTC; the import time when unreadable.
+macro_rules! legacy_time {
+    ($col:literal) => {
+        concat!("ifnull(CAST(strftime('%s', substr(", $col, ", 1, 19)) AS INTEGER), ?1)")
+    };
+}
+
+/// Matches each legacy user to a plangate user: by Stripe customer id, else by a
+/// verified customer record (`customers.user_id` set) with the same email hash whose
+/// email no other user verified.
+const MATCH: [&str; 3] = [
+    "UPDATE legacy_users SET user_id = NULL, matched_by = NULL",
+    "UPDATE legacy_users SET matched_by = 'stripe_customer', \
+       user_id = (SELECT id FROM users WHERE stripe_customer_id = legacy_users.stripe_customer_id) \
+     WHERE stripe_customer_id IN (SELECT stripe_customer_id FROM users)",
+    "WITH v AS (SELECT email_hash AS h, MIN(c.user_id) AS u FROM customers c JOIN users ON users.id = c.user_id \
+                GROUP BY email_hash HAVING COUNT(DISTINCT c.user_id) = 1) \
+     UPDATE legacy_users SET matched_by = 'verified_email', user_id = (SELECT u FROM v WHERE h = email_hash) \
+     WHERE user_id ISNULL AND email_hash IN (SELECT h FROM v)",
+];
+
+/// The ledger rows of matched users' legacy transactions, once each (`legacy:<id>`).
+const IMPORT_TRANSACTIONS: &str = concat!(
+    "INSERT INTO credit_transactions (id, user_id, delta, reason, source_key, stripe_event_id, metadata, created_at) \
+     SELECT 'ct_' || lower(hex(randomblob(12))), u.user_id, t.delta, t.reason, 'legacy:' || t.id, t.stripe_event_id, \
+            json_object('legacyId', t.id, 'legacyUserId', t.user_id, 'legacyReason', t.legacy_reason, \
+                        'legacyMetadata', iif(json_valid(t.metadata), json(t.metadata), t.metadata), 'legacyCreatedAt', t.created_at), ",
+    legacy_time!("t.created_at"),
+    " FROM legacy_credit_transactions t JOIN legacy_users u ON u.id = t.user_id WHERE u.user_id NOTNULL \
+     ON CONFLICT(source_key) DO NOTHING"
+);
+
+/// One `migration` row per matched user whose imported rows do not sum to their legacy
+/// balance (`legacy-balance:<legacy user id>`), for the difference.
+const IMPORT_BALANCES: &str = "INSERT INTO credit_transactions (id, user_id, delta, reason, source_key, metadata, created_at) \
+     SELECT 'ct_' || lower(hex(randomblob(12))), user_id, balance - ledger, 'migration', 'legacy-balance:' || id, \
+            json_object('legacyUserId', id, 'legacyBalance', balance, 'legacyRows', ledger), ?1 \
+     FROM (SELECT id, user_id, credits_balance AS balance, (SELECT ifnull(SUM(c.delta), 0) FROM legacy_credit_transactions t \
+             JOIN credit_transactions c ON c.source_key = 'legacy:' || t.id WHERE t.user_id = u.id) AS ledger \
+           FROM legacy_users u WHERE user_id NOTNULL) \
+     WHERE balance <> ledger ON CONFLICT(source_key) DO NOTHING";
+
+/// Matched users' legacy payments, kept in `stripe_payments` (id: the payment intent,
+/// else `legacy:<id>`; status `legacy:<status>`; dated before any Stripe event, so a
+/// later event about the same payment intent wins).
+const IMPORT_PAYMENTS: &str = concat!(
+    "INSERT INTO stripe_payments (id, user_id, customer_id, amount, status, last_event_id, last_event_created, created_at, updated_at) \
+     SELECT ifnull(p.stripe_payment_intent_id, 'legacy:' || p.id), u.user_id, u.stripe_customer_id, p.amount, \
+            'legacy:' || lower(ifnull(p.status, 'unknown')), 'legacy:' || p.id, 0, ",
+    legacy_time!("p.created_at"),
+    ", ?1 FROM legacy_payments p JOIN legacy_users u ON u.id = p.user_id WHERE u.user_id NOTNULL \
+     ON CONFLICT(id) DO NOTHING"
+);
+
+/// The report, one JSON object. With `?2` = 1 (the plan, before writing) the figures
+/// are what the ledger will hold once the import ran; with 0 what it holds. Per legacy
+/// user: `tx` transactions, `done` of them in the ledger, `tx_sum` their credits, `fix`
+/// the balance row's delta (`fixed`: as it will be).
+const REPORT: &str = "WITH u AS (SELECT *, iif(user_id NOTNULL, ifnull(fix, iif(?2 AND balance <> tx_sum, balance - tx_sum, NULL)), NULL) AS fixed \
+       FROM (SELECT u.id, u.email, u.stripe_customer_id AS cus, u.user_id, u.matched_by AS how, u.credits_balance AS balance, \
+               COUNT(t.id) AS tx, COUNT(c.id) AS done, ifnull(SUM(ifnull(c.delta, iif(?2, t.delta, NULL))), 0) AS tx_sum, \
+               (SELECT delta FROM credit_transactions WHERE source_key = 'legacy-balance:' || u.id) AS fix \
+             FROM legacy_users u LEFT JOIN legacy_credit_transactions t ON t.user_id = u.id \
+               LEFT JOIN credit_transactions c ON c.source_key = 'legacy:' || t.id GROUP BY u.id)), \
+     p AS (SELECT ifnull(stripe_payment_intent_id, 'legacy:' || id) AS sid, ifnull(user_id IN (SELECT id FROM u WHERE user_id NOTNULL), 0) AS m, \
+             ifnull(user_id IN (SELECT id FROM u), 0) AS known FROM legacy_payments) \
+     SELECT json_object( \
+       'legacyCredits', ifnull(SUM(balance), 0), \
+       'matchedCredits', ifnull(SUM(balance) FILTER (WHERE user_id NOTNULL), 0), \
+       'importedCredits', ifnull(SUM(tx_sum + ifnull(fixed, 0)) FILTER (WHERE user_id NOTNULL), 0), \
+       'difference', ifnull(SUM(balance - tx_sum - ifnull(fixed, 0)) FILTER (WHERE user_id NOTNULL), 0), \
+       'unmatchedCredits', ifnull(SUM(balance) FILTER (WHERE user_id ISNULL), 0), \
+       'users', json_object('total', COUNT(*), 'matched', COUNT(user_id), 'unmatched', COUNT(*) - COUNT(user_id), \
+         'byStripeCustomer', COUNT(*) FILTER (WHERE how = 'stripe_customer'), 'byVerifiedEmail', COUNT(*) FILTER (WHERE how = 'verified_email')), \
+       'ledger', json_object('rows', ifnull(SUM(iif(?2, tx, done)) FILTER (WHERE user_id NOTNULL), 0) + COUNT(fixed), 'balanceRows', COUNT(fixed)), \
+       'written', json_object('ledgerRows', ifnull(SUM(tx - done) FILTER (WHERE user_id NOTNULL), 0) + COUNT(fixed) - COUNT(fix), \
+         'balanceRows', COUNT(fixed) - COUNT(fix), \
+         'payments', (SELECT COUNT(DISTINCT sid) FROM p WHERE m AND sid NOT IN (SELECT id FROM stripe_payments))), \
+       'transactions', json_object('ofMatchedUsers', ifnull(SUM(tx) FILTER (WHERE user_id NOTNULL), 0), \
+         'ofUnmatchedUsers', ifnull(SUM(tx) FILTER (WHERE user_id ISNULL), 0), \
+         'orphans', (SELECT COUNT(*) FROM legacy_credit_transactions WHERE user_id NOT IN (SELECT id FROM u) OR user_id ISNULL)), \
+       'payments', json((SELECT json_object('ofMatchedUsers', COUNT(*) FILTER (WHERE m), 'ofUnmatchedUsers', COUNT(*) FILTER (WHERE known AND NOT m), \
+         'orphans', COUNT(*) FILTER (WHERE NOT known), \
+         'recorded', iif(?2, COUNT(DISTINCT sid) FILTER (WHERE m), COUNT(DISTINCT sid) FILTER (WHERE m AND sid IN (SELECT id FROM stripe_payments)))) FROM p)), \
+       'matched', json_group_array(json_object('legacyId', id, 'userId', user_id, 'by', how)) FILTER (WHERE user_id NOTNULL), \
+       'unmatched', json_group_array(json_object('legacyId', id, 'email', email, 'stripeCustomerId', cus, 'creditsBalance', balance)) \
+         FILTER (WHERE user_id ISNULL), \
+       'orphanUserIds', json((SELECT json_group_array(DISTINCT user_id) FROM (SELECT user_id FROM legacy_credit_transactions UNION ALL \
+         SELECT user_id FROM legacy_payments) WHERE user_id NOT IN (SELECT id FROM u) OR user_id ISNULL)) \
+     ) AS report FROM u";
+
+const CLEAR: [&str; 4] = [
+    "DELETE FROM legacy_credit_files",
+    "DELETE FROM legacy_users",
+    "DELETE FROM legacy_payments",
+    "DELETE FROM legacy_credit_transactions",
+];
+
+fn report_stmt(plan: bool, now: i64) -> Stmt {
+    Stmt { sql: REPORT, params: vec![Param::Int(now), Param::Int(i64::from(plan))] }
+}
+
+fn now_stmt(sql: &'static str, now: i64) -> Stmt {
+    Stmt { sql, params: vec![Param::Int(now)] }
+}
+
+/// Runs the import of the staged files (or, `dry_run`, only its plan) in one batch and
+/// answers the report: what the ledger holds for the legacy users after it (or would),
+/// with `written` = the rows this run wrote (or would write). An import consumes the
+/// staged files (a later one cannot mix them with another export's).
+pub async fn run(db: &Db, dry_run: bool, now: i64) -> Result<Value, ApiError> {
+    let mut stmts = Vec::new();
+    for sql in MATCH {
+        stmts.push(Stmt { sql, params: vec![] });
+    }
+    stmts.push(report_stmt(true, now));
+    if !dry_run {
+        stmts.push(now_stmt(IMPORT_TRANSACTIONS, now));
+        stmts.push(now_stmt(IMPORT_BALANCES, now));
+        stmts.push(now_stmt(IMPORT_PAYMENTS, now));
+        stmts.push(report_stmt(false, now));
+        for sql in CLEAR {
+            stmts.push(Stmt { sql, params: vec![] });
+        }
+    }
+    let results = db.batch_rows(&stmts).await?;
+    let report = |i: usize| -> Result<Value, ApiError> {
+        let text = results.get(i).and_then(|rows| rows.first()).and_then(|r| r.text("report"));
+        serde_json::from_str(&text.unwrap_or_default()).map_err(|e| ApiError::server(format!("import report: {e}")))
+    };
+    let mut plan = report(MATCH.len())?;
+    if dry_run {
+        return Ok(plan);
+    }
+    let mut done = report(stmts.len() - 1 - CLEAR.len())?;
+    done["written"] = plan["written"].take();
+    Ok(done)
+}

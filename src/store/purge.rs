@@ -1,0 +1,135 @@
+//! The test-account purge: the accounts a match names, and every D1 row of theirs
+//! (each table that references `users`, then the users), counted and deleted in one
+//! batch.
+
+use serde_json::Value;
+
+use super::db::{Db, Row, Stmt};
+use crate::error::ApiError;
+
+/// The accounts a purge lists, `{userId, authId, email}`: with `by_email`, the users
+/// whose lower-cased email ends with `param`, in id order; else each auth id of the JSON
+/// array `param` once, in order, with its user if D1 has one (else `userId` and `email`
+/// null: an account only the legacy KV keys know).
+pub async fn accounts(db: &Db, by_email: bool, param: &str) -> Result<Vec<Row>, ApiError> {
+    let sql = if by_email {
+        "SELECT id AS userId, auth_id AS authId, email FROM users WHERE substr(lower(email), -length(?1)) = ?1 ORDER BY id"
+    } else {
+        "SELECT u.id AS userId, j.value AS authId, u.email AS email FROM json_each(?1) j \
+         LEFT JOIN users u ON u.auth_id = j.value GROUP BY j.value ORDER BY MIN(j.key)"
+    };
+    db.rows_of(sql, &[param.into()]).await
+}
+
+macro_rules! ids {
+    () => {
+        "WITH ids AS (SELECT value FROM json_each(?1)) "
+    };
+}
+macro_rules! customers {
+    () => {
+        " customers WHERE user_id IN ids OR (user_id ISNULL AND email_hash IN (SELECT value FROM json_each(?2)))"
+    };
+}
+
+/// The rows of the users per table, as a JSON object (`customers`: also the records
+/// not linked to any user whose email hash is one of theirs).
+const COUNT: &str = concat!(
+    ids!(),
+    "SELECT json_object('users', (SELECT COUNT(*) FROM users WHERE id IN ids), \
+     'usage', (SELECT COUNT(*) FROM usage WHERE user_id IN ids), \
+     'usage_requests', (SELECT COUNT(*) FROM usage_requests WHERE user_id IN ids), \
+     'credit_transactions', (SELECT COUNT(*) FROM credit_transactions WHERE user_id IN ids), \
+     'customers', (SELECT COUNT(*) FROM",
+    customers!(),
+    "), 'billing_locks', (SELECT COUNT(*) FROM billing_locks WHERE user_id IN ids), \
+     'kv_outbox', (SELECT COUNT(*) FROM kv_outbox WHERE user_id IN ids), \
+     'plan_changes', (SELECT COUNT(*) FROM plan_changes WHERE user_id IN ids), \
+     'stripe_payments', (SELECT COUNT(*) FROM stripe_payments WHERE user_id IN ids)) AS rows, \
+     (SELECT json_group_array(id) FROM",
+    customers!(),
+    ") AS customerIds, (SELECT json_group_array(email_hash) FROM (SELECT email_hash FROM",
+    customers!(),
+    ") WHERE email_hash NOTNULL) AS customerHashes"
+);
+
+/// What a purge counted: the rows per table (a JSON object), and the customer records
+/// it takes (their ids and email hashes), whose legacy keys go too.
+pub struct Counted {
+    pub rows: Value,
+    pub customer_ids: Vec<String>,
+    pub customer_hashes: Vec<String>,
+}
+
+/// Children first: every table that references `users`, then the users.
+const DELETE: [&str; 9] = [
+    concat!(ids!(), "DELETE FROM usage WHERE user_id IN ids"),
+    concat!(ids!(), "DELETE FROM usage_requests WHERE user_id IN ids"),
+    concat!(ids!(), "DELETE FROM credit_transactions WHERE user_id IN ids"),
+    concat!(ids!(), "DELETE FROM", customers!()),
+    concat!(ids!(), "DELETE FROM billing_locks WHERE user_id IN ids"),
+    concat!(ids!(), "DELETE FROM kv_outbox WHERE user_id IN ids"),
+    concat!(ids!(), "DELETE FROM plan_changes WHERE user_id IN ids"),
+    concat!(ids!(), "DELETE FROM stripe_payments WHERE user_id IN ids"),
+    concat!(ids!(), "DELETE FROM users WHERE id IN ids"),
+];
+
+/// Counts the rows of the users (ids and their email hashes as JSON arrays) in each
+/// table and, unless `dry_run`, deletes them, in one batch: the counts are of what the
+/// deletes take.
+pub async fn purge(db: &Db, user_ids_json: &str, hashes_json: &str, dry_run: bool) -> Result<Counted, ApiError> {
+    // Each statement binds the parameters it names (`?2` only where customers are).
+    let params = |sql: &str| {
+        let mut p = vec![user_ids_json.into()];
+        if sql.contains("?2") {
+            p.push(hashes_json.into());
+        }
+        p
+    };
+    let mut stmts = vec![Stmt { sql: COUNT, params: params(COUNT) }];
+    if !dry_run {
+        for sql in DELETE {
+            stmts.push(Stmt { sql, params: params(sql) });
+        }
+    }
+    let row = db.batch_rows(&stmts).await?.into_iter().next().and_then(|rows| rows.into_iter().next());
+    let json = |name: &str| -> Result<Value, ApiError> {
+        let text = row.as_ref().and_then(|r| r.text(name)).unwrap_or_default();
+        serde_json::from_str(&text).map_err(|e| ApiError::server(format!("purge {name}: {e}")))
+    };
+    let texts = |v: Value| -> Vec<String> {
+        match v {
+            Value::Array(items) => items.into_iter().filter_map(|i| i.as_str().map(str::to_string)).collect(),
+            _ => Vec::new(),
+        }
+    };
+    Ok(Counted {
+        rows: json("rows")?,
+        customer_ids: texts(json("customerIds")?),
+        customer_hashes: texts(json("customerHashes")?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_table_that_references_users_is_purged_before_the_users() {
+        let mut schema = String::new();
+        for f in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations")).unwrap() {
+            schema.push_str(&std::fs::read_to_string(f.unwrap().path()).unwrap());
+        }
+        let mut tables: Vec<&str> = schema
+            .split("CREATE TABLE ")
+            .skip(1)
+            .filter(|t| t.split(");").next().unwrap_or_default().contains("REFERENCES users"))
+            .map(|t| t.split_whitespace().next().unwrap())
+            .collect();
+        tables.push("customers");
+        for t in tables {
+            let delete = super::DELETE.iter().position(|d| d.contains(&format!("DELETE FROM {t} ")));
+            assert!(delete.is_some_and(|i| i < 8), "{t} is purged before users");
+            assert!(super::COUNT.contains(&format!("'{t}'")), "{t} is counted");
+        }
+        assert!(super::DELETE[8].contains("DELETE FROM users "));
+    }
+}
