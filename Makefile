@@ -114,7 +114,7 @@ dev: worker dev-vars migrate-local
 	@echo "  token:  make token USER=alice"
 	@echo "  plan:   curl -s -H \"Authorization: Bearer \$$(make -s token USER=alice)\" http://127.0.0.1:$(PORT)/api/plan/me"
 	@echo
-	wrangler dev --local --ip 127.0.0.1 --port $(PORT)
+	wrangler dev --local --ip 127.0.0.1 --port $(PORT) --test-scheduled
 
 # ---------------------------------------------------------------------------------
 # Tests and benchmarks

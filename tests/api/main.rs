@@ -16,6 +16,7 @@ mod errors;
 mod fixtures;
 mod health;
 mod kv_copy;
+mod openapi;
 mod plan_me;
 mod usage;
 mod webhooks;
