@@ -22,11 +22,11 @@ USER ?= alice
 WORKER_SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock build.rs plans.toml
 
 .PHONY: help tools check-prereqs rust-tools node-tools worker dev migrate-local dev-vars token \
-        test unit e2e bench lint fmt clean
+        test unit client-test e2e bench lint fmt clean
 
 help:
 	@echo "make dev    - install what is missing, migrate local D1, serve on http://127.0.0.1:$(PORT)"
-	@echo "make test   - native unit tests + end-to-end tests against wrangler dev"
+	@echo "make test   - native unit tests, the JS client's tests, end-to-end tests against wrangler dev"
 	@echo "make bench  - bundle size, latency/throughput and D1 rows per request"
 	@echo "make token USER=alice - a development bearer token (HS256, from .dev.vars)"
 	@echo "make token SERVICE=x  - a service token for /api/entitlements/check (SERVICE_JWT_SECRET)"
@@ -125,7 +125,11 @@ unit: check-prereqs
 e2e: worker
 	cargo test --test api -- --test-threads=4
 
-test: unit e2e
+# The browser client (public/client/plangate.js) with Node's test runner and a stubbed fetch.
+client-test: check-prereqs
+	node --test tests/client/
+
+test: unit client-test e2e
 
 bench: worker
 	cargo bench --bench load

@@ -219,6 +219,24 @@ fn the_document_is_served_as_a_static_file_and_api_misses_still_get_the_workers_
     assert_eq!(health.status, 200, "{}", health.body);
 }
 
+#[test]
+fn the_browser_client_and_its_types_are_served_as_static_files() {
+    let app = static_app();
+    for (path, file, kind) in [
+        ("/client/plangate.js", "public/client/plangate.js", "javascript"),
+        ("/client/plangate.d.ts", "public/client/plangate.d.ts", ""),
+    ] {
+        let r = get(&app.url(path), None);
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        assert_eq!(r.body, std::fs::read_to_string(root().join(file)).unwrap(), "{path}");
+        assert!(r.header("Content-Type").is_some_and(|t| t.contains(kind)), "{path}: {:?}", r.header("Content-Type"));
+        // Pages on other origins import the module (a CORS fetch): public/_headers.
+        assert_eq!(r.header("Access-Control-Allow-Origin"), Some("*"), "{path}");
+    }
+    assert_eq!(get(&app.url("/openapi.json"), None).header("Access-Control-Allow-Origin"), Some("*"));
+    assert_eq!(get(&app.url("/_headers"), None).status, 404, "the headers file is not served");
+}
+
 // -------------------------------------------------------------------------------------
 // A validator for the subset of JSON Schema 2020-12 the document uses: $ref, allOf,
 // oneOf, type (one or a list), const, enum, properties, required,
