@@ -52,6 +52,7 @@ enum Handler {
     AdminCredits,
     AdminCreditsAdjust,
     AdminCreditShortfalls,
+    DevToken,
 }
 
 struct Route {
@@ -87,6 +88,7 @@ const ROUTES: &[Route] = &[
     Route { path: "/api/admin/credits", methods: &["GET"], handler: Handler::AdminCredits },
     Route { path: "/api/admin/credits/adjust", methods: &["POST"], handler: Handler::AdminCreditsAdjust },
     Route { path: "/api/admin/credits/shortfalls", methods: &["GET"], handler: Handler::AdminCreditShortfalls },
+    Route { path: "/api/dev/token", methods: &["POST"], handler: Handler::DevToken },
 ];
 
 fn match_path(pattern: &str, path: &str) -> Option<Vec<String>> {
@@ -140,6 +142,7 @@ async fn dispatch(handler: Handler, params: &[String], ctx: &Ctx<'_>) -> Result<
         Handler::AdminCredits => routes::credits::admin_list(ctx).await,
         Handler::AdminCreditsAdjust => routes::credits::admin_adjust(ctx).await,
         Handler::AdminCreditShortfalls => routes::credits::admin_shortfalls(ctx).await,
+        Handler::DevToken => routes::dev::token(ctx),
     }
 }
 

@@ -18,6 +18,8 @@ const state = {
   history: [],
   nextCursor: null,
   development: false,
+  /** Actions started (and loads): a wait for a webhook stops when the user acts. */
+  actions: 0,
 };
 
 // ---------------------------------------------------------------------------------
@@ -115,6 +117,7 @@ function fail(e) {
 
 /** Runs an action; its errors become the alert. */
 async function attempt(action) {
+  state.actions += 1;
   try {
     return await action();
   } catch (e) {
@@ -503,7 +506,9 @@ async function checkoutReturn() {
   const before = JSON.stringify([state.plan, state.ent?.credits]);
   for (let i = 0; i < 6; i++) {
     await new Promise((r) => setTimeout(r, 1500));
-    await reload();
+    const acted = state.actions;
+    await load().catch(() => {});
+    if (state.actions !== acted) return;
     if (JSON.stringify([state.plan, state.ent?.credits]) !== before) {
       say("Payment received: your account is up to date.");
       return;

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod billing;
 pub mod catalog;
 pub mod credits;
+pub mod dev;
 pub mod entitlements;
 pub mod health;
 pub mod plan;

@@ -11,6 +11,7 @@ mod auth;
 mod billing;
 mod cors;
 mod credits;
+mod dev_token;
 mod entitlements;
 mod errors;
 mod fixtures;
@@ -79,6 +80,21 @@ pub fn shared() -> &'static Shared {
         let stripe = StripeFake::start();
         let app = App::spawn(stripe_options(&stripe).with_jwks(&jwks.url));
         Shared { app, jwks, stripe }
+    })
+}
+
+/// An app as `make dev` runs one: `public/` served (`[assets]`, see
+/// `AppOptions::static_files`), `ENVIRONMENT=development` (the dev token endpoint), and
+/// the test issuer and audience required (so dev tokens must carry them).
+pub fn dev_app() -> &'static App {
+    static DEV: OnceLock<App> = OnceLock::new();
+    DEV.get_or_init(|| {
+        let jwks = &shared().jwks.url;
+        App::spawn(
+            AppOptions { static_files: true, ..AppOptions::default() }
+                .var("ENVIRONMENT", "development")
+                .with_jwks(jwks),
+        )
     })
 }
 

@@ -6,7 +6,6 @@
 //! that the schema does not list fails, so the document cannot fall behind the API.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::OnceLock;
 
 use serde_json::{json, Value};
 
@@ -14,7 +13,7 @@ use crate::fixtures::{
     adjust, admin_get, admin_post, consume, deliver, event, event_id, new_customer, on_plan, request, spend, user_get,
     user_post,
 };
-use crate::support::{get, now, root, token, unique, App, AppOptions};
+use crate::support::{get, now, root, token, unique};
 use crate::{shared, ALLOWED_ORIGIN_FOR_TESTS};
 
 fn document() -> Value {
@@ -190,16 +189,9 @@ fn the_document_is_openapi_3_1_its_refs_resolve_and_its_error_codes_are_the_read
     }
 }
 
-/// An app serving `public/` as `wrangler.toml` says (`[assets]`), as `make dev` and a
-/// deployment do (the other apps run without it, see `AppOptions::static_files`).
-pub fn static_app() -> &'static App {
-    static APP: OnceLock<App> = OnceLock::new();
-    APP.get_or_init(|| App::spawn(AppOptions { static_files: true, ..AppOptions::default() }))
-}
-
 #[test]
 fn the_document_is_served_as_a_static_file_and_api_misses_still_get_the_workers_json_404() {
-    let app = static_app();
+    let app = crate::dev_app();
     let r = get(&app.url("/openapi.json"), None);
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.header("Content-Type").is_some_and(|t| t.starts_with("application/json")), "{:?}", r.headers);
@@ -221,7 +213,7 @@ fn the_document_is_served_as_a_static_file_and_api_misses_still_get_the_workers_
 
 #[test]
 fn the_browser_client_and_its_types_are_served_as_static_files() {
-    let app = static_app();
+    let app = crate::dev_app();
     for (path, file, kind) in [
         ("/client/plangate.js", "public/client/plangate.js", "javascript"),
         ("/client/plangate.d.ts", "public/client/plangate.d.ts", ""),
@@ -235,6 +227,17 @@ fn the_browser_client_and_its_types_are_served_as_static_files() {
     }
     assert_eq!(get(&app.url("/openapi.json"), None).header("Access-Control-Allow-Origin"), Some("*"));
     assert_eq!(get(&app.url("/_headers"), None).status, 404, "the headers file is not served");
+}
+
+#[test]
+fn real_dev_token_answers_match_the_document() {
+    let ok = request(crate::dev_app(), "POST", "/api/dev/token", None, Some(&json!({"userId": unique("doc")})));
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_documented("POST /api/dev/token", &ok);
+    let bad = request(crate::dev_app(), "POST", "/api/dev/token", None, Some(&json!({"userId": "a b"})));
+    assert_documented("POST /api/dev/token", &bad);
+    let off = request(&shared().app, "POST", "/api/dev/token", None, Some(&json!({"userId": "alice"})));
+    assert_documented("POST /api/dev/token", &off);
 }
 
 // -------------------------------------------------------------------------------------
