@@ -18,15 +18,16 @@ export WASM_OPT_BIN := $(NODE_BIN)/wasm-opt
 export WRANGLER_SEND_METRICS := false
 
 PORT ?= 8787
+STANDIN_PORT ?= 12111
 USER ?= alice
 WORKER_SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock build.rs plans.toml
 
-.PHONY: help tools check-prereqs rust-tools node-tools worker dev migrate-local dev-vars token \
-        test unit e2e bench lint fmt clean
+.PHONY: help tools check-prereqs rust-tools node-tools worker standin dev migrate-local dev-vars token \
+        test unit client-test e2e browser-tools browser-test bench lint fmt clean
 
 help:
-	@echo "make dev    - install what is missing, migrate local D1, serve on http://127.0.0.1:$(PORT)"
-	@echo "make test   - native unit tests + end-to-end tests against wrangler dev"
+	@echo "make dev    - install what is missing, migrate local D1, serve on http://127.0.0.1:$(PORT) (+ the Stripe stand-in)"
+	@echo "make test   - native unit tests, the JS client's tests, end-to-end tests against wrangler dev"
 	@echo "make bench  - bundle size, latency/throughput and D1 rows per request"
 	@echo "make token USER=alice - a development bearer token (HS256, from .dev.vars)"
 	@echo "make token SERVICE=x  - a service token for /api/entitlements/check (SERVICE_JWT_SECRET)"
@@ -108,13 +109,12 @@ token: dev-vars
 		python3 scripts/token.py --secret-file .dev.vars --sub "$(USER)" --email "$(USER)@example.com"; \
 	fi
 
-dev: worker dev-vars migrate-local
-	@echo
-	@echo "plangate on http://127.0.0.1:$(PORT)"
-	@echo "  token:  make token USER=alice"
-	@echo "  plan:   curl -s -H \"Authorization: Bearer \$$(make -s token USER=alice)\" http://127.0.0.1:$(PORT)/api/plan/me"
-	@echo
-	wrangler dev --local --ip 127.0.0.1 --port $(PORT)
+# The Stripe stand-in of `make dev` and the browser tests (dev/stripe_standin.rs), native.
+standin: check-prereqs
+	cargo build --example stripe-standin
+
+dev: worker standin dev-vars migrate-local
+	@PORT=$(PORT) STANDIN_PORT=$(STANDIN_PORT) bash scripts/dev.sh
 
 # ---------------------------------------------------------------------------------
 # Tests and benchmarks
@@ -125,7 +125,24 @@ unit: check-prereqs
 e2e: worker
 	cargo test --test api -- --test-threads=4
 
-test: unit e2e
+# The browser client (public/client/plangate.js) with Node's test runner and a stubbed fetch.
+client-test: check-prereqs
+	node --test tests/client/
+
+# Debian's Chromium for the browser tests (installed as root with apt-get; nothing
+# downloads a browser build). CHROMIUM=/path overrides it.
+browser-tools:
+	@if [ -z "$$CHROMIUM" ] && ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the browser tests (once)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "error: chromium is missing: install Debian's chromium package (or set CHROMIUM=/path)" >&2; exit 1; fi; fi
+
+# The account page in headless Chromium against the make dev stack; screenshots in target/browser/.
+browser-test: worker standin node-tools browser-tools
+	node --test tests/browser/
+
+test: unit client-test e2e browser-test
 
 bench: worker
 	cargo bench --bench load

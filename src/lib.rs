@@ -62,6 +62,7 @@ enum Handler {
     AdminCustomerVerify,
     AdminCreditImport,
     AdminPurgeTestAccounts,
+    DevToken,
 }
 
 struct Route {
@@ -108,6 +109,7 @@ const ROUTES: &[Route] = &[
     Route { path: "/api/admin/migrations/customers/verify", methods: &["GET"], handler: Handler::AdminCustomerVerify },
     Route { path: "/api/admin/migrations/credits", methods: &["POST"], handler: Handler::AdminCreditImport },
     Route { path: "/api/admin/purge-test-accounts", methods: &["POST"], handler: Handler::AdminPurgeTestAccounts },
+    Route { path: "/api/dev/token", methods: &["POST"], handler: Handler::DevToken },
 ];
 
 fn match_path(pattern: &str, path: &str) -> Option<Vec<String>> {
@@ -173,6 +175,7 @@ async fn dispatch(handler: Handler, params: &[String], ctx: &Ctx<'_>, method: &s
         // Boxed: these admin-only handlers stay out of the request future's state (smaller Wasm).
         Handler::AdminCreditImport => boxed(routes::credit_import::import(ctx)).await,
         Handler::AdminPurgeTestAccounts => boxed(routes::purge::purge_test_accounts(ctx)).await,
+        Handler::DevToken => routes::dev::token(ctx),
     }
 }
 

@@ -262,12 +262,23 @@ pub fn hs256_valid(secret: &[u8], signing_input: &[u8], signature: &[u8]) -> boo
 
 /// Signs `claims` as an HS256 token; used by `make token` style tooling and tests.
 pub fn sign_hs256(secret: &[u8], claims: &Value) -> String {
-    let header = b64::encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let payload = b64::encode(claims.to_string().as_bytes());
-    let input = format!("{header}.{payload}");
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC accepts any key length");
-    mac.update(input.as_bytes());
-    format!("{input}.{}", b64::encode(&mac.finalize().into_bytes()))
+    sign_hs256_json(secret, &claims.to_string())
+}
+
+/// Signs a claims object already written as JSON (the dev token endpoint).
+pub fn sign_hs256_json(secret: &[u8], claims: &str) -> String {
+    // base64url of {"alg":"HS256","typ":"JWT"}
+    let mut token = format!("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.{}", b64::encode(claims.as_bytes()));
+    let tag = match Hmac::<Sha256>::new_from_slice(secret) {
+        Ok(mut mac) => {
+            mac.update(token.as_bytes());
+            mac.finalize().into_bytes()
+        }
+        Err(_) => Default::default(),
+    };
+    token.push('.');
+    token.push_str(&b64::encode(&tag));
+    token
 }
 
 /// A NumericDate: a JSON number of seconds, possibly fractional.

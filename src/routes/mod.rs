@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod credit_import;
 pub mod credits;
 pub mod customer;
+pub mod dev;
 pub mod entitlements;
 pub mod health;
 pub mod plan;

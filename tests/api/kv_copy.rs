@@ -17,7 +17,8 @@ fn config_without_kv() -> std::path::PathBuf {
     let mut skip = false;
     for line in text.lines() {
         if line.starts_with('[') {
-            skip = line.starts_with("[build]") || line.starts_with("[env.");
+            // No `[assets]`: see `AppOptions::static_files`.
+            skip = line.starts_with("[build]") || line.starts_with("[env.") || line.starts_with("[assets]");
             if line.trim() == "[[kv_namespaces]]" {
                 skip = true;
             }

@@ -13,11 +13,13 @@ mod cors;
 mod credit_import;
 mod credits;
 mod customers;
+mod dev_token;
 mod entitlements;
 mod errors;
 mod fixtures;
 mod health;
 mod kv_copy;
+mod openapi;
 mod plan_me;
 mod plan_migration;
 mod purge;
@@ -82,6 +84,21 @@ pub fn shared() -> &'static Shared {
         let stripe = StripeFake::start();
         let app = App::spawn(stripe_options(&stripe).with_jwks(&jwks.url));
         Shared { app, jwks, stripe }
+    })
+}
+
+/// An app as `make dev` runs one: `public/` served (`[assets]`, see
+/// `AppOptions::static_files`), `ENVIRONMENT=development` (the dev token endpoint), and
+/// the test issuer and audience required (so dev tokens must carry them).
+pub fn dev_app() -> &'static App {
+    static DEV: OnceLock<App> = OnceLock::new();
+    DEV.get_or_init(|| {
+        let jwks = &shared().jwks.url;
+        App::spawn(
+            AppOptions { static_files: true, ..AppOptions::default() }
+                .var("ENVIRONMENT", "development")
+                .with_jwks(jwks),
+        )
     })
 }
 

@@ -163,12 +163,45 @@ pub struct AppOptions {
     /// Run with this wrangler configuration instead of `wrangler.toml` (e.g. one
     /// without the KV binding, to make every KV write fail).
     pub config: Option<PathBuf>,
+    /// Serve `public/` as wrangler.toml's `[assets]` says. Off by default: wrangler
+    /// 4.86's local runtime cannot trigger the cron (`/cdn-cgi/handler/scheduled`
+    /// answers 500) when a Worker has static assets, so apps run without them (see
+    /// [`config_without_static_files`]) unless a test needs the static files.
+    pub static_files: bool,
 }
 
 impl Default for AppOptions {
     fn default() -> Self {
-        AppOptions { vars: Vec::new(), migrate: true, persist: None, config: None }
+        AppOptions { vars: Vec::new(), migrate: true, persist: None, config: None, static_files: false }
     }
+}
+
+/// `wrangler.toml` without `[assets]` (and without `[build]` and the deployed
+/// environments, which test apps do not use), its paths made absolute, written to
+/// `dir`: what an app runs with unless it asks for the static files.
+pub fn config_without_static_files(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(root().join("wrangler.toml")).unwrap();
+    let mut out = String::new();
+    let mut skip = false;
+    for line in text.lines() {
+        let t = line.trim_start();
+        if t.starts_with('[') {
+            let name = t.trim_start_matches('[').trim_end_matches(']').trim_end_matches(']');
+            skip = name == "assets" || name == "build" || name.starts_with("env.");
+        }
+        if !skip {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    let absolute = |rel: &str| format!("{:?}", root().join(rel).display().to_string());
+    let out = out
+        .replace("main = \"build/index.js\"", &format!("main = {}", absolute("build/index.js")))
+        .replace("migrations_dir = \"migrations\"", &format!("migrations_dir = {}", absolute("migrations")));
+    assert!(!out.contains("[assets]") && out.contains("[[d1_databases]]") && !out.contains("main = \"build"), "{out}");
+    let path = dir.join("wrangler.toml");
+    std::fs::write(&path, out).unwrap();
+    path
 }
 
 impl AppOptions {
@@ -238,8 +271,13 @@ impl App {
         let keep = opts.persist.is_some();
         let persist = opts.persist.clone().unwrap_or_else(|| std::env::temp_dir().join(unique("plangate-e2e")));
         std::fs::create_dir_all(&persist).unwrap();
+        let config = match (&opts.config, opts.static_files) {
+            (Some(c), _) => Some(c.clone()),
+            (None, true) => None,
+            (None, false) => Some(config_without_static_files(&persist)),
+        };
         if opts.migrate {
-            apply_migrations(&persist, opts.config.as_deref());
+            apply_migrations(&persist, config.as_deref());
         }
         // Secrets and vars come only from here, never from a developer's .dev.vars.
         // wrangler.toml's development [vars] apply underneath; EXPOSE_D1_STATS is blanked
@@ -276,7 +314,7 @@ impl App {
             env_file.display().to_string(),
             "--show-interactive-dev-session=false".into(),
         ];
-        if let Some(config) = &opts.config {
+        if let Some(config) = &config {
             args.push("--config".into());
             args.push(config.display().to_string());
         }

@@ -72,6 +72,13 @@ pub struct FakeState {
     pub idempotent: BTreeMap<String, (String, (u16, Value))>,
     pub counter: u64,
     pub requests: Vec<Recorded>,
+    /// Where Checkout and portal pages are served (the dev stand-in's own address);
+    /// `None`: the fictitious `https://checkout.stripe.test/…` URLs the tests use.
+    pub public_base: Option<String>,
+    /// Accept any `sk_…` key (the dev stand-in), not only [`SECRET_KEY`].
+    pub any_key: bool,
+    /// Billing portal sessions: id → `{id, url, customer, return_url}`.
+    pub portal_sessions: BTreeMap<String, Value>,
 }
 
 #[derive(Clone)]
@@ -130,6 +137,56 @@ impl StripeFake {
             .var("DUAL_WRITE_KV", "true")
             .var("ADMIN_TOKEN", ADMIN_TOKEN)
             .var("EXPOSE_D1_STATS", "true")
+    }
+
+    /// A fake without a server of its own, answering the Stripe API through
+    /// [`StripeFake::answer`] (the dev stand-in serves it beside its pages); its
+    /// Checkout and portal URLs are on `public_base`, and any `sk_…` key is accepted.
+    pub fn detached(public_base: &str) -> StripeFake {
+        let state = FakeState { public_base: Some(public_base.to_string()), any_key: true, ..FakeState::default() };
+        StripeFake { base: public_base.to_string(), state: Arc::new(Mutex::new(state)) }
+    }
+
+    /// Answers one API request and records it.
+    pub fn answer(&self, rec: Recorded) -> (u16, Value) {
+        let answer = handle(&self.state, &rec);
+        self.state.lock().unwrap().requests.push(rec);
+        answer
+    }
+
+    pub fn session(&self, id: &str) -> Option<Value> {
+        self.state.lock().unwrap().checkout_sessions.get(id).cloned()
+    }
+
+    pub fn portal_session(&self, id: &str) -> Option<Value> {
+        self.state.lock().unwrap().portal_sessions.get(id).cloned()
+    }
+
+    /// Every subscription, newest first.
+    pub fn all_subscriptions(&self) -> Vec<Value> {
+        let mut subs: Vec<Value> = self.state.lock().unwrap().subscriptions.values().cloned().collect();
+        subs.sort_by_key(|s| std::cmp::Reverse(s["created"].as_i64().unwrap_or(0)));
+        subs
+    }
+
+    /// The customer sets or clears `cancel_at_period_end` (the portal's cancel, or
+    /// "don't cancel"). Returns the `customer.subscription.updated` event.
+    pub fn set_cancel_at_period_end(&self, sub_id: &str, cancel: bool) -> Option<Value> {
+        let mut s = self.state.lock().unwrap();
+        s.counter += 1;
+        let n = s.counter;
+        let sub = s.subscriptions.get_mut(sub_id)?;
+        sub["cancel_at_period_end"] = json!(cancel);
+        let sub = sub.clone();
+        Some(fake_event(&format!("evt_fake{n}_portal"), "customer.subscription.updated", now(), sub))
+    }
+
+    /// A Stripe event about an object as the fake holds it now (e.g. after an API call).
+    pub fn event_about(&self, kind: &str, object: Value) -> Value {
+        let mut s = self.state.lock().unwrap();
+        s.counter += 1;
+        let n = s.counter;
+        fake_event(&format!("evt_fake{n}_{}", kind.replace('.', "_")), kind, now(), object)
     }
 
     pub fn start() -> StripeFake {
@@ -376,7 +433,12 @@ impl StripeFake {
 }
 
 fn handle(state: &Arc<Mutex<FakeState>>, r: &Recorded) -> (u16, Value) {
-    if r.header("Authorization") != Some(&format!("Bearer {SECRET_KEY}")) {
+    let any_key = state.lock().unwrap().any_key;
+    let key_ok = match r.header("Authorization") {
+        Some(h) if any_key => h.starts_with("Bearer sk_"),
+        h => h == Some(&format!("Bearer {SECRET_KEY}")),
+    };
+    if !key_ok {
         return error(401, "invalid_request_error", "api_key_invalid", "Invalid API Key provided");
     }
     if r.method == "POST" {
@@ -595,7 +657,8 @@ fn handle_post(s: &mut FakeState, r: &Recorded) -> (u16, Value) {
             };
             let id = format!("cs_fake{n}");
             let session = json!({
-                "id": id, "object": "checkout.session", "url": format!("https://checkout.stripe.test/c/pay/{id}"),
+                "id": id, "object": "checkout.session",
+                "url": format!("{}/c/pay/{id}", s.public_base.as_deref().unwrap_or("https://checkout.stripe.test")),
                 "mode": param(&f, "mode"), "customer": customer, "client_reference_id": param(&f, "client_reference_id"),
                 "price": param(&f, "line_items[0][price]"),
                 "trial_period_days": param(&f, "subscription_data[trial_period_days]").and_then(|d| d.parse::<i64>().ok()),
@@ -624,10 +687,14 @@ fn handle_post(s: &mut FakeState, r: &Recorded) -> (u16, Value) {
             None => error(404, "invalid_request_error", "resource_missing", "No such checkout session"),
         },
         ["v1", "billing_portal", "sessions"] => match param(&f, "customer") {
-            Some(c) if live_customer(s, c) => (
-                200,
-                json!({"id": format!("bps_fake{n}"), "url": format!("https://billing.stripe.test/p/session/{n}"), "return_url": param(&f, "return_url")}),
-            ),
+            Some(c) if live_customer(s, c) => {
+                let id = format!("bps_fake{n}");
+                let base = s.public_base.as_deref().unwrap_or("https://billing.stripe.test");
+                let session = json!({"id": id, "url": format!("{base}/p/session/{id}"), "customer": c,
+                                     "return_url": param(&f, "return_url")});
+                s.portal_sessions.insert(id, session.clone());
+                (200, session)
+            }
             _ => error(400, "invalid_request_error", "resource_missing", "No such customer"),
         },
         ["v1", "subscriptions", id] => {
