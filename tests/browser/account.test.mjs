@@ -219,6 +219,8 @@ test("at 375 px nothing scrolls sideways, and the keyboard reaches and works eve
   // And a redirect from the keyboard: Enter on "Upgrade to Pro" opens the Checkout.
   await page.focus("#upgrade-pro");
   await Promise.all([page.waitForURL(`${stack.standin}/c/pay/**`), page.keyboard.press("Enter")]);
+  // "Pay" has autofocus: Tab from it once the page has applied it (else Tab lands on "Pay").
+  await page.waitForFunction(() => document.activeElement?.textContent === "Pay");
   await page.keyboard.press("Tab");
   assert.equal(await page.evaluate(() => document.activeElement.textContent), "Cancel");
   await Promise.all([page.waitForURL(`${stack.base}/account/**`), page.keyboard.press("Enter")]);
