@@ -136,7 +136,7 @@ browser-tools:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi; \
 	  if [ "$$SUDO" != none ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing Debian's chromium for the browser tests (once)"; \
-	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; \
+	    $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "error: chromium is missing: install Debian's chromium package (or set CHROMIUM=/path)" >&2; exit 1; fi; fi
 
 # The account page in headless Chromium against the make dev stack; screenshots in target/browser/.
