@@ -38,7 +38,11 @@ export type ApiErrorCode =
   | "PACK_NOT_AVAILABLE"
   | "IDEMPOTENCY_KEY_REUSED"
   | "REASON_REQUIRED"
-  | "USER_NOT_FOUND";
+  | "USER_NOT_FOUND"
+  | "CUSTOMER_EXISTS"
+  | "FIELD_NOT_WRITABLE"
+  | "INVALID_CSV"
+  | "FILES_MISSING";
 
 /** Codes the client produces itself: no answer (NETWORK_ERROR, TIMEOUT; status 0) or not JSON. */
 export type ClientErrorCode = "NETWORK_ERROR" | "TIMEOUT" | "BAD_RESPONSE";
