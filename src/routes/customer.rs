@@ -41,7 +41,7 @@ fn reply(s: Stored) -> Reply {
 }
 
 fn not_found() -> ApiError {
-    ApiError::coded(404, "CUSTOMER_NOT_FOUND", "No customer record (an unverified email links none)")
+    ApiError::coded(404, "CUSTOMER_RECORD_NOT_FOUND", "No customer record (an unverified email links none)")
 }
 
 /// The signed-in user's id and own record (linked by verified email if need be).
@@ -69,6 +69,7 @@ pub async fn read(ctx: &Ctx<'_>, what: Read, raw: &str) -> Result<Reply, ApiErro
                 _ => return Err(ApiError::Forbidden("only the customer themself, a service or the admin may read it")),
             }
         }
+        // As every `/me` path: only a user's token signs a user in (401 for a service's or the admin's).
         _ if what == Read::Me => return Err(ApiError::AuthRequired("a user's token")),
         _ => match what {
             Read::Email => match email_hash(&key) {
@@ -98,9 +99,11 @@ fn profile_error(e: ProfileError) -> ApiError {
 /// record from the legacy JSON (`customerId` optional). `409 CUSTOMER_EXISTS` when the
 /// id or the email already has a record.
 pub async fn create(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
+    // Who asks before what they send: a caller without a valid token gets 401 whatever the body.
+    let caller = ctx.caller().await?;
     let mut body = ctx.json_object()?;
     let new_id = format!("cust_{}", crate::util::random_hex(12)?);
-    let (mut c, user_id) = match ctx.caller().await? {
+    let (mut c, user_id) = match caller {
         Caller::User(who) => {
             let Some(email) = who.email.clone().filter(|_| who.email_verified) else {
                 return Err(ApiError::Forbidden("creating a customer record needs a verified email"));
@@ -136,8 +139,8 @@ pub async fn create(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
 /// `PATCH /customer/me`: profile fields only (`name`, `displayName`, `companyName`,
 /// `config`); any other field is refused with 400 naming it.
 pub async fn patch_me(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
-    let body = ctx.json_object()?;
     let who = ctx.identity().await?;
+    let body = ctx.json_object()?;
     let mut c = own(ctx, &who).await?.1.ok_or_else(not_found)?.customer;
     c.apply_profile(&body).map_err(profile_error)?;
     c.times[1] = Some(ctx.now);

@@ -25,8 +25,8 @@ fn cursor(c: Option<&str>) -> Result<Option<Position>, ApiError> {
         .transpose()
 }
 
-/// `{dryRun?, limit?, cursor?}` → `{dryRun, seen, imported, skipped: {reason:
-/// n}, failed: [{key, reason}], done, cursor}`.
+/// `{dryRun?, limit?, cursor?}` → `{dryRun, seen, imported, skipped: {reason: n},
+/// failed: {key: reason}, mismatches: {}, done, cursor}` (README, "Migrating legacy plans").
 pub async fn backfill(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     admin::authorize(ctx)?;
     let body = ctx.json_body()?;
@@ -36,8 +36,9 @@ pub async fn backfill(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     Ok(Reply::ok(out))
 }
 
-/// `?cursor=&limit=` → `{seen, skipped: {matching, changedSince}, failed: [{key,
-/// reason}] (unreadable records), mismatches: [{authId, field, legacy, d1}], done, cursor}`.
+/// `?cursor=&limit=` → the same page shape (`dryRun` true, `imported` 0): `skipped:
+/// {matching, changedSince}`, `failed: {key: reason}` (unreadable records),
+/// `mismatches: {authId: what differs}`, `done`, `cursor`.
 pub async fn verify(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     admin::authorize(ctx)?;
     let from = cursor(ctx.query("cursor").as_deref())?;

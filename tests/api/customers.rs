@@ -124,7 +124,7 @@ fn an_unverified_email_links_nothing_and_customer_me_answers_404() {
     for claim in [None, Some(json!(false)), Some(json!("true")), Some(json!(1))] {
         let r = get_as(app, "/customer/me", Some(&user_token(&sub, &mail, claim.clone())));
         assert_eq!(r.status, 404, "email_verified = {claim:?}: {}", r.body);
-        assert_eq!(error_code(&r.json()), "CUSTOMER_NOT_FOUND");
+        assert_eq!(error_code(&r.json()), "CUSTOMER_RECORD_NOT_FOUND");
         assert!(r.json()["message"].as_str().unwrap().contains("verified"), "{}", r.body);
     }
     assert!(customer_row(app, &id).is_none_or(|row| row["user_id"].is_null()), "nothing linked");
@@ -193,7 +193,7 @@ fn the_read_endpoints_answer_self_service_and_admin_and_refuse_everyone_else_wit
         let r = get_as(app, &path, Some(&other));
         assert_eq!((r.status, error_code(&r.json())), (403, "FORBIDDEN"), "{path}: {}", r.body);
         let r = get_as(app, &path, Some(&service));
-        assert_eq!((r.status, error_code(&r.json())), (404, "CUSTOMER_NOT_FOUND"), "service {path}: {}", r.body);
+        assert_eq!((r.status, error_code(&r.json())), (404, "CUSTOMER_RECORD_NOT_FOUND"), "service {path}: {}", r.body);
     }
     // The other user's own email (no record) is theirs to ask about: 404.
     let r = get_as(app, &format!("/customer/by-email/{}", enc(&other_mail)), Some(&other));
@@ -322,6 +322,9 @@ fn patch_customer_me_changes_profile_fields_only_and_refuses_plan_fields_naming_
 
     // Who may patch: only a signed-in user with a record.
     assert_eq!(call(app, "PATCH", "/customer/me", None, Some(json!({"name": "x"}))).status, 401);
+    // Who asks is checked before what they send: no token is 401 even with a body that is no object.
+    assert_eq!(call(app, "PATCH", "/customer/me", None, Some(json!([1]))).status, 401);
+    assert_eq!(call(app, "POST", "/customer", None, Some(json!([1]))).status, 401);
     assert_eq!(call(app, "PATCH", "/customer/me", Some(ADMIN_TOKEN), Some(json!({"name": "x"}))).status, 401);
     let svc = service_token("patch-svc");
     assert_eq!(call(app, "PATCH", "/customer/me", Some(&svc), Some(json!({"name": "x"}))).status, 401);

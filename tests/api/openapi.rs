@@ -91,8 +91,7 @@ fn pointer<'a>(doc: &'a Value, r: &str) -> Option<&'a Value> {
 }
 
 /// Every code of the README's error tables with its statuses (`| \`CODE\` | 409 | … |`,
-/// or `` `A` / `B` `` sharing a row). A code may have two: `CUSTOMER_NOT_FOUND` is 500
-/// for billing (no Stripe customer) and 404 for the customer API (no record).
+/// or `` `A` / `B` `` sharing a row); a code may have more than one status.
 fn readme_codes() -> BTreeMap<String, BTreeSet<u16>> {
     let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
     let mut out: BTreeMap<String, BTreeSet<u16>> = BTreeMap::new();
@@ -759,7 +758,7 @@ fn real_migration_customer_import_and_purge_answers_match_the_document() {
 
     let op = "GET /customer/me";
     expect(op, &call("GET", "/customer/me", &ada, None), 200, None);
-    expect(op, &call("GET", "/customer/me", &bob, None), 404, Some("CUSTOMER_NOT_FOUND"));
+    expect(op, &call("GET", "/customer/me", &bob, None), 404, Some("CUSTOMER_RECORD_NOT_FOUND"));
     expect(op, &call("GET", "/customer/me", ADMIN_TOKEN, None), 401, Some("AUTH_REQUIRED"));
     let op = "PATCH /customer/me";
     let patched = call("PATCH", "/customer/me", &ada, Some(json!({"companyName": "Acme", "displayName": null})));
@@ -767,20 +766,30 @@ fn real_migration_customer_import_and_purge_answers_match_the_document() {
     let r = call("PATCH", "/customer/me", &ada, Some(json!({"email": "x@example.test"})));
     assert_eq!(expect(op, &r, 400, Some("FIELD_NOT_WRITABLE"))["field"], "email");
     expect(op, &call("PATCH", "/customer/me", &ada, Some(json!({"bogus": 1}))), 400, Some("INVALID_REQUEST"));
-    expect(op, &call("PATCH", "/customer/me", &bob, Some(json!({"name": "Bob"}))), 404, Some("CUSTOMER_NOT_FOUND"));
+    expect(
+        op,
+        &call("PATCH", "/customer/me", &bob, Some(json!({"name": "Bob"}))),
+        404,
+        Some("CUSTOMER_RECORD_NOT_FOUND"),
+    );
 
     let op = "GET /customer/{id}";
     for bearer in [&ada, ADMIN_TOKEN, &service] {
         expect(op, &call("GET", &format!("/customer/{id_a}"), bearer, None), 200, None);
     }
     expect(op, &call("GET", &format!("/customer/{id_a}"), &bob, None), 403, Some("FORBIDDEN"));
-    expect(op, &call("GET", &format!("/customer/{tag}-none"), ADMIN_TOKEN, None), 404, Some("CUSTOMER_NOT_FOUND"));
+    expect(
+        op,
+        &call("GET", &format!("/customer/{tag}-none"), ADMIN_TOKEN, None),
+        404,
+        Some("CUSTOMER_RECORD_NOT_FOUND"),
+    );
     let op = "GET /customer/by-email/{email}";
     expect(op, &call("GET", &format!("/customer/by-email/{mail_a}"), &ada, None), 200, None);
     expect(op, &call("GET", &format!("/customer/by-email/{mail_b}"), &service, None), 200, None);
     expect(op, &call("GET", &format!("/customer/by-email/{mail_a}"), &bob, None), 403, Some("FORBIDDEN"));
     let none = call("GET", &format!("/customer/by-email/none@{domain}"), ADMIN_TOKEN, None);
-    expect(op, &none, 404, Some("CUSTOMER_NOT_FOUND"));
+    expect(op, &none, 404, Some("CUSTOMER_RECORD_NOT_FOUND"));
 
     // --- The customer records' migration: a readable legacy record and a broken one,
     // listed first.
