@@ -692,7 +692,9 @@ impl Billing<'_> {
     }
 
     /// `/api/cancel-subscription`: the best live subscription ends at the end of its
-    /// period; every other one billing the customer ends now (see `decide_cancel`).
+    /// period; every other one billing the customer ends now (see `decide_cancel`). Each
+    /// leaves a `plan_changes` row with its id: the best one through `apply_answer` (its
+    /// `cancel_at` changes), the others through `cancel_now`.
     pub async fn cancel(&self, who: &Identity) -> Result<UserRecord, ApiError> {
         let user = self.user_for(who).await?;
         self.locked(&user.id, "cancel", |user, seq| async move {

@@ -545,9 +545,30 @@ fn cancelling_ends_every_subscription_the_customer_pays_for_and_audits_each() {
             (Some("api:cancel"), Some("canceled"))
         );
     }
+    // The best one's cancellation at the period end is audited too, once.
+    let best_audit = |app: &crate::support::App| {
+        app.sql(&format!(
+            "SELECT cause, old_plan, new_plan, new_status FROM plan_changes WHERE user_id = '{}' AND subscription_id = '{best_sub}'",
+            c.user_id
+        ))
+        .into_iter()
+        .filter(|row| row["cause"] == "api:cancel")
+        .collect::<Vec<_>>()
+    };
+    let audit = best_audit(&s.app);
+    assert_eq!(audit.len(), 1, "{best_sub}: {audit:?}");
+    assert_eq!(
+        (audit[0]["old_plan"].as_str(), audit[0]["new_plan"].as_str(), audit[0]["new_status"].as_str()),
+        (Some("premium"), Some("premium"), Some("active")),
+        "paid until the period end"
+    );
     let me = plan_me(&c);
     assert_eq!(me["plan"], "premium", "paid until the period end");
     assert!(me["cancelAt"].is_string());
+    // Cancelling again changes nothing at Stripe and records nothing more.
+    let r = call(&c, "/api/cancel-subscription", json!({}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(best_audit(&s.app).len(), 1);
 }
 
 #[test]
