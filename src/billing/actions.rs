@@ -219,13 +219,14 @@ impl Billing<'_> {
         if !self.customer_is_gone(customer).await? {
             return Ok(None);
         }
+        let as_of = crate::clock::now(); // Stripe's answer, not the request's start
         log::warn(
             self.request_id,
             "billing.customer_missing_recreated",
             obj! {"userId": user.id.as_str(), "customer": customer},
         );
         let default_plan = self.catalog.id(self.catalog.default_tier());
-        let gone = users::customer_gone_stmts(customer, default_plan, "api:customer_missing", self.now, self.now);
+        let gone = users::customer_gone_stmts(customer, default_plan, "api:customer_missing", as_of, self.now);
         self.db.batch(gone).await?;
         self.refresh_copies(std::slice::from_ref(&user.id)).await;
         let user = users::find_by_id(self.db, &user.id).await?.ok_or_else(|| ApiError::server("user vanished"))?;

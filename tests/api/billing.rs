@@ -572,6 +572,42 @@ fn cancelling_ends_every_subscription_the_customer_pays_for_and_audits_each() {
 }
 
 #[test]
+fn an_in_place_upgrade_stores_stripe_state_as_of_the_answers_arrival_not_the_requests_start() {
+    let s = shared();
+    let (c, sub) = on_plan("asof-upgrade", "essential");
+    // Stripe takes a while to answer the update.
+    let (started, released, r) =
+        with_stripe_slow_on(&sub, || call(&c, "/api/upgrade-plan", json!({"targetPlan": "pro"})));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let row = user_row(&s.app, &c.user_id);
+    assert_eq!(row["plan"], "pro");
+    let synced = row["stripe_synced_at"].as_i64().unwrap();
+    assert!(
+        (released..=crate::support::now()).contains(&synced),
+        "stripe_synced_at {synced}: the request started at {started}, Stripe answered at {released}"
+    );
+}
+
+/// Runs `action` while Stripe holds every request whose path ends with `id` for 2.5 s.
+/// Returns when `action` started and when Stripe answered (unix seconds), and its result.
+fn with_stripe_slow_on<T>(id: &str, action: impl FnOnce() -> T) -> (i64, i64, T) {
+    let stripe = shared().stripe.clone();
+    stripe.set_hanging(id, true);
+    let started = crate::support::now();
+    let held = id.to_string();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(2500));
+        let at = crate::support::now();
+        stripe.set_hanging(&held, false);
+        at
+    });
+    let out = action();
+    let released = release.join().unwrap();
+    assert!(released >= started + 2, "{started} {released}");
+    (started, released, out)
+}
+
+#[test]
 fn a_customer_created_at_stripe_whose_answer_was_lost_is_reused_by_the_next_action() {
     let s = shared();
     let c = new_customer(&s.app, "lost-customer");
@@ -623,10 +659,17 @@ fn an_action_that_meets_a_deleted_customer_recovers_with_a_new_one_instead_of_fa
     assert_eq!(r.status, 200, "{}", r.body);
     let old = customer_of(&c);
     s.stripe.delete_customer(&old); // the event never arrives
-    for _ in 0..2 {
-        let r = call(&c, "/api/billing-portal", json!({"returnUrl": format!("{ALLOWED_ORIGIN_FOR_TESTS}/")}));
-        assert_eq!(r.status, 200, "{}", r.body);
-    }
+                                    // Stripe is slow to confirm the deletion: the clearing is stored as of its answer.
+    let portal = || call(&c, "/api/billing-portal", json!({"returnUrl": format!("{ALLOWED_ORIGIN_FOR_TESTS}/")}));
+    let (started, released, r) = with_stripe_slow_on(&old, portal);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let synced = user_row(&s.app, &c.user_id)["stripe_synced_at"].as_i64().unwrap();
+    assert!(
+        (released..=crate::support::now()).contains(&synced),
+        "stripe_synced_at {synced}: the request started at {started}, Stripe answered at {released}"
+    );
+    let r = portal();
+    assert_eq!(r.status, 200, "{}", r.body);
     let new = customer_of(&c);
     assert_ne!(new, old);
     assert_eq!(customers_for(&c), 2, "one replacement, not one per call");
