@@ -683,6 +683,75 @@ fn reconciliation_walks_every_page_of_1200_undelivered_events_over_several_runs(
 }
 
 #[test]
+fn a_cron_run_makes_at_most_its_retries_and_kv_copies_and_the_next_run_does_the_rest() {
+    use plangate::billing::delivery::RUN_RETRIES;
+    use plangate::cron::COPIES_PER_RUN;
+    // More due work than one run may do, seeded before the app starts: failed events
+    // whose retry is due (about subscriptions Stripe does not know: each retry is a
+    // quick no-op) and users whose KV copies are due.
+    let t = now();
+    let retries = i64::from(RUN_RETRIES) + 3;
+    let copies = COPIES_PER_RUN + 7;
+    let mut sql = String::new();
+    for i in 0..retries {
+        let c = Customer {
+            auth_id: format!("budget-ev{i}"),
+            user_id: format!("usr_budget_ev{i}"),
+            customer: format!("cus_budget{i}"),
+            subscription: format!("sub_budget{i}"),
+        };
+        let id = format!("evt_budget{i}");
+        let created = t - 600 + i;
+        let payload = event(&id, "customer.subscription.updated", created, subscription(&c, "active", PRICE_PRO));
+        sql.push_str(&format!(
+            "INSERT INTO webhook_events (id, type, created, status, attempts, last_error, payload, received_at, \
+             next_attempt_at, first_failed_at, source) VALUES ('{id}', 'customer.subscription.updated', {created}, \
+             'failed', 1, 'seeded', '{payload}', {created}, {}, {created}, 'webhook');\n",
+            t - 60
+        ));
+    }
+    for i in 0..copies {
+        sql.push_str(&format!(
+            "INSERT INTO users (id, auth_id, plan, plan_updated_at, created_at, updated_at) \
+             VALUES ('usr_budget{i}', 'budget-{i}', 'free', {t}, {t}, {t});\n\
+             INSERT INTO kv_outbox (user_id, version, due_at, attempts) VALUES ('usr_budget{i}', 1, {}, 0);\n",
+            t - 60
+        ));
+    }
+    let stripe = StripeFake::start();
+    let persist = std::env::temp_dir().join(unique("plangate-budget"));
+    crate::support::seed_state(&persist, &sql);
+    let app = App::spawn(crate::AppOptions {
+        persist: Some(persist.clone()),
+        migrate: false,
+        ..crate::stripe_options(&stripe)
+    });
+    let left = || {
+        (
+            app.count("SELECT count(*) FROM webhook_events WHERE status = 'failed'"),
+            app.count("SELECT count(*) FROM kv_outbox"),
+        )
+    };
+    assert_eq!(left(), (retries, copies));
+    run_cron(&app, Some(t));
+    assert_eq!(
+        left(),
+        (retries - i64::from(RUN_RETRIES), copies - COPIES_PER_RUN),
+        "one run: {RUN_RETRIES} retries and {COPIES_PER_RUN} KV copies at most"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM webhook_events WHERE status = 'processed'"), i64::from(RUN_RETRIES));
+    // A copy that was done was written, not dropped.
+    let written = app.sql("SELECT auth_id FROM users WHERE id NOT IN (SELECT user_id FROM kv_outbox) LIMIT 1");
+    let uid = written[0]["auth_id"].as_str().unwrap();
+    let plan = app.kv_get_when(&format!("planByUid:{uid}"), std::time::Duration::ZERO, |_| true);
+    assert_eq!(plan.as_deref(), Some("free"));
+    run_cron(&app, Some(t + 300));
+    assert_eq!(left(), (0, 0), "the next run does the rest");
+    drop(app);
+    let _ = std::fs::remove_dir_all(&persist);
+}
+
+#[test]
 fn processed_events_older_than_thirty_days_are_deleted_by_the_cron() {
     let _serial = crate::cron_serial();
     let app = cron_app();
