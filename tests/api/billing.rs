@@ -726,7 +726,7 @@ fn a_customer_stripe_does_not_know_is_not_taken_for_deleted_and_nothing_is_clear
     // A wrong key or mode makes Stripe answer 404 for a customer that exists elsewhere.
     s.stripe.forget_customer(&customer);
     let r = call(&c, "/api/billing-portal", json!({"returnUrl": format!("{ALLOWED_ORIGIN_FOR_TESTS}/")}));
-    assert_eq!(r.status, 502, "{}", r.body);
+    assert_eq!((r.status, error_code(&r.json())), (502, "CUSTOMER_MISSING"), "{}", r.body);
     let row = user_row(&s.app, &c.user_id);
     assert_eq!(row["stripe_customer_id"], customer.as_str(), "the customer is kept");
     assert_eq!((row["plan"].as_str(), row["stripe_subscription_id"].as_str()), (Some("essential"), Some(sub.as_str())));
