@@ -257,16 +257,6 @@ pub fn hs256_valid(secret: &[u8], signing_input: &[u8], signature: &[u8]) -> boo
     }
 }
 
-/// Signs `claims` as an HS256 token; used by `make token` style tooling and tests.
-pub fn sign_hs256(secret: &[u8], claims: &Value) -> String {
-    let header = b64::encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let payload = b64::encode(claims.to_string().as_bytes());
-    let input = format!("{header}.{payload}");
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC accepts any key length");
-    mac.update(input.as_bytes());
-    format!("{input}.{}", b64::encode(&mac.finalize().into_bytes()))
-}
-
 /// A NumericDate: a JSON number of seconds, possibly fractional.
 fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<i64>, JwtError> {
     match claims.get(name) {
@@ -373,6 +363,16 @@ mod tests {
     use rsa::{BigUint, RsaPrivateKey, RsaPublicKey};
     use serde_json::json;
     use std::cell::Cell;
+
+    /// Signs `claims` as an HS256 token (the Worker only verifies them).
+    fn sign_hs256(secret: &[u8], claims: &Value) -> String {
+        let header = b64::encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+        let payload = b64::encode(claims.to_string().as_bytes());
+        let input = format!("{header}.{payload}");
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC accepts any key length");
+        mac.update(input.as_bytes());
+        format!("{input}.{}", b64::encode(&mac.finalize().into_bytes()))
+    }
 
     const NOW: i64 = 1_760_000_000;
     const SECRET: &[u8] = b"test-secret-with-at-least-32-bytes!!";
