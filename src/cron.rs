@@ -21,7 +21,7 @@ use crate::store::webhooks;
 use crate::{clock, log, obj, util};
 
 /// Users whose KV copies are written per run at most (each a few KV operations).
-const COPIES_PER_RUN: i64 = 100;
+pub const COPIES_PER_RUN: i64 = 100;
 
 /// `scheduled_ms` is the event's scheduled time: the cron's "now" (tests dispatch
 /// runs "later" by passing a future time).

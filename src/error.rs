@@ -272,6 +272,100 @@ mod tests {
         assert!(parse(&paused)["message"].as_str().unwrap().contains("billing portal"));
     }
 
+    /// The functions that take a code among their arguments.
+    const CODE_TAKERS: [&str; 4] = ["coded", "stripe_failure", "call", "subscriptions"];
+
+    /// The name of the call whose argument list `before` ends inside.
+    fn enclosing_call(before: &str) -> &str {
+        let mut depth = 0;
+        for (i, c) in before.char_indices().rev() {
+            match c {
+                ')' => depth += 1,
+                '(' if depth == 0 => {
+                    let name = before[..i].rsplit(|c: char| !(c.is_alphanumeric() || c == '_')).next();
+                    return name.unwrap_or_default();
+                }
+                '(' => depth -= 1,
+                _ => {}
+            }
+        }
+        ""
+    }
+
+    /// Every code the source can answer with: a literal given as `code: "…"`, `"code": "…"`,
+    /// in `ApiError::code`, as an argument of a [`CODE_TAKERS`] call, or through a `const`
+    /// given as `code: NAME`.
+    fn codes_in_source() -> std::collections::BTreeSet<String> {
+        fn files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    files(&path, out);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    out.push(path);
+                }
+            }
+        }
+        let is_code = |s: &str| {
+            s.len() >= 3
+                && s.starts_with(|c: char| c.is_ascii_uppercase())
+                && s.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        };
+        let mut paths = Vec::new();
+        files(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut paths);
+        let mut codes = std::collections::BTreeSet::new();
+        for path in paths {
+            let raw = std::fs::read_to_string(&path).unwrap();
+            let text = raw.split_whitespace().collect::<Vec<_>>().join(" ");
+            let in_error_rs = path.ends_with("error.rs");
+            let mut rest = text.as_str();
+            while let Some(open) = rest.find('"') {
+                let after = &rest[open + 1..];
+                let Some(close) = after.find('"') else { break };
+                let (literal, before) = (&after[..close], &text[..text.len() - rest.len() + open]);
+                if is_code(literal)
+                    && (before.ends_with("code: ")
+                        || before.ends_with("\"code\": ")
+                        || (in_error_rs && before.ends_with("=> "))
+                        || CODE_TAKERS.contains(&enclosing_call(before)))
+                {
+                    codes.insert(literal.to_string());
+                }
+                if let Some(name) = before.strip_suffix(": &str = ").and_then(|b| b.rsplit_once("const ")) {
+                    if is_code(literal) && text.contains(&format!("code: {}", name.1)) {
+                        codes.insert(literal.to_string());
+                    }
+                }
+                rest = &after[close + 1..];
+            }
+        }
+        codes
+    }
+
+    #[test]
+    fn every_code_plangate_can_answer_is_in_a_readme_error_table() {
+        let codes = codes_in_source();
+        for known in ["AUTH_REQUIRED", "UPDATE_FAILED", "WEBHOOK_RETRY_LATER", "PAYMENT_PENDING", "CUSTOMER_MISSING"] {
+            assert!(codes.contains(known), "the scan misses {known}: {codes:?}");
+        }
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        // The first cell of the rows of the `| code | status | when |` tables.
+        let mut documented = std::collections::BTreeSet::new();
+        let mut in_table = false;
+        for line in readme.lines() {
+            if line.starts_with("| code | status |") {
+                in_table = true;
+            } else if !line.starts_with('|') {
+                in_table = false;
+            } else if in_table {
+                let cell = line.split('|').nth(1).unwrap_or_default();
+                documented.extend(cell.split('`').skip(1).step_by(2).map(str::to_string));
+            }
+        }
+        let missing: Vec<_> = codes.difference(&documented).collect();
+        assert!(missing.is_empty(), "codes not in the README's error tables: {missing:?}");
+    }
+
     #[test]
     fn client_errors_have_nothing_to_log_and_say_what_is_wrong() {
         assert_eq!(ApiError::NotFound.log_cause(), None);

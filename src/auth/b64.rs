@@ -47,6 +47,8 @@ pub fn decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The Worker verifies tokens and keys; it makes only the development token
+/// (`POST /api/dev/token`, refused unless `ENVIRONMENT=development`).
 pub fn encode(data: &[u8]) -> String {
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {

@@ -260,11 +260,6 @@ pub fn hs256_valid(secret: &[u8], signing_input: &[u8], signature: &[u8]) -> boo
     }
 }
 
-/// Signs `claims` as an HS256 token; used by `make token` style tooling and tests.
-pub fn sign_hs256(secret: &[u8], claims: &Value) -> String {
-    sign_hs256_json(secret, &claims.to_string())
-}
-
 /// Signs a claims object already written as JSON (the dev token endpoint).
 pub fn sign_hs256_json(secret: &[u8], claims: &str) -> String {
     // base64url of {"alg":"HS256","typ":"JWT"}
@@ -388,6 +383,16 @@ mod tests {
     use rsa::{BigUint, RsaPrivateKey, RsaPublicKey};
     use serde_json::json;
     use std::cell::Cell;
+
+    /// Signs `claims` as an HS256 token (the Worker only verifies them).
+    fn sign_hs256(secret: &[u8], claims: &Value) -> String {
+        let header = b64::encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+        let payload = b64::encode(claims.to_string().as_bytes());
+        let input = format!("{header}.{payload}");
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC accepts any key length");
+        mac.update(input.as_bytes());
+        format!("{input}.{}", b64::encode(&mac.finalize().into_bytes()))
+    }
 
     const NOW: i64 = 1_760_000_000;
     const SECRET: &[u8] = b"test-secret-with-at-least-32-bytes!!";

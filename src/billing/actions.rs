@@ -222,13 +222,14 @@ impl Billing<'_> {
         if !self.customer_is_gone(customer).await? {
             return Ok(None);
         }
+        let as_of = crate::clock::now(); // Stripe's answer, not the request's start
         log::warn(
             self.request_id,
             "billing.customer_missing_recreated",
             obj! {"userId": user.id.as_str(), "customer": customer},
         );
         let default_plan = self.catalog.id(self.catalog.default_tier());
-        let gone = users::customer_gone_stmts(customer, default_plan, "api:customer_missing", self.now, self.now);
+        let gone = users::customer_gone_stmts(customer, default_plan, "api:customer_missing", as_of, self.now);
         self.db.batch(gone).await?;
         self.refresh_copies(std::slice::from_ref(&user.id)).await;
         let user = users::find_by_id(self.db, &user.id).await?.ok_or_else(|| ApiError::server("user vanished"))?;
@@ -695,7 +696,9 @@ impl Billing<'_> {
     }
 
     /// `/api/cancel-subscription`: the best live subscription ends at the end of its
-    /// period; every other one billing the customer ends now (see `decide_cancel`).
+    /// period; every other one billing the customer ends now (see `decide_cancel`). Each
+    /// leaves a `plan_changes` row with its id: the best one through `apply_answer` (its
+    /// `cancel_at` changes), the others through `cancel_now`.
     pub async fn cancel(&self, who: &Identity) -> Result<UserRecord, ApiError> {
         let user = self.user_for(who).await?;
         self.locked(&user.id, "cancel", |user, seq| async move {

@@ -16,6 +16,9 @@ use crate::{clock, log};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
     Processed,
+    /// Nothing left for this delivery to do: processed already or, for the cron and the
+    /// reconciliation only, `dead` (a delivery from Stripe or an admin retry takes a
+    /// dead event again, see `webhooks::claim`, so neither is ever answered this for one).
     Duplicate,
     InProgress,
     /// Failed earlier and its next retry is not due before `retry_at` (unix seconds):
@@ -23,9 +26,6 @@ pub enum Delivery {
     NotDue {
         retry_at: i64,
     },
-    /// The cron gave up on it after a day of failures; only a delivery from Stripe or
-    /// an admin retry processes it again.
-    Dead,
     /// Failed and recorded for retry; the cause is for the log.
     Failed(String),
 }
@@ -59,10 +59,10 @@ impl Billing<'_> {
                 }
                 (attempts, first_failed_at)
             }
-            webhooks::Claim::AlreadyProcessed => return Ok(Delivery::Duplicate),
+            // Dead: the cron gave up on it (only its own sources find it so).
+            webhooks::Claim::AlreadyProcessed | webhooks::Claim::Dead => return Ok(Delivery::Duplicate),
             webhooks::Claim::InProgress => return Ok(Delivery::InProgress),
             webhooks::Claim::NotDue { retry_at } => return Ok(Delivery::NotDue { retry_at }),
-            webhooks::Claim::Dead => return Ok(Delivery::Dead),
         };
         let processed = self.process(ev).await;
         self.prefetched.borrow_mut().take();
@@ -287,7 +287,7 @@ impl Tally {
         match d {
             Delivery::Processed => self.processed += 1,
             Delivery::Failed(_) => self.failed += 1,
-            Delivery::Duplicate | Delivery::InProgress | Delivery::NotDue { .. } | Delivery::Dead => self.skipped += 1,
+            Delivery::Duplicate | Delivery::InProgress | Delivery::NotDue { .. } => self.skipped += 1,
         }
     }
 }

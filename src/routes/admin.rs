@@ -82,7 +82,6 @@ pub async fn retry_event(ctx: &Ctx<'_>, id: &str) -> Result<Reply, ApiError> {
         // An admin retry takes a failed event whenever it is due; this is another
         // attempt failing it between the claim and its read.
         Delivery::NotDue { .. } => ("failed", Some("another attempt just failed it".to_string())),
-        Delivery::Dead => ("dead", None),
         Delivery::Failed(cause) => ("failed", Some(cause)),
     };
     Ok(Reply::ok(obj! {"ok": error.is_none(), "eventId": id, "status": status, "error": error}))

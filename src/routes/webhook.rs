@@ -36,9 +36,6 @@ pub async fn stripe(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     match billing.deliver(&ev, payload, "webhook").await? {
         Delivery::Processed => Ok(Reply::ok(obj! {"ok": true, "received": true, "status": "processed"})),
         Delivery::Duplicate => Ok(Reply::ok(obj! {"ok": true, "received": true, "status": "duplicate"})),
-        // Only the cron and the reconciliation stop at dead; a delivery from Stripe is
-        // always tried again, so this is not reached from here.
-        Delivery::Dead => Ok(Reply::ok(obj! {"ok": true, "received": true, "status": "dead"})),
         // Another delivery holds the lease; if it fails, the cron retries the event.
         Delivery::InProgress => {
             Ok(Reply::ok(obj! {"ok": true, "received": true, "status": "in_progress"}).with_status(202))

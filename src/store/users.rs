@@ -151,8 +151,10 @@ pub fn from_row(row: Row) -> Result<UserRecord, ApiError> {
 /// Stripe state: fetch time, or the event's `created` for a payload). Both are guarded
 /// by `stripe_synced_at <= as_of`, so an older state never overwrites a newer one; the
 /// audit row is written first, reading the old values inside the same transaction, and
-/// only when plan or status really change. `link_customer` fills an empty
-/// `stripe_customer_id`.
+/// only when the plan, the status or a scheduled cancellation (`cancel_at`: set by a
+/// cancel at the period end, cleared by a resume) really change — so a cancellation is
+/// audited once, by whichever of the action and its webhook applies it first.
+/// `link_customer` fills an empty `stripe_customer_id`.
 pub fn apply_state_stmts(
     user_id: &str,
     state: &BillingState,
@@ -165,7 +167,7 @@ pub fn apply_state_stmts(
         sql: "INSERT INTO plan_changes (user_id, old_plan, new_plan, old_status, new_status, cause, created_at, subscription_id) \
               SELECT id, plan, ?2, subscription_status, ?3, ?4, ?5, ?7 FROM users \
               WHERE id = ?1 AND (stripe_synced_at IS NULL OR stripe_synced_at <= ?6) \
-                AND (plan IS NOT ?2 OR subscription_status IS NOT ?3)",
+                AND (plan IS NOT ?2 OR subscription_status IS NOT ?3 OR cancel_at IS NOT ?8)",
         params: vec![
             user_id.into(),
             state.plan.as_str().into(),
@@ -174,6 +176,7 @@ pub fn apply_state_stmts(
             Param::Int(now),
             Param::Int(as_of),
             state.subscription_id.clone().into(),
+            state.cancel_at.into(),
         ],
     };
     let update = Stmt {

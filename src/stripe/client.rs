@@ -145,13 +145,6 @@ impl StripeError {
             _ => false,
         }
     }
-
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            StripeError::Api { status, .. } => Some(*status),
-            _ => None,
-        }
-    }
 }
 
 impl std::fmt::Display for StripeError {

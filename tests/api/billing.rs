@@ -545,9 +545,66 @@ fn cancelling_ends_every_subscription_the_customer_pays_for_and_audits_each() {
             (Some("api:cancel"), Some("canceled"))
         );
     }
+    // The best one's cancellation at the period end is audited too, once.
+    let best_audit = |app: &crate::support::App| {
+        app.sql(&format!(
+            "SELECT cause, old_plan, new_plan, new_status FROM plan_changes WHERE user_id = '{}' AND subscription_id = '{best_sub}'",
+            c.user_id
+        ))
+        .into_iter()
+        .filter(|row| row["cause"] == "api:cancel")
+        .collect::<Vec<_>>()
+    };
+    let audit = best_audit(&s.app);
+    assert_eq!(audit.len(), 1, "{best_sub}: {audit:?}");
+    assert_eq!(
+        (audit[0]["old_plan"].as_str(), audit[0]["new_plan"].as_str(), audit[0]["new_status"].as_str()),
+        (Some("premium"), Some("premium"), Some("active")),
+        "paid until the period end"
+    );
     let me = plan_me(&c);
     assert_eq!(me["plan"], "premium", "paid until the period end");
     assert!(me["cancelAt"].is_string());
+    // Cancelling again changes nothing at Stripe and records nothing more.
+    let r = call(&c, "/api/cancel-subscription", json!({}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(best_audit(&s.app).len(), 1);
+}
+
+#[test]
+fn an_in_place_upgrade_stores_stripe_state_as_of_the_answers_arrival_not_the_requests_start() {
+    let s = shared();
+    let (c, sub) = on_plan("asof-upgrade", "essential");
+    // Stripe takes a while to answer the update.
+    let (started, released, r) =
+        with_stripe_slow_on(&sub, || call(&c, "/api/upgrade-plan", json!({"targetPlan": "pro"})));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let row = user_row(&s.app, &c.user_id);
+    assert_eq!(row["plan"], "pro");
+    let synced = row["stripe_synced_at"].as_i64().unwrap();
+    assert!(
+        (released..=crate::support::now()).contains(&synced),
+        "stripe_synced_at {synced}: the request started at {started}, Stripe answered at {released}"
+    );
+}
+
+/// Runs `action` while Stripe holds every request whose path ends with `id` for 2.5 s.
+/// Returns when `action` started and when Stripe answered (unix seconds), and its result.
+fn with_stripe_slow_on<T>(id: &str, action: impl FnOnce() -> T) -> (i64, i64, T) {
+    let stripe = shared().stripe.clone();
+    stripe.set_hanging(id, true);
+    let started = crate::support::now();
+    let held = id.to_string();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(2500));
+        let at = crate::support::now();
+        stripe.set_hanging(&held, false);
+        at
+    });
+    let out = action();
+    let released = release.join().unwrap();
+    assert!(released >= started + 2, "{started} {released}");
+    (started, released, out)
 }
 
 #[test]
@@ -602,10 +659,17 @@ fn an_action_that_meets_a_deleted_customer_recovers_with_a_new_one_instead_of_fa
     assert_eq!(r.status, 200, "{}", r.body);
     let old = customer_of(&c);
     s.stripe.delete_customer(&old); // the event never arrives
-    for _ in 0..2 {
-        let r = call(&c, "/api/billing-portal", json!({"returnUrl": format!("{ALLOWED_ORIGIN_FOR_TESTS}/")}));
-        assert_eq!(r.status, 200, "{}", r.body);
-    }
+                                    // Stripe is slow to confirm the deletion: the clearing is stored as of its answer.
+    let portal = || call(&c, "/api/billing-portal", json!({"returnUrl": format!("{ALLOWED_ORIGIN_FOR_TESTS}/")}));
+    let (started, released, r) = with_stripe_slow_on(&old, portal);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let synced = user_row(&s.app, &c.user_id)["stripe_synced_at"].as_i64().unwrap();
+    assert!(
+        (released..=crate::support::now()).contains(&synced),
+        "stripe_synced_at {synced}: the request started at {started}, Stripe answered at {released}"
+    );
+    let r = portal();
+    assert_eq!(r.status, 200, "{}", r.body);
     let new = customer_of(&c);
     assert_ne!(new, old);
     assert_eq!(customers_for(&c), 2, "one replacement, not one per call");
@@ -662,7 +726,7 @@ fn a_customer_stripe_does_not_know_is_not_taken_for_deleted_and_nothing_is_clear
     // A wrong key or mode makes Stripe answer 404 for a customer that exists elsewhere.
     s.stripe.forget_customer(&customer);
     let r = call(&c, "/api/billing-portal", json!({"returnUrl": format!("{ALLOWED_ORIGIN_FOR_TESTS}/")}));
-    assert_eq!(r.status, 502, "{}", r.body);
+    assert_eq!((r.status, error_code(&r.json())), (502, "CUSTOMER_MISSING"), "{}", r.body);
     let row = user_row(&s.app, &c.user_id);
     assert_eq!(row["stripe_customer_id"], customer.as_str(), "the customer is kept");
     assert_eq!((row["plan"].as_str(), row["stripe_subscription_id"].as_str()), (Some("essential"), Some(sub.as_str())));

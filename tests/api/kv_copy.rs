@@ -46,7 +46,8 @@ fn config_without_kv() -> std::path::PathBuf {
     path
 }
 
-/// The legacy keys the old readers use, as D1 says they should be.
+/// All four legacy keys the old readers use, as D1 says they should be (`None`: the key
+/// must not exist).
 fn expected_legacy(app: &App, c: &Customer) -> Vec<(String, Option<String>)> {
     let row = user_row(app, &c.user_id);
     let trialing = row["subscription_status"] == "trialing";
@@ -59,7 +60,16 @@ fn expected_legacy(app: &App, c: &Customer) -> Vec<(String, Option<String>)> {
             format!("billingStatus:{}", c.auth_id),
             Some(row["subscription_status"].as_str().unwrap_or("none").to_string()),
         ),
+        (format!("trialEndByUid:{}", c.auth_id), row["trial_ends_at"].as_i64().map(|t| (t * 1000).to_string())),
+        (format!("trialUsedByUid:{}", c.auth_id), (row["trial_used"].as_i64() != Some(0)).then(|| "true".to_string())),
     ]
+}
+
+/// `subscription` trialing until a week from now.
+fn trialing(c: &Customer, price: &str) -> serde_json::Value {
+    let mut sub = subscription(c, "trialing", price);
+    sub["trial_end"] = json!(now() + 7 * 86_400);
+    sub
 }
 
 fn assert_kv_matches_d1(app: &App, c: &Customer) {
@@ -80,14 +90,13 @@ fn kv_copies_that_failed_while_kv_was_down_converge_once_it_heals() {
     });
     let users: Vec<Customer> = (0..3).map(|i| new_customer(&down, &format!("kvdown{i}"))).collect();
     for (i, c) in users.iter().enumerate() {
-        let price = [PRICE_ESSENTIAL, PRICE_PRO, PRICE_PREMIUM][i];
-        stripe.put_subscription(subscription(c, "active", price));
-        let ev = event(
-            &format!("evt_kvdown_{}", c.subscription),
-            "customer.subscription.created",
-            now(),
-            subscription(c, "active", price),
-        );
+        // The first one trials, so every legacy key has a value to converge on.
+        let sub = match i {
+            0 => trialing(c, PRICE_ESSENTIAL),
+            _ => subscription(c, "active", [PRICE_PRO, PRICE_PREMIUM][i - 1]),
+        };
+        stripe.put_subscription(sub.clone());
+        let ev = event(&format!("evt_kvdown_{}", c.subscription), "customer.subscription.created", now(), sub);
         let r = deliver(&down, &ev);
         assert_eq!(r.status, 200, "KV being down never fails a delivery: {}", r.body);
     }
@@ -100,6 +109,7 @@ fn kv_copies_that_failed_while_kv_was_down_converge_once_it_heals() {
     let healed =
         App::spawn(crate::AppOptions { persist: Some(persist.clone()), migrate: false, ..stripe_options(stripe) });
     run_cron(&healed, Some(now() + 7200));
+    assert_eq!(user_row(&healed, &users[0].user_id)["subscription_status"], "trialing");
     for c in &users {
         assert_kv_matches_d1(&healed, c);
     }
@@ -121,9 +131,14 @@ fn concurrent_deliveries_for_one_user_leave_kv_on_the_newest_state() {
     let s = shared();
     let c = new_customer(&s.app, "kv-race");
     let t0 = now() - 100;
-    // Stripe's history: essential → pro → premium → canceled; Stripe now says canceled.
-    let states =
-        [("active", PRICE_ESSENTIAL), ("active", PRICE_PRO), ("active", PRICE_PREMIUM), ("canceled", PRICE_PREMIUM)];
+    // Stripe's history: a trial, then essential → pro → premium → canceled.
+    let states = [
+        ("trialing", PRICE_ESSENTIAL),
+        ("active", PRICE_ESSENTIAL),
+        ("active", PRICE_PRO),
+        ("active", PRICE_PREMIUM),
+        ("canceled", PRICE_PREMIUM),
+    ];
     let events: Vec<_> = states
         .iter()
         .enumerate()
@@ -132,14 +147,18 @@ fn concurrent_deliveries_for_one_user_leave_kv_on_the_newest_state() {
                 &format!("evt_kvrace_{i}_{}", c.subscription),
                 "customer.subscription.updated",
                 t0 + i as i64,
-                subscription(&c, status, price),
+                if *status == "trialing" { trialing(&c, price) } else { subscription(&c, status, price) },
             )
         })
         .collect();
     for round in 0..3 {
-        // Stripe now says premium (even rounds) or canceled (odd rounds).
-        let (status, price) = if round % 2 == 0 { ("active", PRICE_PREMIUM) } else { ("canceled", PRICE_PREMIUM) };
-        s.stripe.put_subscription(subscription(&c, status, price));
+        // What Stripe says now: trialing (every legacy key set), canceled (the trial's
+        // end deleted), then premium.
+        s.stripe.put_subscription(match round {
+            0 => trialing(&c, PRICE_PRO),
+            1 => subscription(&c, "canceled", PRICE_PREMIUM),
+            _ => subscription(&c, "active", PRICE_PREMIUM),
+        });
         let threads: Vec<_> = events
             .iter()
             .cycle()
@@ -156,10 +175,13 @@ fn concurrent_deliveries_for_one_user_leave_kv_on_the_newest_state() {
             let r = t.join().unwrap();
             assert!(r.status == 200 || r.status == 202, "{}", r.body);
         }
+        let status = user_row(&s.app, &c.user_id)["subscription_status"].clone();
+        assert_eq!(status, ["trialing", "canceled", "active"][round], "round {round}: D1 holds what Stripe says");
         assert_kv_matches_d1(&s.app, &c);
     }
     let row = user_row(&s.app, &c.user_id);
     assert_eq!((row["plan"].as_str(), row["subscription_status"].as_str()), (Some("premium"), Some("active")));
+    assert_eq!((row["trial_ends_at"].as_i64(), row["trial_used"].as_i64()), (None, Some(1)), "{row}");
 }
 
 #[test]

@@ -262,6 +262,29 @@ fn apply_migrations(persist: &Path, config: Option<&Path>) {
     );
 }
 
+/// Applies the migrations to a new state directory and runs `sql` on its D1 before any
+/// app serves it (then spawn with `persist: Some(dir), migrate: false`): for state that
+/// would take long to make through the API, e.g. more due work than one cron run does.
+pub fn seed_state(persist: &Path, sql: &str) {
+    std::fs::create_dir_all(persist).unwrap();
+    apply_migrations(persist, None);
+    let file = persist.join("seed.sql");
+    std::fs::write(&file, sql).unwrap();
+    let out = wrangler_command()
+        .args(["d1", "execute", "DB", "--local", "--yes", "--persist-to"])
+        .arg(persist)
+        .arg("--file")
+        .arg(&file)
+        .output()
+        .expect("run wrangler d1 execute");
+    assert!(
+        out.status.success(),
+        "seeding failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 impl App {
     pub fn spawn(opts: AppOptions) -> App {
         assert!(
