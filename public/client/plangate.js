@@ -51,6 +51,7 @@ const MESSAGES = {
   NO_ACTIVE_SUBSCRIPTION: "You have no active subscription to change.",
   BILLING_IN_PROGRESS: "Another billing change is in progress. Please try again in a moment.",
   CUSTOMER_NOT_FOUND: "Your billing account could not be set up. Please try again later.",
+  CUSTOMER_MISSING: "Your billing account could not be found at the payment provider. Please contact support.",
   CUSTOMER_RECORD_NOT_FOUND: "No customer profile was found for this account.",
   SUBSCRIPTION_ITEM_MISSING: "Your subscription cannot be changed automatically. Please contact support.",
   UPDATE_FAILED: "The payment provider did not accept the change. Nothing was changed; please try again.",
