@@ -164,7 +164,7 @@ mod tests {
     use super::*;
 
     fn user(plan: &str) -> UserRecord {
-        serde_json::from_value(json!({
+        UserRecord::from_row(json!({
             "id": "usr_1", "auth_id": "uid-1", "email": null, "plan": plan,
             "stripe_customer_id": null, "stripe_subscription_id": null, "subscription_status": null,
             "trial_ends_at": null, "current_period_end": null, "cancel_at": null,

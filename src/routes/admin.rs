@@ -130,6 +130,7 @@ pub async fn resync(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::{event_json, tokens_match};
+    use crate::store::db::FromRow;
     use crate::store::webhooks::EventRow;
 
     #[test]
@@ -142,14 +143,21 @@ mod tests {
 
     #[test]
     fn a_listed_event_has_every_column_of_the_row_but_the_payload() {
-        let row: EventRow = serde_json::from_value(serde_json::json!({
+        let row = EventRow::from_row(serde_json::json!({
             "id": "evt_1", "type": "invoice.paid", "created": 1700000000, "status": "failed", "attempts": 2,
             "last_error": "stripe 500", "payload": "{\"secret\":1}", "received_at": 1700000001,
             "processed_at": null, "next_attempt_at": 1700000100, "first_failed_at": 1700000002, "source": "webhook"
         }))
         .unwrap();
-        // Exactly what the row's derived serialisation (payload skipped) gives.
-        assert_eq!(event_json(&row), serde_json::to_value(&row).unwrap());
+        // Every column under its own name, but the payload.
+        assert_eq!(
+            event_json(&row),
+            serde_json::json!({
+                "id": "evt_1", "type": "invoice.paid", "created": 1700000000, "status": "failed", "attempts": 2,
+                "last_error": "stripe 500", "received_at": 1700000001, "processed_at": null,
+                "next_attempt_at": 1700000100, "first_failed_at": 1700000002, "source": "webhook"
+            })
+        );
         assert!(event_json(&row).get("payload").is_none());
         assert_eq!(event_json(&row)["type"], "invoice.paid");
     }

@@ -5,7 +5,6 @@
 
 use std::cell::Cell;
 
-use serde::de::DeserializeOwned;
 use worker::js_sys::{Array, Reflect, JSON};
 use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::wasm_bindgen_futures::JsFuture;
@@ -57,8 +56,24 @@ fn d1_error(what: &str, e: JsValue) -> ApiError {
     ApiError::server(format!("{what}: {}", crate::fetch::message(e)))
 }
 
-fn decode_rows<T: DeserializeOwned>(rows: Vec<serde_json::Value>) -> Result<Vec<T>, ApiError> {
-    rows.into_iter().map(|r| serde_json::from_value(r).map_err(|e| ApiError::server(format!("d1 row: {e}")))).collect()
+/// A row type read by hand from a row's JSON object (see [`crate::util::Columns`]). Not serde's
+/// `Deserialize`: no typed serde decoding is linked into the Wasm at all, and with it
+/// went serde's error formatting of unexpected values (float formatting included).
+pub trait FromRow: Sized {
+    fn from_row(row: serde_json::Value) -> Result<Self, String>;
+}
+
+fn decode_rows<T: FromRow>(rows: Vec<serde_json::Value>) -> Result<Vec<T>, ApiError> {
+    rows.into_iter().map(|r| T::from_row(r).map_err(|e| ApiError::server(format!("d1 row: {e}")))).collect()
+}
+
+/// D1's rows as JSON text (`JSON.stringify` of the results array) → the rows.
+fn parse_rows(text: &str) -> Result<Vec<serde_json::Value>, ApiError> {
+    match serde_json::from_str(text) {
+        Ok(serde_json::Value::Array(rows)) => Ok(rows),
+        Ok(_) => Err(ApiError::server("d1 decode: not an array")),
+        Err(e) => Err(ApiError::server(format!("d1 decode: {e}"))),
+    }
 }
 
 pub struct Db {
@@ -134,7 +149,7 @@ impl Db {
             return Ok(Vec::new());
         };
         let text = JSON::stringify(&rows).map_err(|e| d1_error("d1 results", e))?;
-        serde_json::from_str(&String::from(text)).map_err(|e| ApiError::server(format!("d1 decode: {e}")))
+        parse_rows(&String::from(text))
     }
 
     /// Runs a statement; its rows read by column name. For small answers (a count, a
@@ -147,12 +162,12 @@ impl Db {
         Ok(self.rows_of(sql, params).await?.into_iter().next())
     }
 
-    /// Runs a statement and deserializes every returned row.
-    pub async fn query<T: DeserializeOwned>(&self, sql: &str, params: &[Param]) -> Result<Vec<T>, ApiError> {
+    /// Runs a statement and reads every returned row as a `T`.
+    pub async fn query<T: FromRow>(&self, sql: &str, params: &[Param]) -> Result<Vec<T>, ApiError> {
         decode_rows(self.rows(sql, params).await?)
     }
 
-    pub async fn query_one<T: DeserializeOwned>(&self, sql: &str, params: &[Param]) -> Result<Option<T>, ApiError> {
+    pub async fn query_one<T: FromRow>(&self, sql: &str, params: &[Param]) -> Result<Option<T>, ApiError> {
         Ok(decode_rows(self.rows(sql, params).await?)?.into_iter().next())
     }
 
@@ -176,8 +191,7 @@ impl Db {
             let rows = match r.results().map_err(|e| d1_error("d1 results", e))? {
                 Some(rows) => {
                     let text = JSON::stringify(&rows).map_err(|e| d1_error("d1 results", e))?;
-                    serde_json::from_str::<Vec<serde_json::Value>>(&String::from(text))
-                        .map_err(|e| ApiError::server(format!("d1 decode: {e}")))?
+                    parse_rows(&String::from(text))?
                 }
                 None => Vec::new(),
             };

@@ -128,7 +128,7 @@ mod legacy_tests {
     use crate::domain::account::UserRecord;
 
     fn user() -> UserRecord {
-        serde_json::from_value(serde_json::json!({
+        UserRecord::from_row(serde_json::json!({
             "id": "usr_1", "auth_id": "fb-uid-1", "email": null, "plan": "essential",
             "stripe_customer_id": "cus_1", "stripe_subscription_id": "sub_1", "subscription_status": "trialing",
             "trial_ends_at": 1700000000, "current_period_end": null, "cancel_at": null,

@@ -1,10 +1,9 @@
 //! The `webhook_events` table: idempotency with two states, leases, retries, dead letters.
 
-use serde::{Deserialize, Serialize};
-
-use super::db::{Db, Param, Row, Stmt};
+use super::db::{Db, FromRow, Param, Row, Stmt};
 use crate::error::ApiError;
 use crate::stripe::events::Envelope;
+use crate::util::Columns;
 
 /// How long a claimed event is ours before another delivery (or the cron) may take it.
 /// Longer than the worst case of one delivery (a few Stripe calls, each up to three
@@ -51,23 +50,42 @@ pub enum Claim {
     Dead,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone)]
 pub struct EventRow {
     pub id: String,
-    #[serde(rename = "type")]
+    /// Column `type`.
     pub kind: String,
     pub created: i64,
     pub status: String,
     pub attempts: i64,
     pub last_error: Option<String>,
-    #[serde(skip_serializing)]
     pub payload: String,
     pub received_at: i64,
     pub processed_at: Option<i64>,
     pub next_attempt_at: Option<i64>,
-    #[serde(default)]
     pub first_failed_at: Option<i64>,
     pub source: String,
+}
+
+impl FromRow for EventRow {
+    fn from_row(row: serde_json::Value) -> Result<EventRow, String> {
+        let mut c = Columns::of(row, "a webhook_events row")?;
+        let r = EventRow {
+            id: c.text("id"),
+            kind: c.text("type"),
+            created: c.int("created"),
+            status: c.text("status"),
+            attempts: c.int("attempts"),
+            last_error: c.opt_text("last_error"),
+            payload: c.text("payload"),
+            received_at: c.int("received_at"),
+            processed_at: c.opt_int("processed_at"),
+            next_attempt_at: c.opt_int("next_attempt_at"),
+            first_failed_at: c.opt_int("first_failed_at"),
+            source: c.text("source"),
+        };
+        c.done(r)
+    }
 }
 
 /// Claims an event for processing as `token` (the request id). A new id is inserted as
