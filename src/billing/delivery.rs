@@ -2,7 +2,7 @@
 //! the outcome in the same batch as the effects, retry with backoff (the cron), and
 //! reconcile with Stripe's Events API for deliveries Stripe never made.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::Billing;
 use crate::error::ApiError;
@@ -79,7 +79,13 @@ impl Billing<'_> {
                 log::info(
                     self.request_id,
                     "stripe.event_processed",
-                    json!({"eventId": ev.id, "type": ev.kind, "source": source, "note": outcome.note, "ownRequest": ev.caused_by_plangate()}),
+                    crate::obj! {
+                        "eventId": ev.id.as_str(),
+                        "type": ev.kind.as_str(),
+                        "source": source,
+                        "note": outcome.note,
+                        "ownRequest": ev.caused_by_plangate(),
+                    },
                 );
                 Ok(Delivery::Processed)
             }
@@ -90,7 +96,7 @@ impl Billing<'_> {
                         Err(e) => log::error(
                             self.request_id,
                             "stripe.fallback_failed",
-                            json!({"eventId": ev.id, "error": e.to_string()}),
+                            crate::obj! {"eventId": ev.id.as_str(), "error": e.to_string()},
                         ),
                     }
                 }
@@ -99,7 +105,13 @@ impl Billing<'_> {
                 log::error(
                     self.request_id,
                     "stripe.event_failed",
-                    json!({"eventId": ev.id, "type": ev.kind, "source": source, "attempts": attempts, "error": failure.cause}),
+                    crate::obj! {
+                        "eventId": ev.id.as_str(),
+                        "type": ev.kind.as_str(),
+                        "source": source,
+                        "attempts": attempts,
+                        "error": failure.cause.as_str(),
+                    },
                 );
                 Ok(Delivery::Failed(failure.cause))
             }
@@ -197,7 +209,7 @@ impl Billing<'_> {
                     log::warn(
                         self.request_id,
                         "reconcile.walk_restarted",
-                        json!({"after": walk.after, "status": status}),
+                        crate::obj! {"after": walk.after.as_deref(), "status": status},
                     );
                     walk.after = None;
                     continue;

@@ -8,7 +8,7 @@
 //! for. Each call lists at most `limit` keys and reads them 25 users (100 keys, one
 //! bulk KV read, one D1 query, one D1 batch) at a time.
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use super::Billing;
 use crate::domain::account::UserRecord;
@@ -79,7 +79,11 @@ impl Billing<'_> {
             let mut t = Tally::default();
             self.legacy_chunk(ns, 0, &[format!("{}{auth_id}", PREFIXES[0])], Mode::Import, &mut t).await?;
             if let Some((key, reason)) = t.failed.iter().next() {
-                log::error(self.request_id, "legacy.unreadable", json!({"key": key, "reason": reason}));
+                log::error(
+                    self.request_id,
+                    "legacy.unreadable",
+                    crate::obj! {"key": key.as_str(), "reason": reason.clone()},
+                );
             }
             if t.read > 0 {
                 // Imported, or created meanwhile by a concurrent first request.
@@ -118,11 +122,17 @@ impl Billing<'_> {
         if mode == Mode::Import && pos != start {
             state::set(self.db, POSITION, &pos.text(), self.now).await?;
         }
-        Ok(json!({
-            "ok": true, "dryRun": dry_run, "seen": t.seen, "imported": t.imported, "skipped": t.counts,
-            "failed": t.failed, "mismatches": t.mismatches, "done": pos.done(),
+        Ok(crate::obj! {
+            "ok": true,
+            "dryRun": dry_run,
+            "seen": t.seen,
+            "imported": t.imported,
+            "skipped": t.counts,
+            "failed": t.failed,
+            "mismatches": t.mismatches,
+            "done": pos.done(),
             "cursor": (!pos.done()).then(|| pos.text()),
-        }))
+        })
     }
 
     async fn walk_legacy(&self, mut pos: Position, limit: usize, mode: Mode) -> Result<(Position, Tally), ApiError> {

@@ -100,11 +100,7 @@ impl<'a> Ctx<'a> {
             Err(e) => Err(e),
         };
         if let Err(e) = put {
-            crate::log::warn(
-                self.request_id,
-                "kv.entitlements_delete_failed",
-                serde_json::json!({"error": e.to_string()}),
-            );
+            crate::log::warn(self.request_id, "kv.entitlements_delete_failed", crate::obj! {"error": e.to_string()});
         }
     }
 

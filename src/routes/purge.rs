@@ -1,7 +1,7 @@
 //! `POST /api/admin/purge-test-accounts {match, dryRun}` (README, "Purging test
 //! accounts"). Never calls Stripe.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::credit_import::object;
 use super::{admin, Ctx, Reply};
@@ -146,7 +146,7 @@ async fn delete_all(store: Option<&KvStore>, keys: &[String], failed: &mut Vec<V
 
 #[inline(never)]
 fn reply(ctx: &Ctx<'_>, dry_run: bool, plan: Plan, rows: Value, legacy: Vec<String>, kv_failed: Vec<Value>) -> Reply {
-    crate::log::info(ctx.request_id, "accounts.purge", json!({"dryRun": dry_run, "accounts": plan.users.len()}));
+    crate::log::info(ctx.request_id, "accounts.purge", crate::obj! {"dryRun": dry_run, "accounts": plan.users.len()});
     let keys = plan.keys.into_iter().map(Value::String).collect();
     Reply::ok(object(vec![
         ("ok", Value::Bool(true)),
