@@ -15,7 +15,8 @@ use crate::domain::account::UserRecord;
 use crate::domain::legacy_plan::{self, check, decide, Action, Check, Position, PREFIXES};
 use crate::error::ApiError;
 use crate::log;
-use crate::store::legacy_plans::{self as store, Namespace};
+use crate::store::kv_store::{KvError, KvStore};
+use crate::store::legacy_plans as store;
 use crate::store::{state, users};
 
 /// `app_state` name of the backfill's position (`<prefix>:<cursor>`, see `Position`).
@@ -52,6 +53,10 @@ enum Mode {
     Import,
     DryRun,
     Verify,
+}
+
+fn app_kv(what: &'static str) -> impl Fn(KvError) -> ApiError {
+    move |e| ApiError::server(format!("APP_KV {what}: {}", e.0))
 }
 
 fn new_id() -> Result<String, ApiError> {
@@ -140,7 +145,8 @@ impl Billing<'_> {
         let mut t = Tally::default();
         let mut left = limit;
         while left > 0 && !pos.done() {
-            let (names, next) = ns.list(PREFIXES[pos.prefix], &pos.cursor, left).await?;
+            let page = ns.list(PREFIXES[pos.prefix], left as u64, Some(&pos.cursor)).await.map_err(app_kv("list"))?;
+            let (names, next) = (page.keys, page.cursor);
             left = left.saturating_sub(names.len().max(1));
             for chunk in names.chunks(store::BATCH) {
                 self.legacy_chunk(ns, pos.prefix, chunk, mode, &mut t).await?;
@@ -154,7 +160,7 @@ impl Billing<'_> {
     /// has a readable record one D1 query for their rows and one batch of writes.
     async fn legacy_chunk(
         &self,
-        ns: &Namespace,
+        ns: &KvStore,
         p: usize,
         names: &[String],
         mode: Mode,
@@ -169,7 +175,7 @@ impl Billing<'_> {
                 }
             }
         }
-        let values = ns.get_text(&keys).await?;
+        let values = ns.get_texts(&keys).await.map_err(app_kv("get"))?;
         let mut records = Vec::new();
         for (uid, raw) in uids.iter().zip(values.chunks(4)) {
             if raw.iter().take(p).any(Option::is_some) {

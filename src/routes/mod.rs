@@ -47,7 +47,7 @@ impl<'a> Ctx<'a> {
     pub fn billing(&'a self) -> crate::billing::Billing<'a> {
         crate::billing::Billing::new(self.db, self.cfg, self.app_kv(), self.now, self.request_id)
             .deferring_copies_to(&self.copies_due)
-            .reading_legacy_plans(self.env)
+            .reading_legacy_plans()
     }
 
     pub fn app_kv(&self) -> Option<KvStore> {
