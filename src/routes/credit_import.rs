@@ -63,11 +63,7 @@ pub async fn import(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
         }
     }
     if !commit {
-        return Ok(Reply::ok(object(vec![
-            ("ok", Value::Bool(true)),
-            ("staged", staged),
-            ("missing", Value::Array(missing)),
-        ])));
+        return Ok(Reply::ok(crate::obj! {"ok": true, "staged": staged, "missing": missing}));
     }
     if !missing.is_empty() {
         return Err(ApiError::Detailed {
@@ -83,14 +79,4 @@ pub async fn import(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     report["dryRun"] = dry_run.into();
     report["staged"] = staged;
     Ok(Reply::ok(report))
-}
-
-/// A JSON object of `pairs` (smaller in the Wasm than a `json!` of many fields).
-#[inline(never)]
-pub(crate) fn object(pairs: Vec<(&'static str, Value)>) -> Value {
-    let mut m = serde_json::Map::new();
-    for (k, v) in pairs {
-        m.insert(k.to_string(), v);
-    }
-    Value::Object(m)
 }

@@ -3,7 +3,6 @@
 
 use serde_json::Value;
 
-use super::credit_import::object;
 use super::{admin, Ctx, Reply};
 use crate::domain::customer::{email_hash, email_key, mapped_id, record_key};
 use crate::domain::purge::{email_pattern_suffix, glob_match};
@@ -147,15 +146,14 @@ async fn delete_all(store: Option<&KvStore>, keys: &[String], failed: &mut Vec<V
 #[inline(never)]
 fn reply(ctx: &Ctx<'_>, dry_run: bool, plan: Plan, rows: Value, legacy: Vec<String>, kv_failed: Vec<Value>) -> Reply {
     crate::log::info(ctx.request_id, "accounts.purge", crate::obj! {"dryRun": dry_run, "accounts": plan.users.len()});
-    let keys = plan.keys.into_iter().map(Value::String).collect();
-    Reply::ok(object(vec![
-        ("ok", Value::Bool(true)),
-        ("dryRun", Value::Bool(dry_run)),
-        ("users", Value::Array(plan.users)),
-        ("rows", rows),
-        ("kvKeys", Value::Array(keys)),
-        ("legacyCustomerKeys", Value::Array(legacy.into_iter().map(Value::String).collect())),
-        ("remaining", Value::from(plan.remaining)),
-        ("kvFailed", Value::Array(kv_failed)),
-    ]))
+    Reply::ok(crate::obj! {
+        "ok": true,
+        "dryRun": dry_run,
+        "users": plan.users,
+        "rows": rows,
+        "kvKeys": plan.keys,
+        "legacyCustomerKeys": legacy,
+        "remaining": plan.remaining,
+        "kvFailed": kv_failed,
+    })
 }
