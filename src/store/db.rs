@@ -4,6 +4,9 @@
 //! request in the `X-D1-Rows-*` headers when `EXPOSE_D1_STATS` is on (`make bench`).
 
 use std::cell::Cell;
+use std::future::Future;
+
+use futures_util::FutureExt;
 
 use worker::js_sys::{Array, Reflect, JSON};
 use worker::wasm_bindgen::{JsCast, JsValue};
@@ -154,26 +157,46 @@ impl Db {
 
     /// Runs a statement; its rows read by column name. For small answers (a count, a
     /// claim's columns) this costs no `Deserialize` code per row shape in the Wasm.
-    pub async fn rows_of(&self, sql: &str, params: &[Param]) -> Result<Vec<Row>, ApiError> {
-        Ok(self.rows(sql, params).await?.into_iter().map(Row).collect())
+    pub fn rows_of<'a>(
+        &'a self,
+        sql: &'a str,
+        params: &'a [Param],
+    ) -> impl Future<Output = Result<Vec<Row>, ApiError>> + 'a {
+        self.rows(sql, params).map(|r| Ok(r?.into_iter().map(Row).collect()))
     }
 
-    pub async fn row(&self, sql: &str, params: &[Param]) -> Result<Option<Row>, ApiError> {
-        Ok(self.rows_of(sql, params).await?.into_iter().next())
+    pub fn row<'a>(
+        &'a self,
+        sql: &'a str,
+        params: &'a [Param],
+    ) -> impl Future<Output = Result<Option<Row>, ApiError>> + 'a {
+        self.rows(sql, params).map(|r| Ok(r?.into_iter().next().map(Row)))
     }
 
     /// Runs a statement and reads every returned row as a `T`.
-    pub async fn query<T: FromRow>(&self, sql: &str, params: &[Param]) -> Result<Vec<T>, ApiError> {
-        decode_rows(self.rows(sql, params).await?)
+    pub fn query<'a, T: FromRow>(
+        &'a self,
+        sql: &'a str,
+        params: &'a [Param],
+    ) -> impl Future<Output = Result<Vec<T>, ApiError>> + 'a {
+        self.rows(sql, params).map(|r| decode_rows(r?))
     }
 
-    pub async fn query_one<T: FromRow>(&self, sql: &str, params: &[Param]) -> Result<Option<T>, ApiError> {
-        Ok(decode_rows(self.rows(sql, params).await?)?.into_iter().next())
+    pub fn query_one<'a, T: FromRow>(
+        &'a self,
+        sql: &'a str,
+        params: &'a [Param],
+    ) -> impl Future<Output = Result<Option<T>, ApiError>> + 'a {
+        self.rows(sql, params).map(|r| Ok(decode_rows(r?)?.into_iter().next()))
     }
 
     /// Runs a statement for its effect; returns how many rows it returned.
-    pub async fn execute(&self, sql: &str, params: &[Param]) -> Result<usize, ApiError> {
-        Ok(self.rows(sql, params).await?.len())
+    pub fn execute<'a>(
+        &'a self,
+        sql: &'a str,
+        params: &'a [Param],
+    ) -> impl Future<Output = Result<usize, ApiError>> + 'a {
+        self.rows(sql, params).map(|r| Ok(r?.len()))
     }
 
     /// Runs the statements as one transaction (D1 has no `BEGIN`; a batch is atomic).
