@@ -11,6 +11,9 @@
 //! Every D1 access is one batch whose last statement reads the record: few await
 //! points, so little async code in the Wasm.
 
+use std::future::Future;
+
+use futures_util::FutureExt;
 use serde_json::Value;
 
 use crate::auth::jwt::Identity;
@@ -52,9 +55,8 @@ fn parse_record(key: &str, text: &str) -> Result<Customer, String> {
 
 impl Customers<'_> {
     /// Runs `stmts` as one batch; the record the last one read.
-    async fn last(&self, stmts: &[Stmt]) -> Result<Option<Stored>, ApiError> {
-        let results = self.db.batch_rows(stmts).await?;
-        Ok(results.last().and_then(|rows| rows.first()).map(store::from_row))
+    fn last<'b>(&'b self, stmts: &'b [Stmt]) -> impl Future<Output = Result<Option<Stored>, ApiError>> + 'b {
+        self.db.batch_rows(stmts).map(|r| Ok(r?.last().and_then(|rows| rows.first()).map(store::from_row)))
     }
 
     async fn list(&self, prefix: &str, limit: u64, cursor: Option<&str>) -> Result<ListPage, ApiError> {

@@ -69,13 +69,12 @@ impl<'a> Ctx<'a> {
     }
 
     /// The verified caller, or 401.
-    pub async fn identity(&self) -> Result<crate::auth::jwt::Identity, ApiError> {
+    pub fn identity(&self) -> impl std::future::Future<Output = Result<crate::auth::jwt::Identity, ApiError>> + '_ {
         crate::auth::authenticate(self.authorization.as_deref(), self.cfg, self.app_kv(), self.now, self.request_id)
-            .await
     }
 
     /// The verified caller as a user, a service or the admin, or 401.
-    pub async fn caller(&self) -> Result<crate::auth::Caller, ApiError> {
+    pub fn caller(&self) -> impl std::future::Future<Output = Result<crate::auth::Caller, ApiError>> + '_ {
         crate::auth::authenticate_caller(
             self.authorization.as_deref(),
             self.cfg,
@@ -83,7 +82,6 @@ impl<'a> Ctx<'a> {
             self.now,
             self.request_id,
         )
-        .await
     }
 
     /// Drops the user's cached entitlements before answering: the caller's next read
