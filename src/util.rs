@@ -135,6 +135,14 @@ impl Columns {
     }
 }
 
+/// `v` as compact JSON text. Not `v.to_string()`: `Value`'s `Display` also links
+/// serde_json's pretty printer (for `{:#}`) and an `io::Error` adapter, which writing
+/// to a `Vec` does without.
+pub fn json_text(v: &serde_json::Value) -> String {
+    // Writing a `Value` cannot fail: its map keys are strings.
+    serde_json::to_string(v).unwrap_or_default()
+}
+
 /// `n` random bytes as lowercase hex, from the platform CSPRNG.
 pub fn random_hex(n: usize) -> Result<String, crate::error::ApiError> {
     let mut buf = vec![0u8; n];

@@ -262,7 +262,7 @@ pub fn hs256_valid(secret: &[u8], signing_input: &[u8], signature: &[u8]) -> boo
 
 /// Signs `claims` as an HS256 token; used by `make token` style tooling and tests.
 pub fn sign_hs256(secret: &[u8], claims: &Value) -> String {
-    sign_hs256_json(secret, &claims.to_string())
+    sign_hs256_json(secret, &crate::util::json_text(claims))
 }
 
 /// Signs a claims object already written as JSON (the dev token endpoint).

@@ -104,7 +104,7 @@ impl Billing<'_> {
                     reason: "purchase",
                     source_key: format!("purchase:{payment_id}"),
                     event_id: Some(event_id),
-                    metadata: crate::obj! {"pack": pack.id, "payment": payment_id}.to_string(),
+                    metadata: crate::util::json_text(&crate::obj! {"pack": pack.id, "payment": payment_id}),
                 },
                 self.now,
             ),
@@ -151,13 +151,12 @@ impl Billing<'_> {
                     reason: "grant",
                     source_key: format!("period:{subscription_id}:{start}"),
                     event_id: Some(event_id),
-                    metadata: crate::obj! {
+                    metadata: crate::util::json_text(&crate::obj! {
                         "tier": def.id,
                         "subscription": subscription_id,
                         "periodStart": start,
                         "invoice": invoice.id.as_str(),
-                    }
-                    .to_string(),
+                    }),
                 },
                 self.now,
             ),
@@ -182,7 +181,7 @@ impl Billing<'_> {
             amount,
             reason,
             source_key,
-            metadata: metadata.to_string(),
+            metadata: crate::util::json_text(&metadata),
         };
         match credits::debit(self.db, &debit, self.now).await? {
             Debited::Done { id, balance } => Ok(Spent { transaction_id: id, spent: amount, balance, replayed: false }),
@@ -224,7 +223,7 @@ impl Billing<'_> {
             reason: "adjustment",
             source_key: format!("adjust:{id}"),
             event_id: None,
-            metadata: metadata.to_string(),
+            metadata: crate::util::json_text(&metadata),
         };
         let results =
             self.db.batch_rows(&[credits::credit_stmt(&credit, self.now), credits::balance_stmt(&user.id)]).await?;

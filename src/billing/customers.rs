@@ -155,7 +155,7 @@ impl Customers<'_> {
     /// is logged and counted, never the request's: D1 is the truth.
     async fn write_legacy(&self, c: &Customer, new_mapping: Option<&str>) {
         let Some(kv) = self.legacy.as_ref().filter(|_| self.dual_write) else { return };
-        let mut puts = vec![(record_key(&c.id), c.to_json().to_string())];
+        let mut puts = vec![(record_key(&c.id), crate::util::json_text(&c.to_json()))];
         if let Some(h) = new_mapping {
             puts.push((email_key(h), c.id.clone()));
         }

@@ -230,7 +230,7 @@ impl Billing<'_> {
                             if tally.deliveries >= max {
                                 return Ok(false);
                             }
-                            tally.add(&self.deliver(&ev, &raw.to_string(), "reconcile").await?);
+                            tally.add(&self.deliver(&ev, &crate::util::json_text(raw), "reconcile").await?);
                         }
                         Err(_) => tally.skipped += 1,
                     }
@@ -285,7 +285,9 @@ struct Walk {
 impl Walk {
     fn text(&self) -> String {
         let after = self.after.as_deref();
-        crate::obj! {"gte": self.gte, "after": after, "newest": self.newest, "started": self.started}.to_string()
+        crate::util::json_text(
+            &crate::obj! {"gte": self.gte, "after": after, "newest": self.newest, "started": self.started},
+        )
     }
 
     fn parse(text: &str) -> Result<Walk, String> {

@@ -22,7 +22,7 @@ fn claims(user: &str, now: i64, issuer: Option<&str>, audience: Option<&str>) ->
     let mut c = format!(r#"{{"sub":"{user}","email":"{user}{domain}","iat":{now},"exp":{}"#, now + LIFETIME_SECONDS);
     for (name, value) in [("iss", issuer), ("aud", audience)] {
         if let Some(v) = value {
-            c.push_str(&format!(r#","{name}":{}"#, serde_json::Value::from(v)));
+            c.push_str(&format!(r#","{name}":{}"#, crate::util::json_text(&v.into())));
         }
     }
     c.push('}');

@@ -44,7 +44,7 @@ fn request(ctx: &Ctx<'_>) -> Result<Request, ApiError> {
             if (1..=MAX_ACCOUNTS).contains(&ids.len())
                 && ids.iter().all(|v| v.as_str().is_some_and(|s| !s.is_empty() && s.len() <= 128)) =>
         {
-            Ok(Request { dry_run, by_email: false, param: list.to_string(), pattern: String::new() })
+            Ok(Request { dry_run, by_email: false, param: crate::util::json_text(list), pattern: String::new() })
         }
         Some(Value::Array(_)) => Err(invalid("match: give from 1 to 100 auth ids (non-empty strings)")),
         _ => Err(invalid("match must be an email pattern such as *@test.example.com, or a list of auth ids")),
@@ -90,7 +90,8 @@ fn plan(req: &Request, rows: Vec<Row>) -> Plan {
         ]);
         users.push(row.0);
     }
-    Plan { users, ids: Value::Array(ids).to_string(), hashes: Value::Array(hashes).to_string(), keys, remaining }
+    let (ids, hashes) = (crate::util::json_text(&Value::Array(ids)), crate::util::json_text(&Value::Array(hashes)));
+    Plan { users, ids, hashes, keys, remaining }
 }
 
 pub async fn purge_test_accounts(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {

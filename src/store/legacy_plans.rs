@@ -12,7 +12,7 @@ pub const BATCH: usize = 25;
 
 /// The rows of up to [`BATCH`] auth ids (one query).
 pub async fn existing(db: &Db, auth_ids: &[&str]) -> Result<Vec<UserRecord>, ApiError> {
-    let ids = serde_json::Value::from(auth_ids.to_vec()).to_string();
+    let ids = crate::util::json_text(&serde_json::Value::from(auth_ids.to_vec()));
     db.query("SELECT * FROM users WHERE auth_id IN (SELECT value FROM json_each(?1))", &[ids.into()]).await
 }
 

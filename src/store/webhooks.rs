@@ -258,7 +258,7 @@ pub async fn known(db: &Db, ids: &[String]) -> Result<Vec<String>, ApiError> {
     if ids.is_empty() {
         return Ok(Default::default());
     }
-    let list = serde_json::Value::from(ids.to_vec()).to_string();
+    let list = crate::util::json_text(&serde_json::Value::from(ids.to_vec()));
     let rows = db
         .rows_of("SELECT id FROM webhook_events WHERE id IN (SELECT value FROM json_each(?1))", &[list.into()])
         .await?;
