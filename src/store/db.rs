@@ -67,7 +67,16 @@ pub trait FromRow: Sized {
 }
 
 fn decode_rows<T: FromRow>(rows: Vec<serde_json::Value>) -> Result<Vec<T>, ApiError> {
-    rows.into_iter().map(|r| T::from_row(r).map_err(|e| ApiError::server(format!("d1 row: {e}")))).collect()
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        out.push(T::from_row(r).map_err(row_error)?);
+    }
+    Ok(out)
+}
+
+#[inline(never)]
+pub(crate) fn row_error(e: String) -> ApiError {
+    ApiError::server(format!("d1 row: {e}"))
 }
 
 /// D1's rows as JSON text (`JSON.stringify` of the results array) → the rows.

@@ -150,7 +150,7 @@ impl FromRow for UserRecord {
 
 /// A user read by one of the statements above.
 pub fn from_row(row: Row) -> Result<UserRecord, ApiError> {
-    UserRecord::from_row(row.0).map_err(|e| ApiError::server(format!("d1 row: {e}")))
+    UserRecord::from_row(row.0).map_err(super::db::row_error)
 }
 
 /// The statements that store `state` for `user_id`, as of `as_of` (unix seconds of the
