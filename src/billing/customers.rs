@@ -197,10 +197,7 @@ impl Customers<'_> {
     /// twice imports nothing twice). A dry run writes nothing, not even the position.
     pub async fn backfill(&self, dry_run: bool, limit: u64, cursor: Option<String>) -> Result<Value, ApiError> {
         let cursor = match cursor {
-            None if !dry_run => {
-                let stored = self.db.batch_rows(&[store::position_stmt(BACKFILL_STATE, None, None)]).await?;
-                stored.into_iter().flatten().next().and_then(|r| r.text("value"))
-            }
+            None if !dry_run => state::get(self.db, BACKFILL_STATE).await?,
             given => given,
         };
         let (page, values) = self.scan(RECORD_PREFIX, limit, cursor.as_deref()).await?;
@@ -215,7 +212,7 @@ impl Customers<'_> {
         }
         let records = stmts.len();
         if !dry_run {
-            stmts.push(store::position_stmt(BACKFILL_STATE, Some(page.cursor.as_deref()), Some(self.now)));
+            stmts.push(state::put_stmt(BACKFILL_STATE, page.cursor.as_deref(), self.now));
         }
         let results = if stmts.is_empty() { Vec::new() } else { self.db.batch_rows(&stmts).await? };
         let imported = results.iter().take(records).filter(|r| !r.is_empty()).count();

@@ -181,12 +181,12 @@ impl Billing<'_> {
             Ok(true) => {
                 let newest = walk.newest.unwrap_or(walk.started).min(walk.started);
                 let next = walk.gte.max(newest - OVERLAP_SECONDS);
-                state::set(self.db, CURSOR, &next.to_string(), self.now).await?;
-                state::delete(self.db, WALK).await?;
+                state::set(self.db, CURSOR, Some(&next.to_string()), self.now).await?;
+                state::set(self.db, WALK, None, self.now).await?;
             }
             Ok(false) | Err(_) => {
                 tally.more = true;
-                state::set(self.db, WALK, &walk.text(), self.now).await?;
+                state::set(self.db, WALK, Some(&walk.text()), self.now).await?;
             }
         }
         walked.map(|_| tally)

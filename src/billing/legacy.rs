@@ -125,7 +125,7 @@ impl Billing<'_> {
         };
         let (pos, t) = self.walk_legacy(start.clone(), limit, mode).await?;
         if mode == Mode::Import && pos != start {
-            state::set(self.db, POSITION, &pos.text(), self.now).await?;
+            state::set(self.db, POSITION, Some(&pos.text()), self.now).await?;
         }
         Ok(crate::obj! {
             "ok": true,

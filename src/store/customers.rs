@@ -168,21 +168,3 @@ pub fn mapping_mismatches_stmt(pairs: Value) -> Stmt {
         params: vec![crate::util::json_text(&pairs).into()],
     }
 }
-
-/// The `app_state` value `name`: `None` reads it; `Some(Some(v))` stores `v`;
-/// `Some(None)` deletes it.
-pub fn position_stmt(name: &str, value: Option<Option<&str>>, now: Option<i64>) -> Stmt {
-    let sql = match value {
-        None => "SELECT value FROM app_state WHERE name = ?1",
-        Some(None) => "DELETE FROM app_state WHERE name = ?1",
-        Some(Some(_)) => {
-            "INSERT INTO app_state (name, value, updated_at) VALUES (?1, ?2, ?3) \
-             ON CONFLICT(name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
-        }
-    };
-    let mut params = vec![name.into()];
-    if let Some(Some(v)) = value {
-        params.extend([v.into(), now.into()]);
-    }
-    Stmt { sql, params }
-}
