@@ -37,14 +37,7 @@ pub async fn list_events(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     if !["failed", "dead", "processing", "processed"].contains(&status.as_str()) {
         return Err(ApiError::InvalidRequest("status must be failed, dead, processing or processed".into()));
     }
-    let limit = match ctx.query("limit") {
-        None => 50,
-        Some(l) => l
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=500).contains(n))
-            .ok_or_else(|| ApiError::InvalidRequest("limit must be a whole number from 1 to 500".into()))?,
-    };
+    let limit = ctx.query_limit(50, 500)?;
     let rows = webhooks::list(ctx.db, &status, limit).await?;
     let kv_failures = state::get(ctx.db, "counter:kv_dual_write_failed").await?.unwrap_or_else(|| "0".into());
     let kv_due = crate::store::outbox::pending(ctx.db).await?;
@@ -109,12 +102,7 @@ pub async fn resync(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
             Ok(Reply::ok(obj! {"ok": true, "synced": synced, "plan": user.plan_view().to_json()}))
         }
         (None, true) => {
-            let limit = match limit {
-                None => resync::DEFAULT_PAGE,
-                Some(n) => u32::try_from(n).ok().filter(|n| (1..=resync::MAX_PAGE).contains(n)).ok_or_else(|| {
-                    ApiError::InvalidRequest(format!("limit must be a whole number from 1 to {}", resync::MAX_PAGE))
-                })?,
-            };
+            let limit = super::page_limit(limit, resync::DEFAULT_PAGE.into(), resync::MAX_PAGE.into())? as u32;
             let page = billing.resync_page(cursor, limit).await?;
             Ok(Reply::ok(obj! {
                 "ok": true, "synced": page.synced, "failed": page.failed,

@@ -84,13 +84,7 @@ fn parse_cursor(cursor: Option<String>) -> Result<Option<(i64, i64)>, ApiError> 
 
 /// One page of a user's ledger (newest first), the balance, and the next cursor.
 async fn page(ctx: &Ctx<'_>, user_id: &str) -> Result<Value, ApiError> {
-    let limit =
-        match ctx.query("limit") {
-            None => PAGE_DEFAULT,
-            Some(l) => l.parse::<i64>().ok().filter(|n| (1..=PAGE_MAX).contains(n)).ok_or_else(|| {
-                ApiError::InvalidRequest(format!("limit must be a whole number from 1 to {PAGE_MAX}"))
-            })?,
-        };
+    let limit = ctx.query_limit(PAGE_DEFAULT, PAGE_MAX)?;
     let after = parse_cursor(ctx.query("cursor"))?;
     let mut rows = credits::history(ctx.db, user_id, after, (limit + 1) as u32).await?;
     let more = rows.len() as i64 > limit;

@@ -62,6 +62,11 @@ impl<'a> Ctx<'a> {
         crate::util::query_param(&self.query, name)
     }
 
+    /// `?limit=` as a [`page_limit`]: anything but a whole number is refused alike.
+    pub fn query_limit(&self, default: i64, max: i64) -> Result<i64, ApiError> {
+        page_limit(self.query("limit").map(|l| l.parse::<i64>().unwrap_or(0)), default, max)
+    }
+
     /// The body as a JSON object (an empty body is `{}`); 400 `INVALID_REQUEST` saying
     /// what is wrong.
     pub fn json_body(&self) -> Result<JsonBody, ApiError> {
@@ -197,6 +202,16 @@ impl Reply {
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.headers.push((name, value.into()));
         self
+    }
+}
+
+/// A page size: `given` (absent: `default`), 400 unless a whole number from 1 to `max`.
+/// The one check of every endpoint that pages (`?limit=` or a body's `limit`).
+pub fn page_limit(given: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
+    match given {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::InvalidRequest(format!("limit must be a whole number from 1 to {max}"))),
     }
 }
 
