@@ -37,7 +37,7 @@ pub async fn run(cron: &str, scheduled_ms: f64, env: &Env) {
         Ok(d) => Db::new(d),
         Err(e) => return log::error(&request_id, "cron.no_d1", obj! {"error": e.to_string()}),
     };
-    let billing = Billing::new(&db, &cfg, KvStore::from_env(env, "APP_KV"), now, &request_id).reading_legacy_plans(env);
+    let billing = Billing::new(&db, &cfg, KvStore::from_env(env, "APP_KV"), now, &request_id).reading_legacy_plans();
 
     let retries = billing.retry_due(RUN_RETRIES).await;
     let left = RUN_DELIVERIES.saturating_sub(retries.as_ref().map_or(0, |t| t.deliveries));

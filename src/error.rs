@@ -160,7 +160,7 @@ impl ApiError {
                 _ => {}
             }
         }
-        body.to_string()
+        crate::util::json_text(&body)
     }
 }
 

@@ -337,7 +337,7 @@ pub async fn fetch(mut req: Request, env: Env, worker_ctx: Context) -> worker::R
                 headers.push(("X-D1-Rows-Written", written.to_string()));
                 headers.push(("X-D1-Round-Trips", trips.to_string()));
             }
-            (reply.status, reply.body.to_string())
+            (reply.status, util::json_text(&reply.body))
         }
         Ok((Err(e), _)) | Err(e) => {
             if let Some(cause) = e.log_cause() {

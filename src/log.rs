@@ -8,7 +8,7 @@ pub fn line(level: &str, request_id: &str, event: &str, fields: Value) {
     if let (Some(obj), Value::Object(extra)) = (obj.as_object_mut(), fields) {
         obj.extend(extra);
     }
-    let text = worker::wasm_bindgen::JsValue::from(obj.to_string());
+    let text = worker::wasm_bindgen::JsValue::from(crate::util::json_text(&obj));
     // The console directly: worker's console_* macros format their argument again.
     use worker::web_sys::console;
     match level {

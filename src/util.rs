@@ -61,6 +61,88 @@ macro_rules! obj {
     };
 }
 
+/// The fields of a JSON object (a D1 row, a stored value), taken out by name with
+/// their type checked. A required field absent (or null) or any field of the wrong type
+/// is remembered, the first one being what [`Columns::done`] refuses the object for;
+/// the readers return a default meanwhile, so a caller builds its struct in one
+/// expression and checks once (no error path per field in the Wasm).
+pub struct Columns {
+    fields: serde_json::Map<String, serde_json::Value>,
+    error: Option<String>,
+}
+
+impl Columns {
+    pub fn of(v: serde_json::Value, what: &str) -> Result<Columns, String> {
+        match v {
+            serde_json::Value::Object(fields) => Ok(Columns { fields, error: None }),
+            _ => Err(format!("{what} is not an object")),
+        }
+    }
+
+    fn fail(&mut self, column: &str, why: &str) {
+        if self.error.is_none() {
+            self.error = Some(format!("{why} `{column}`"));
+        }
+    }
+
+    /// The field, taken out (left null); `None` when absent or null.
+    fn take(&mut self, column: &str) -> Option<serde_json::Value> {
+        self.fields.get_mut(column).map(std::mem::take).filter(|v| !v.is_null())
+    }
+
+    pub fn opt_text(&mut self, column: &str) -> Option<String> {
+        match self.take(column) {
+            None => None,
+            Some(serde_json::Value::String(s)) => Some(s),
+            Some(_) => {
+                self.fail(column, "not a string:");
+                None
+            }
+        }
+    }
+
+    pub fn opt_int(&mut self, column: &str) -> Option<i64> {
+        let v = self.take(column)?;
+        let n = v.as_i64();
+        if n.is_none() {
+            self.fail(column, "not a whole number:");
+        }
+        n
+    }
+
+    pub fn text(&mut self, column: &str) -> String {
+        let s = self.opt_text(column);
+        if s.is_none() {
+            self.fail(column, "missing field");
+        }
+        s.unwrap_or_default()
+    }
+
+    pub fn int(&mut self, column: &str) -> i64 {
+        let n = self.opt_int(column);
+        if n.is_none() {
+            self.fail(column, "missing field");
+        }
+        n.unwrap_or_default()
+    }
+
+    /// `value`, unless a field was missing or of the wrong type.
+    pub fn done<T>(self, value: T) -> Result<T, String> {
+        match self.error {
+            None => Ok(value),
+            Some(e) => Err(e),
+        }
+    }
+}
+
+/// `v` as compact JSON text. Not `v.to_string()`: `Value`'s `Display` also links
+/// serde_json's pretty printer (for `{:#}`) and an `io::Error` adapter, which writing
+/// to a `Vec` does without.
+pub fn json_text(v: &serde_json::Value) -> String {
+    // Writing a `Value` cannot fail: its map keys are strings.
+    serde_json::to_string(v).unwrap_or_default()
+}
+
 /// `n` random bytes as lowercase hex, from the platform CSPRNG.
 pub fn random_hex(n: usize) -> Result<String, crate::error::ApiError> {
     let mut buf = vec![0u8; n];

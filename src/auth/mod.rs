@@ -77,7 +77,9 @@ impl CachedJwks {
     }
 
     fn to_json(&self) -> String {
-        obj! {"url": self.url.as_str(), "expiresAt": self.expires_at, "keys": self.keys.to_json()}.to_string()
+        crate::util::json_text(
+            &obj! {"url": self.url.as_str(), "expiresAt": self.expires_at, "keys": self.keys.to_json()},
+        )
     }
 }
 

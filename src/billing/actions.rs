@@ -15,6 +15,8 @@
 
 use std::future::Future;
 
+use futures_util::FutureExt;
+
 use serde_json::Value;
 
 use super::Billing;
@@ -291,8 +293,12 @@ impl Billing<'_> {
         stored.ok_or_else(|| ApiError::server("customer id not stored"))
     }
 
-    async fn subscriptions(&self, customer: &str, code: &'static str) -> Result<Vec<Subscription>, ApiError> {
-        self.customer_subscriptions(customer).await.map_err(|e| stripe_failure(code, "list subscriptions", e))
+    fn subscriptions<'b>(
+        &'b self,
+        customer: &'b str,
+        code: &'static str,
+    ) -> impl Future<Output = Result<Vec<Subscription>, ApiError>> + 'b {
+        self.customer_subscriptions(customer).map(move |r| r.map_err(|e| stripe_failure(code, "list subscriptions", e)))
     }
 
     async fn call(&self, req: StripeRequest, code: &'static str, what: &str) -> Result<Value, ApiError> {
@@ -811,8 +817,8 @@ impl Billing<'_> {
         .await
     }
 
-    async fn reread(&self, user_id: &str) -> Result<UserRecord, ApiError> {
-        users::find_by_id(self.db, user_id).await?.ok_or_else(|| ApiError::server("user vanished"))
+    fn reread<'b>(&'b self, user_id: &'b str) -> impl Future<Output = Result<UserRecord, ApiError>> + 'b {
+        users::find_by_id(self.db, user_id).map(|r| r?.ok_or_else(|| ApiError::server("user vanished")))
     }
 }
 

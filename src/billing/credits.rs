@@ -10,7 +10,7 @@
 //! order and however often, write each row once. Rows that change a balance also make
 //! the user's KV copies due (the entitlements cache shows the balance).
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::Billing;
 use crate::domain::account::UserRecord;
@@ -47,7 +47,7 @@ pub fn insufficient(balance: i64, required: i64) -> ApiError {
         status: 402,
         code: "INSUFFICIENT_CREDITS",
         message: format!("Not enough credits: {required} needed, {balance} available"),
-        fields: json!({"balance": balance, "required": required}),
+        fields: crate::obj! {"balance": balance, "required": required},
     }
 }
 
@@ -104,7 +104,7 @@ impl Billing<'_> {
                     reason: "purchase",
                     source_key: format!("purchase:{payment_id}"),
                     event_id: Some(event_id),
-                    metadata: json!({"pack": pack.id, "payment": payment_id}).to_string(),
+                    metadata: crate::util::json_text(&crate::obj! {"pack": pack.id, "payment": payment_id}),
                 },
                 self.now,
             ),
@@ -151,8 +151,12 @@ impl Billing<'_> {
                     reason: "grant",
                     source_key: format!("period:{subscription_id}:{start}"),
                     event_id: Some(event_id),
-                    metadata: json!({"tier": def.id, "subscription": subscription_id, "periodStart": start, "invoice": invoice.id})
-                        .to_string(),
+                    metadata: crate::util::json_text(&crate::obj! {
+                        "tier": def.id,
+                        "subscription": subscription_id,
+                        "periodStart": start,
+                        "invoice": invoice.id.as_str(),
+                    }),
                 },
                 self.now,
             ),
@@ -177,7 +181,7 @@ impl Billing<'_> {
             amount,
             reason,
             source_key,
-            metadata: metadata.to_string(),
+            metadata: crate::util::json_text(&metadata),
         };
         match credits::debit(self.db, &debit, self.now).await? {
             Debited::Done { id, balance } => Ok(Spent { transaction_id: id, spent: amount, balance, replayed: false }),
@@ -194,7 +198,7 @@ impl Billing<'_> {
 
     /// `POST /api/credits/spend`: the user's own spend, keyed on their idempotency key.
     pub async fn spend(&self, user: &UserRecord, amount: i64, note: &str, key: &str) -> Result<Spent, ApiError> {
-        let metadata = json!({"note": note, "idempotencyKey": key});
+        let metadata = crate::obj! {"note": note, "idempotencyKey": key};
         let source = format!("spend:{}:{key}", user.id);
         self.debit(user, amount, "spend", source, metadata, &|m| {
             m.as_ref().and_then(|m| m.get("note")).and_then(Value::as_str) == Some(note)
@@ -206,7 +210,7 @@ impl Billing<'_> {
     /// balance below zero.
     pub async fn adjust(&self, user: &UserRecord, delta: i64, note: &str) -> Result<Spent, ApiError> {
         let id = credits::new_id()?;
-        let metadata = json!({"note": note, "by": "admin", "requestId": self.request_id});
+        let metadata = crate::obj! {"note": note, "by": "admin", "requestId": self.request_id};
         if delta < 0 {
             let source = format!("adjust:{id}");
             let spent = self.debit(user, -delta, "adjustment", source, metadata, &|_| false).await?;
@@ -219,7 +223,7 @@ impl Billing<'_> {
             reason: "adjustment",
             source_key: format!("adjust:{id}"),
             event_id: None,
-            metadata: metadata.to_string(),
+            metadata: crate::util::json_text(&metadata),
         };
         let results =
             self.db.batch_rows(&[credits::credit_stmt(&credit, self.now), credits::balance_stmt(&user.id)]).await?;

@@ -11,6 +11,9 @@
 //! Every D1 access is one batch whose last statement reads the record: few await
 //! points, so little async code in the Wasm.
 
+use std::future::Future;
+
+use futures_util::FutureExt;
 use serde_json::Value;
 
 use crate::auth::jwt::Identity;
@@ -52,9 +55,8 @@ fn parse_record(key: &str, text: &str) -> Result<Customer, String> {
 
 impl Customers<'_> {
     /// Runs `stmts` as one batch; the record the last one read.
-    async fn last(&self, stmts: &[Stmt]) -> Result<Option<Stored>, ApiError> {
-        let results = self.db.batch_rows(stmts).await?;
-        Ok(results.last().and_then(|rows| rows.first()).map(store::from_row))
+    fn last<'b>(&'b self, stmts: &'b [Stmt]) -> impl Future<Output = Result<Option<Stored>, ApiError>> + 'b {
+        self.db.batch_rows(stmts).map(|r| Ok(r?.last().and_then(|rows| rows.first()).map(store::from_row)))
     }
 
     async fn list(&self, prefix: &str, limit: u64, cursor: Option<&str>) -> Result<ListPage, ApiError> {
@@ -153,7 +155,7 @@ impl Customers<'_> {
     /// is logged and counted, never the request's: D1 is the truth.
     async fn write_legacy(&self, c: &Customer, new_mapping: Option<&str>) {
         let Some(kv) = self.legacy.as_ref().filter(|_| self.dual_write) else { return };
-        let mut puts = vec![(record_key(&c.id), c.to_json().to_string())];
+        let mut puts = vec![(record_key(&c.id), crate::util::json_text(&c.to_json()))];
         if let Some(h) = new_mapping {
             puts.push((email_key(h), c.id.clone()));
         }
@@ -195,10 +197,7 @@ impl Customers<'_> {
     /// twice imports nothing twice). A dry run writes nothing, not even the position.
     pub async fn backfill(&self, dry_run: bool, limit: u64, cursor: Option<String>) -> Result<Value, ApiError> {
         let cursor = match cursor {
-            None if !dry_run => {
-                let stored = self.db.batch_rows(&[store::position_stmt(BACKFILL_STATE, None, None)]).await?;
-                stored.into_iter().flatten().next().and_then(|r| r.text("value"))
-            }
+            None if !dry_run => state::get(self.db, BACKFILL_STATE).await?,
             given => given,
         };
         let (page, values) = self.scan(RECORD_PREFIX, limit, cursor.as_deref()).await?;
@@ -213,7 +212,7 @@ impl Customers<'_> {
         }
         let records = stmts.len();
         if !dry_run {
-            stmts.push(store::position_stmt(BACKFILL_STATE, Some(page.cursor.as_deref()), Some(self.now)));
+            stmts.push(state::put_stmt(BACKFILL_STATE, page.cursor.as_deref(), self.now));
         }
         let results = if stmts.is_empty() { Vec::new() } else { self.db.batch_rows(&stmts).await? };
         let imported = results.iter().take(records).filter(|r| !r.is_empty()).count();

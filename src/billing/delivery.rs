@@ -2,14 +2,14 @@
 //! the outcome in the same batch as the effects, retry with backoff (the cron), and
 //! reconcile with Stripe's Events API for deliveries Stripe never made.
 
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::Billing;
 use crate::error::ApiError;
 use crate::store::{state, users, webhooks};
 use crate::stripe::client::{StripeError, StripeRequest};
 use crate::stripe::events::{self, Envelope, EventKind};
+use crate::util::Columns;
 use crate::{clock, log};
 
 /// The result of one delivery (webhook, cron retry, reconciliation or admin retry).
@@ -79,7 +79,13 @@ impl Billing<'_> {
                 log::info(
                     self.request_id,
                     "stripe.event_processed",
-                    json!({"eventId": ev.id, "type": ev.kind, "source": source, "note": outcome.note, "ownRequest": ev.caused_by_plangate()}),
+                    crate::obj! {
+                        "eventId": ev.id.as_str(),
+                        "type": ev.kind.as_str(),
+                        "source": source,
+                        "note": outcome.note,
+                        "ownRequest": ev.caused_by_plangate(),
+                    },
                 );
                 Ok(Delivery::Processed)
             }
@@ -90,7 +96,7 @@ impl Billing<'_> {
                         Err(e) => log::error(
                             self.request_id,
                             "stripe.fallback_failed",
-                            json!({"eventId": ev.id, "error": e.to_string()}),
+                            crate::obj! {"eventId": ev.id.as_str(), "error": e.to_string()},
                         ),
                     }
                 }
@@ -99,7 +105,13 @@ impl Billing<'_> {
                 log::error(
                     self.request_id,
                     "stripe.event_failed",
-                    json!({"eventId": ev.id, "type": ev.kind, "source": source, "attempts": attempts, "error": failure.cause}),
+                    crate::obj! {
+                        "eventId": ev.id.as_str(),
+                        "type": ev.kind.as_str(),
+                        "source": source,
+                        "attempts": attempts,
+                        "error": failure.cause.as_str(),
+                    },
                 );
                 Ok(Delivery::Failed(failure.cause))
             }
@@ -147,10 +159,10 @@ impl Billing<'_> {
             return Ok(tally);
         }
         let saved = state::get(self.db, WALK).await?;
-        let walk = saved.as_deref().and_then(|w| match serde_json::from_str::<Walk>(w) {
+        let walk = saved.as_deref().and_then(|w| match Walk::parse(w) {
             Ok(w) => Some(w),
             Err(e) => {
-                log::warn(self.request_id, "reconcile.walk_unreadable", json!({"error": e.to_string()}));
+                log::warn(self.request_id, "reconcile.walk_unreadable", crate::obj! {"error": e});
                 None
             }
         });
@@ -169,13 +181,12 @@ impl Billing<'_> {
             Ok(true) => {
                 let newest = walk.newest.unwrap_or(walk.started).min(walk.started);
                 let next = walk.gte.max(newest - OVERLAP_SECONDS);
-                state::set(self.db, CURSOR, &next.to_string(), self.now).await?;
-                state::delete(self.db, WALK).await?;
+                state::set(self.db, CURSOR, Some(&next.to_string()), self.now).await?;
+                state::set(self.db, WALK, None, self.now).await?;
             }
             Ok(false) | Err(_) => {
                 tally.more = true;
-                let value = serde_json::to_string(&walk).map_err(ApiError::server)?;
-                state::set(self.db, WALK, &value, self.now).await?;
+                state::set(self.db, WALK, Some(&walk.text()), self.now).await?;
             }
         }
         walked.map(|_| tally)
@@ -198,7 +209,7 @@ impl Billing<'_> {
                     log::warn(
                         self.request_id,
                         "reconcile.walk_restarted",
-                        json!({"after": walk.after, "status": status}),
+                        crate::obj! {"after": walk.after.as_deref(), "status": status},
                     );
                     walk.after = None;
                     continue;
@@ -219,7 +230,7 @@ impl Billing<'_> {
                             if tally.deliveries >= max {
                                 return Ok(false);
                             }
-                            tally.add(&self.deliver(&ev, &raw.to_string(), "reconcile").await?);
+                            tally.add(&self.deliver(&ev, &crate::util::json_text(raw), "reconcile").await?);
                         }
                         Err(_) => tally.skipped += 1,
                     }
@@ -257,8 +268,9 @@ const FIRST_WINDOW_SECONDS: i64 = 3 * 86_400;
 /// first delivery attempt failed after the previous run looked.
 const OVERLAP_SECONDS: i64 = 3_600;
 
-/// A reconciliation walk over the Events API, kept between cron runs.
-#[derive(Debug, Serialize, Deserialize)]
+/// A reconciliation walk over the Events API, kept between cron runs (as JSON, its
+/// fields by name).
+#[derive(Debug)]
 struct Walk {
     /// `created[gte]` of the walk: the cursor when it began.
     gte: i64,
@@ -268,6 +280,26 @@ struct Walk {
     newest: Option<i64>,
     /// When the walk began (wall clock).
     started: i64,
+}
+
+impl Walk {
+    fn text(&self) -> String {
+        let after = self.after.as_deref();
+        crate::util::json_text(
+            &crate::obj! {"gte": self.gte, "after": after, "newest": self.newest, "started": self.started},
+        )
+    }
+
+    fn parse(text: &str) -> Result<Walk, String> {
+        let mut c = Columns::of(serde_json::from_str(text).map_err(|e| e.to_string())?, "the walk")?;
+        let r = Walk {
+            gte: c.int("gte"),
+            after: c.opt_text("after"),
+            newest: c.opt_int("newest"),
+            started: c.int("started"),
+        };
+        c.done(r)
+    }
 }
 
 #[derive(Default)]
@@ -289,5 +321,22 @@ impl Tally {
             Delivery::Failed(_) => self.failed += 1,
             Delivery::Duplicate | Delivery::InProgress | Delivery::NotDue { .. } => self.skipped += 1,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Walk;
+
+    #[test]
+    fn a_kept_walk_reads_back_and_a_walk_kept_by_earlier_versions_still_reads() {
+        let w = Walk { gte: 1, after: Some("evt_1".into()), newest: None, started: 2 };
+        let back = Walk::parse(&w.text()).unwrap();
+        assert_eq!((back.gte, back.after.as_deref(), back.newest, back.started), (1, Some("evt_1"), None, 2));
+        let old = Walk::parse(r#"{"gte":5,"after":null,"newest":7,"started":6}"#).unwrap();
+        assert_eq!((old.gte, old.after, old.newest, old.started), (5, None, Some(7), 6));
+        assert!(Walk::parse(r#"{"gte":5,"after":null,"newest":7}"#).unwrap_err().contains("started"));
+        assert!(Walk::parse(r#"{"gte":"5","started":6}"#).unwrap_err().contains("gte"));
+        assert!(Walk::parse("[1]").is_err() && Walk::parse("{").is_err());
     }
 }

@@ -3,7 +3,7 @@
 //! Decisions that spend always read D1; only the read-only entitlements view may come
 //! from the cache (see `routes::entitlements`).
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::Billing;
 use crate::domain::account::UserRecord;
@@ -32,7 +32,7 @@ fn not_in_plan(feature: &str, user: &UserRecord) -> ApiError {
         status: 403,
         code: "FEATURE_NOT_IN_PLAN",
         message: format!("Your plan does not include `{feature}`; upgrade to use it"),
-        fields: json!({"feature": feature, "plan": user.reported_plan()}),
+        fields: crate::obj! {"feature": feature, "plan": user.reported_plan()},
     }
 }
 
@@ -83,9 +83,11 @@ impl Billing<'_> {
         let period = current_period(user, self.now);
         let used = usage::used_in(self.db, &user.id, &period.key).await?;
         let tier = quota::tier_of(&self.catalog, user);
-        Ok(
-            json!({"ok": true, "period": period.json(), "usage": quota::usage_view(&self.catalog, tier, &period, &used)}),
-        )
+        Ok(crate::obj! {
+            "ok": true,
+            "period": period.json(),
+            "usage": quota::usage_view(&self.catalog, tier, &period, &used),
+        })
     }
 
     /// `POST /api/entitlements/check`: would `amount` uses be allowed now? Reads only.
@@ -99,9 +101,14 @@ impl Billing<'_> {
         };
         let n = used.iter().find(|(f, _)| f == feature).map_or(0, |(_, n)| *n);
         let (allowed, reason, remaining) = quota::check(gate, n, balance, amount);
-        Ok(
-            json!({"ok": true, "allowed": allowed, "reason": reason, "remaining": remaining, "feature": feature, "plan": user.reported_plan()}),
-        )
+        Ok(crate::obj! {
+            "ok": true,
+            "allowed": allowed,
+            "reason": reason,
+            "remaining": remaining,
+            "feature": feature,
+            "plan": user.reported_plan(),
+        })
     }
 
     /// `POST /api/usage/consume`: counts `amount` uses of `feature` in one conditional
@@ -150,23 +157,34 @@ impl Billing<'_> {
         match done.outcome {
             Outcome::Counted(used) => {
                 let entry = quota::usage_entry(c.limit, used, &period);
-                Ok(json!({
-                    "ok": true, "feature": feature, "used": used, "limit": c.limit,
-                    "remaining": entry["remaining"], "resetsAt": entry["resetsAt"], "replayed": replayed,
-                }))
+                Ok(crate::obj! {
+                    "ok": true,
+                    "feature": feature,
+                    "used": used,
+                    "limit": c.limit,
+                    "remaining": entry["remaining"].clone(),
+                    "resetsAt": entry["resetsAt"].clone(),
+                    "replayed": replayed,
+                })
             }
             Outcome::Quota(used) => Err(ApiError::Detailed {
                 status: 402,
                 code: "QUOTA_EXCEEDED",
                 message: format!("The limit of `{feature}` for this period is reached"),
-                fields: json!({
-                    "feature": feature, "limit": c.limit, "used": used,
-                    "resetsAt": quota::usage_entry(c.limit, used, &period)["resetsAt"], "replayed": replayed,
-                }),
+                fields: crate::obj! {
+                    "feature": feature,
+                    "limit": c.limit,
+                    "used": used,
+                    "resetsAt": quota::usage_entry(c.limit, used, &period)["resetsAt"].clone(),
+                    "replayed": replayed,
+                },
             }),
-            Outcome::Spent(balance) => Ok(json!({
-                "ok": true, "feature": feature, "credits": {"spent": required, "balance": balance}, "replayed": replayed,
-            })),
+            Outcome::Spent(balance) => Ok(crate::obj! {
+                "ok": true,
+                "feature": feature,
+                "credits": crate::obj! {"spent": required, "balance": balance},
+                "replayed": replayed,
+            }),
             Outcome::Insufficient(balance) => Err(super::credits::insufficient(balance, required)),
         }
     }

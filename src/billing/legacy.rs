@@ -8,14 +8,15 @@
 //! for. Each call lists at most `limit` keys and reads them 25 users (100 keys, one
 //! bulk KV read, one D1 query, one D1 batch) at a time.
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use super::Billing;
 use crate::domain::account::UserRecord;
 use crate::domain::legacy_plan::{self, check, decide, Action, Check, Position, PREFIXES};
 use crate::error::ApiError;
 use crate::log;
-use crate::store::legacy_plans::{self as store, Namespace};
+use crate::store::kv_store::{KvError, KvStore};
+use crate::store::legacy_plans as store;
 use crate::store::{state, users};
 
 /// `app_state` name of the backfill's position (`<prefix>:<cursor>`, see `Position`).
@@ -54,6 +55,10 @@ enum Mode {
     Verify,
 }
 
+fn app_kv(what: &'static str) -> impl Fn(KvError) -> ApiError {
+    move |e| ApiError::server(format!("APP_KV {what}: {}", e.0))
+}
+
 fn new_id() -> Result<String, ApiError> {
     Ok(format!("usr_{}", crate::util::random_hex(12)?))
 }
@@ -79,7 +84,11 @@ impl Billing<'_> {
             let mut t = Tally::default();
             self.legacy_chunk(ns, 0, &[format!("{}{auth_id}", PREFIXES[0])], Mode::Import, &mut t).await?;
             if let Some((key, reason)) = t.failed.iter().next() {
-                log::error(self.request_id, "legacy.unreadable", json!({"key": key, "reason": reason}));
+                log::error(
+                    self.request_id,
+                    "legacy.unreadable",
+                    crate::obj! {"key": key.as_str(), "reason": reason.clone()},
+                );
             }
             if t.read > 0 {
                 // Imported, or created meanwhile by a concurrent first request.
@@ -116,13 +125,19 @@ impl Billing<'_> {
         };
         let (pos, t) = self.walk_legacy(start.clone(), limit, mode).await?;
         if mode == Mode::Import && pos != start {
-            state::set(self.db, POSITION, &pos.text(), self.now).await?;
+            state::set(self.db, POSITION, Some(&pos.text()), self.now).await?;
         }
-        Ok(json!({
-            "ok": true, "dryRun": dry_run, "seen": t.seen, "imported": t.imported, "skipped": t.counts,
-            "failed": t.failed, "mismatches": t.mismatches, "done": pos.done(),
+        Ok(crate::obj! {
+            "ok": true,
+            "dryRun": dry_run,
+            "seen": t.seen,
+            "imported": t.imported,
+            "skipped": t.counts,
+            "failed": t.failed,
+            "mismatches": t.mismatches,
+            "done": pos.done(),
             "cursor": (!pos.done()).then(|| pos.text()),
-        }))
+        })
     }
 
     async fn walk_legacy(&self, mut pos: Position, limit: usize, mode: Mode) -> Result<(Position, Tally), ApiError> {
@@ -130,7 +145,8 @@ impl Billing<'_> {
         let mut t = Tally::default();
         let mut left = limit;
         while left > 0 && !pos.done() {
-            let (names, next) = ns.list(PREFIXES[pos.prefix], &pos.cursor, left).await?;
+            let page = ns.list(PREFIXES[pos.prefix], left as u64, Some(&pos.cursor)).await.map_err(app_kv("list"))?;
+            let (names, next) = (page.keys, page.cursor);
             left = left.saturating_sub(names.len().max(1));
             for chunk in names.chunks(store::BATCH) {
                 self.legacy_chunk(ns, pos.prefix, chunk, mode, &mut t).await?;
@@ -144,7 +160,7 @@ impl Billing<'_> {
     /// has a readable record one D1 query for their rows and one batch of writes.
     async fn legacy_chunk(
         &self,
-        ns: &Namespace,
+        ns: &KvStore,
         p: usize,
         names: &[String],
         mode: Mode,
@@ -159,7 +175,7 @@ impl Billing<'_> {
                 }
             }
         }
-        let values = ns.get_text(&keys).await?;
+        let values = ns.get_texts(&keys).await.map_err(app_kv("get"))?;
         let mut records = Vec::new();
         for (uid, raw) in uids.iter().zip(values.chunks(4)) {
             if raw.iter().take(p).any(Option::is_some) {

@@ -48,8 +48,8 @@ pub struct Billing<'a> {
     /// first lookup of that customer while processing the event takes it (see
     /// `sync::user_by_customer`).
     pub prefetched: RefCell<Option<(String, Option<UserRecord>)>>,
-    /// `APP_KV` called directly for the legacy plan keys (see `legacy`).
-    pub legacy_kv: Option<crate::store::legacy_plans::Namespace>,
+    /// `APP_KV` for the legacy plan keys (see `legacy`); `None`: never read.
+    pub legacy_kv: Option<KvStore>,
 }
 
 impl<'a> Billing<'a> {
@@ -72,9 +72,9 @@ impl<'a> Billing<'a> {
         }
     }
 
-    /// The legacy plan keys are read through `APP_KV` of `env` (none: never read).
-    pub fn reading_legacy_plans(mut self, env: &worker::Env) -> Self {
-        self.legacy_kv = crate::store::legacy_plans::Namespace::bound(env, "APP_KV").ok();
+    /// The legacy plan keys are read through `APP_KV` (the store the copies go to).
+    pub fn reading_legacy_plans(mut self) -> Self {
+        self.legacy_kv = self.kv.clone();
         self
     }
 

@@ -9,7 +9,7 @@
 //! a retry confirms it against Stripe. Users are linked by `client_reference_id`,
 //! `metadata.user_id` or the stored customer id, never by email.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::Billing;
 use crate::domain::account::UserRecord;
@@ -209,7 +209,7 @@ impl Billing<'_> {
                 log::warn(
                     self.request_id,
                     "stripe.hint_ignored_customer_owned_by_another_user",
-                    json!({"customer": customer, "hintUser": hinted, "owner": owner.id}),
+                    crate::obj! {"customer": customer, "hintUser": hinted, "owner": owner.id.as_str()},
                 );
             }
             return Ok(Some((owner, None)));
@@ -226,7 +226,7 @@ impl Billing<'_> {
                 log::warn(
                     self.request_id,
                     "stripe.hint_ignored_user_has_another_customer",
-                    json!({"customer": customer, "hintUser": user.id, "userCustomer": other}),
+                    crate::obj! {"customer": customer, "hintUser": user.id.as_str(), "userCustomer": other},
                 );
                 Ok(None)
             }
@@ -462,9 +462,13 @@ impl Billing<'_> {
                     Ok(true) => continue,
                     Ok(false) => break,
                     Err(e) => {
-                        log::error(self.request_id, "kv.copy_failed", json!({"userId": user_id, "error": e}));
+                        log::error(
+                            self.request_id,
+                            "kv.copy_failed",
+                            crate::obj! {"userId": user_id.as_str(), "error": e},
+                        );
                         if let Err(e) = state::increment(self.db, "counter:kv_dual_write_failed", self.now).await {
-                            log::error(self.request_id, "kv.counter_failed", json!({"error": e.to_string()}));
+                            log::error(self.request_id, "kv.counter_failed", crate::obj! {"error": e.to_string()});
                         }
                         break;
                     }
@@ -502,7 +506,7 @@ impl Billing<'_> {
                     log::error(
                         self.request_id,
                         "kv.outbox_release_failed",
-                        json!({"userId": user_id, "error": e2.to_string()}),
+                        crate::obj! {"userId": user_id, "error": e2.to_string()},
                     );
                 }
                 Err(e)
@@ -528,7 +532,7 @@ impl Billing<'_> {
             .map_err(|e| e.to_string())?;
         let mut ops = 1;
         if !self.cfg.dual_write_kv {
-            log::info(self.request_id, "kv.copies_written", json!({"userId": user_id, "kvOps": ops}));
+            log::info(self.request_id, "kv.copies_written", crate::obj! {"userId": user_id, "kvOps": ops});
             return Ok(None);
         }
         let values = kv::legacy_plan_values(&user);
@@ -543,7 +547,7 @@ impl Billing<'_> {
             r.map_err(|e| format!("{key}: {e}"))?;
             ops += 1;
         }
-        log::info(self.request_id, "kv.copies_written", json!({"userId": user_id, "kvOps": ops}));
+        log::info(self.request_id, "kv.copies_written", crate::obj! {"userId": user_id, "kvOps": ops});
         Ok(Some((user.kv_written, kv::written_record(&values))))
     }
 

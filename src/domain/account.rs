@@ -1,13 +1,10 @@
 //! A user's billing record as stored in D1, and the `/api/plan/me` view of it.
 
-use std::fmt;
-
-use serde::de::{self, IgnoredAny, MapAccess, Visitor};
-use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 use super::plans::TRIAL_PLAN;
 use super::time::iso8601;
+use crate::util::Columns;
 
 /// One `users` row. Times are unix seconds. Optional columns may be absent from a row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,86 +35,35 @@ pub struct UserRecord {
     pub current_period_start: Option<i64>,
 }
 
-/// `Db::query` wants `Deserialize`. Written by hand: the derived impl checks every one
-/// of the 20 fields for duplicates and absence in code of its own, several KB of the
-/// Wasm; this one reads each column with the `Option<String>` / `Option<i64>` readers
-/// that other row types link anyway. Absent columns are `None` (0 for `trial_used`),
-/// unknown columns are ignored.
-impl<'de> Deserialize<'de> for UserRecord {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_map(RowVisitor)
-    }
-}
-
-struct RowVisitor;
-
-impl<'de> Visitor<'de> for RowVisitor {
-    type Value = UserRecord;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a users row")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UserRecord, A::Error> {
-        let (mut id, mut auth_id, mut plan) = (None, None, None);
-        let (mut plan_updated_at, mut created_at, mut updated_at) = (None, None, None);
-        let mut r = UserRecord {
-            id: String::new(),
-            auth_id: String::new(),
-            email: None,
-            plan: String::new(),
-            stripe_customer_id: None,
-            stripe_subscription_id: None,
-            subscription_status: None,
-            trial_ends_at: None,
-            current_period_end: None,
-            cancel_at: None,
-            scheduled_plan: None,
-            scheduled_at: None,
-            plan_updated_at: 0,
-            created_at: 0,
-            updated_at: 0,
-            stripe_synced_at: None,
-            trial_used: 0,
-            previous_customer_id: None,
-            kv_written: None,
-            current_period_start: None,
+impl UserRecord {
+    /// A `users` row, read by hand from its columns (see `store::db::FromRow`): absent
+    /// optional columns are `None` (0 for `trial_used`), unknown columns are ignored, a
+    /// required column absent or any column of the wrong type refuses the row.
+    pub fn from_row(row: Value) -> Result<UserRecord, String> {
+        let mut c = Columns::of(row, "a users row")?;
+        let r = UserRecord {
+            id: c.text("id"),
+            auth_id: c.text("auth_id"),
+            email: c.opt_text("email"),
+            plan: c.text("plan"),
+            stripe_customer_id: c.opt_text("stripe_customer_id"),
+            stripe_subscription_id: c.opt_text("stripe_subscription_id"),
+            subscription_status: c.opt_text("subscription_status"),
+            trial_ends_at: c.opt_int("trial_ends_at"),
+            current_period_end: c.opt_int("current_period_end"),
+            cancel_at: c.opt_int("cancel_at"),
+            scheduled_plan: c.opt_text("scheduled_plan"),
+            scheduled_at: c.opt_int("scheduled_at"),
+            plan_updated_at: c.int("plan_updated_at"),
+            created_at: c.int("created_at"),
+            updated_at: c.int("updated_at"),
+            stripe_synced_at: c.opt_int("stripe_synced_at"),
+            trial_used: c.opt_int("trial_used").unwrap_or(0),
+            previous_customer_id: c.opt_text("previous_customer_id"),
+            kv_written: c.opt_text("kv_written"),
+            current_period_start: c.opt_int("current_period_start"),
         };
-        while let Some(key) = map.next_key::<String>()? {
-            match key.as_str() {
-                "id" => id = map.next_value()?,
-                "auth_id" => auth_id = map.next_value()?,
-                "email" => r.email = map.next_value()?,
-                "plan" => plan = map.next_value()?,
-                "stripe_customer_id" => r.stripe_customer_id = map.next_value()?,
-                "stripe_subscription_id" => r.stripe_subscription_id = map.next_value()?,
-                "subscription_status" => r.subscription_status = map.next_value()?,
-                "trial_ends_at" => r.trial_ends_at = map.next_value()?,
-                "current_period_end" => r.current_period_end = map.next_value()?,
-                "cancel_at" => r.cancel_at = map.next_value()?,
-                "scheduled_plan" => r.scheduled_plan = map.next_value()?,
-                "scheduled_at" => r.scheduled_at = map.next_value()?,
-                "plan_updated_at" => plan_updated_at = map.next_value()?,
-                "created_at" => created_at = map.next_value()?,
-                "updated_at" => updated_at = map.next_value()?,
-                "stripe_synced_at" => r.stripe_synced_at = map.next_value()?,
-                "trial_used" => r.trial_used = map.next_value::<Option<i64>>()?.unwrap_or(0),
-                "previous_customer_id" => r.previous_customer_id = map.next_value()?,
-                "kv_written" => r.kv_written = map.next_value()?,
-                "current_period_start" => r.current_period_start = map.next_value()?,
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        let missing = de::Error::missing_field;
-        r.id = id.ok_or_else(|| missing("id"))?;
-        r.auth_id = auth_id.ok_or_else(|| missing("auth_id"))?;
-        r.plan = plan.ok_or_else(|| missing("plan"))?;
-        r.plan_updated_at = plan_updated_at.ok_or_else(|| missing("plan_updated_at"))?;
-        r.created_at = created_at.ok_or_else(|| missing("created_at"))?;
-        r.updated_at = updated_at.ok_or_else(|| missing("updated_at"))?;
-        Ok(r)
+        c.done(r)
     }
 }
 
@@ -183,7 +129,7 @@ mod tests {
     use serde_json::json;
 
     fn record() -> UserRecord {
-        serde_json::from_value(json!({
+        UserRecord::from_row(json!({
             "id": "usr_1", "auth_id": "firebase-uid", "email": "a@example.com", "plan": "free",
             "stripe_customer_id": null, "stripe_subscription_id": null, "subscription_status": null,
             "trial_ends_at": null, "current_period_end": null, "cancel_at": null,
@@ -202,7 +148,7 @@ mod tests {
             (r.plan_updated_at, r.stripe_synced_at, r.trial_used, r.previous_customer_id),
             (1700000000, None, 0, None)
         );
-        let full: UserRecord = serde_json::from_value(json!({
+        let full = UserRecord::from_row(json!({
             "id": "usr_2", "auth_id": "a2", "email": null, "plan": "pro", "stripe_customer_id": "cus_1",
             "stripe_subscription_id": "sub_1", "subscription_status": "active", "trial_ends_at": 5,
             "current_period_end": 6, "cancel_at": 7, "scheduled_plan": "essential", "scheduled_at": 8,
@@ -226,11 +172,11 @@ mod tests {
     fn a_row_missing_a_required_column_or_with_a_wrong_type_is_refused() {
         let base =
             json!({"id": "u", "auth_id": "a", "plan": "free", "plan_updated_at": 1, "created_at": 1, "updated_at": 1});
-        assert!(serde_json::from_value::<UserRecord>(base.clone()).is_ok());
+        assert!(UserRecord::from_row(base.clone()).is_ok());
         for column in ["id", "auth_id", "plan", "plan_updated_at", "created_at", "updated_at"] {
             let mut row = base.clone();
             row.as_object_mut().unwrap().remove(column);
-            let e = serde_json::from_value::<UserRecord>(row).unwrap_err().to_string();
+            let e = UserRecord::from_row(row).unwrap_err();
             assert!(e.contains(column), "{column}: {e}");
         }
         for (column, bad) in
@@ -238,9 +184,9 @@ mod tests {
         {
             let mut row = base.clone();
             row[column] = bad;
-            assert!(serde_json::from_value::<UserRecord>(row).is_err(), "{column}");
+            assert!(UserRecord::from_row(row).is_err(), "{column}");
         }
-        assert!(serde_json::from_value::<UserRecord>(json!([1, 2])).is_err());
+        assert!(UserRecord::from_row(json!([1, 2])).is_err());
     }
 
     #[test]

@@ -67,7 +67,7 @@ pub fn rows_json(file: LegacyFile, csv: &str) -> Result<(String, usize), CsvErro
         rows.push(Value::Array(row));
     }
     let n = rows.len();
-    Ok((Value::Array(rows).to_string(), n))
+    Ok((crate::util::json_text(&Value::Array(rows)), n))
 }
 
 #[cfg(test)]

@@ -119,7 +119,9 @@ impl Customer {
                 (_, Value::Null) => {}
                 ("customerId", Value::String(s)) if !s.is_empty() => c.id = s,
                 ("customerId", Value::Number(n)) if n.is_u64() => c.id = n.to_string(),
-                ("customerId", other) => return Err(format!("customerId is not a string: {other}")),
+                ("customerId", other) => {
+                    return Err(format!("customerId is not a string: {}", crate::util::json_text(&other)))
+                }
                 (_, Value::String(s)) if text.is_some() => c.text[text.unwrap_or_default()] = Some(s),
                 (_, v) if json.is_some() => c.json[json.unwrap_or_default()] = Some(v),
                 (_, v) if time.is_some() && parse_time(&v).is_some() => {
@@ -173,7 +175,7 @@ impl Customer {
             let text_index = TEXT_FIELDS.iter().position(|(n, _)| n == name);
             match (name.as_str(), value) {
                 ("config", Value::Null) => self.json[CONFIG] = None,
-                ("config", Value::Object(_)) if value.to_string().len() <= MAX_CONFIG_BYTES => {
+                ("config", Value::Object(_)) if crate::util::json_text(value).len() <= MAX_CONFIG_BYTES => {
                     self.json[CONFIG] = Some(value.clone())
                 }
                 ("config", _) => {

@@ -527,7 +527,7 @@ mod tests {
     }
 
     fn row(plan: &str) -> UserRecord {
-        serde_json::from_value(serde_json::json!({
+        UserRecord::from_row(serde_json::json!({
             "id": "usr_1", "auth_id": "u1", "plan": plan, "plan_updated_at": 100, "created_at": 100, "updated_at": 100
         }))
         .unwrap()

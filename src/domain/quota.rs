@@ -3,7 +3,7 @@
 //! it), and the entitlements a user is shown. Pure: the caller passes the user's row,
 //! this period's usage and the credit balance.
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use super::account::UserRecord;
 use super::plans::{Catalog, Tier};
@@ -23,11 +23,11 @@ pub struct Period {
 
 impl Period {
     pub fn json(&self) -> Value {
-        json!({
+        crate::obj! {
             "kind": if self.subscription { "subscription" } else { "month" },
             "start": iso8601(self.start),
             "end": iso8601(self.end),
-        })
+        }
     }
 }
 
@@ -110,12 +110,12 @@ pub fn check(gate: Gate, used: u64, balance: i64, amount: u64) -> (bool, &'stati
 
 /// One feature's usage as the API shows it.
 pub fn usage_entry(limit: Option<u64>, used: u64, period: &Period) -> Value {
-    json!({
+    crate::obj! {
         "limit": limit,
         "used": used,
         "remaining": limit.map(|l| l.saturating_sub(used)),
         "resetsAt": iso8601(period.end),
-    })
+    }
 }
 
 /// This period's usage of every counted feature of the tier (not those paid in credits).
@@ -142,29 +142,30 @@ pub fn entitlements(
         features.insert(id.to_string(), Value::Bool(catalog.feature(tier, id).is_some()));
     }
     let trialing = user.subscription_status.as_deref() == Some("trialing");
-    json!({
+    crate::obj! {
         "ok": true,
         "plan": user.reported_plan(),
         "tier": catalog.id(tier),
-        "subscriptionStatus": user.subscription_status,
-        "trial": {
+        "subscriptionStatus": user.subscription_status.clone(),
+        "trial": crate::obj! {
             "active": trialing,
             "endsAt": user.trial_ends_at.filter(|_| trialing).map(iso8601),
             "used": user.trial_used != 0,
         },
         "features": features,
         "usage": usage_view(catalog, tier, period, used),
-        "credits": {"balance": balance},
+        "credits": crate::obj! {"balance": balance},
         "period": period.json(),
-    })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn user(plan: &str) -> UserRecord {
-        serde_json::from_value(json!({
+        UserRecord::from_row(json!({
             "id": "usr_1", "auth_id": "uid-1", "email": null, "plan": plan,
             "stripe_customer_id": null, "stripe_subscription_id": null, "subscription_status": null,
             "trial_ends_at": null, "current_period_end": null, "cancel_at": null,

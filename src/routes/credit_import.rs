@@ -1,7 +1,7 @@
 //! `POST /api/admin/migrations/credits`: the legacy credit import (README, "Importing
 //! legacy credits").
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{admin, Ctx, Reply};
 use crate::domain::credit_import::{rows_json, LegacyFile};
@@ -23,7 +23,7 @@ fn invalid_csv(file: LegacyFile, e: CsvError) -> ApiError {
         status: 400,
         code: "INVALID_CSV",
         message: format!("{} line {}: {}; nothing was imported from it", file.name(), e.line, e.message),
-        fields: json!({"file": file.name(), "line": e.line}),
+        fields: crate::obj! {"file": file.name(), "line": e.line},
     }
 }
 
@@ -63,34 +63,20 @@ pub async fn import(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
         }
     }
     if !commit {
-        return Ok(Reply::ok(object(vec![
-            ("ok", Value::Bool(true)),
-            ("staged", staged),
-            ("missing", Value::Array(missing)),
-        ])));
+        return Ok(Reply::ok(crate::obj! {"ok": true, "staged": staged, "missing": missing}));
     }
     if !missing.is_empty() {
         return Err(ApiError::Detailed {
             status: 409,
             code: "FILES_MISSING",
             message: "upload the three files first (see missing)".into(),
-            fields: json!({"staged": staged, "missing": missing}),
+            fields: crate::obj! {"staged": staged, "missing": missing},
         });
     }
     let mut report = credit_import::run(ctx.db, dry_run, ctx.now).await?;
-    crate::log::info(ctx.request_id, "credits.legacy_import", json!({"dryRun": dry_run}));
+    crate::log::info(ctx.request_id, "credits.legacy_import", crate::obj! {"dryRun": dry_run});
     report["ok"] = true.into();
     report["dryRun"] = dry_run.into();
     report["staged"] = staged;
     Ok(Reply::ok(report))
-}
-
-/// A JSON object of `pairs` (smaller in the Wasm than a `json!` of many fields).
-#[inline(never)]
-pub(crate) fn object(pairs: Vec<(&'static str, Value)>) -> Value {
-    let mut m = serde_json::Map::new();
-    for (k, v) in pairs {
-        m.insert(k.to_string(), v);
-    }
-    Value::Object(m)
 }

@@ -2,7 +2,7 @@
 //! (`POST /api/credits/spend`), the balance and history (`GET /api/credits`), and the
 //! admin's adjustments and views (`/api/admin/credits*`).
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{admin, int_field, required_text, Ctx, Reply};
 use crate::billing::credits::MAX_AMOUNT;
@@ -38,7 +38,7 @@ pub async fn checkout(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let url = super::billing::required_return_url(ctx, given)?;
     let who = ctx.identity().await?;
     let (url, session) = ctx.billing().buy_pack(&who, pack, price, url).await?;
-    Ok(Reply::ok(json!({"ok": true, "action": "redirect", "url": url, "sessionId": session})))
+    Ok(Reply::ok(crate::obj! {"ok": true, "action": "redirect", "url": url, "sessionId": session}))
 }
 
 /// `POST /api/credits/spend {amount, reason, idempotencyKey}` → `{ok, spent, balance,
@@ -53,16 +53,25 @@ pub async fn spend(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let user = billing.user_for(&who).await?;
     let spent = billing.spend(&user, amount, &reason, &key).await?;
     ctx.forget_entitlements(&user.auth_id).await;
-    Ok(Reply::ok(json!({
-        "ok": true, "spent": spent.spent, "balance": spent.balance,
-        "transactionId": spent.transaction_id, "replayed": spent.replayed,
-    }))
+    Ok(Reply::ok(crate::obj! {
+        "ok": true,
+        "spent": spent.spent,
+        "balance": spent.balance,
+        "transactionId": spent.transaction_id,
+        "replayed": spent.replayed,
+    })
     .header("Cache-Control", "no-store"))
 }
 
 fn entry_json(e: &Entry) -> Value {
     let metadata = e.metadata.as_deref().and_then(|m| serde_json::from_str::<Value>(m).ok()).unwrap_or(Value::Null);
-    json!({"id": e.id, "delta": e.delta, "reason": e.reason, "createdAt": iso8601(e.created_at), "metadata": metadata})
+    crate::obj! {
+        "id": e.id.as_str(),
+        "delta": e.delta,
+        "reason": e.reason.as_str(),
+        "createdAt": iso8601(e.created_at),
+        "metadata": metadata,
+    }
 }
 
 /// `cursor` = `<created_at>.<seq>` of the last row of the previous page.
@@ -75,24 +84,19 @@ fn parse_cursor(cursor: Option<String>) -> Result<Option<(i64, i64)>, ApiError> 
 
 /// One page of a user's ledger (newest first), the balance, and the next cursor.
 async fn page(ctx: &Ctx<'_>, user_id: &str) -> Result<Value, ApiError> {
-    let limit =
-        match ctx.query("limit") {
-            None => PAGE_DEFAULT,
-            Some(l) => l.parse::<i64>().ok().filter(|n| (1..=PAGE_MAX).contains(n)).ok_or_else(|| {
-                ApiError::InvalidRequest(format!("limit must be a whole number from 1 to {PAGE_MAX}"))
-            })?,
-        };
+    let limit = ctx.query_limit(PAGE_DEFAULT, PAGE_MAX)?;
     let after = parse_cursor(ctx.query("cursor"))?;
     let mut rows = credits::history(ctx.db, user_id, after, (limit + 1) as u32).await?;
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
     let next = rows.last().filter(|_| more).map(|e| format!("{}.{}", e.created_at, e.seq));
     let balance = credits::balance(ctx.db, user_id).await?;
-    Ok(json!({
-        "ok": true, "balance": balance,
+    Ok(crate::obj! {
+        "ok": true,
+        "balance": balance,
         "transactions": rows.iter().map(entry_json).collect::<Vec<_>>(),
         "nextCursor": next,
-    }))
+    })
 }
 
 /// `GET /api/credits?limit=&cursor=`: the caller's balance and ledger history.
@@ -109,7 +113,7 @@ pub async fn admin_list(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let user_id = ctx.query("userId").ok_or_else(|| ApiError::InvalidRequest("userId is required".into()))?;
     let user = users::find_by_id(ctx.db, &user_id).await?.ok_or_else(user_not_found)?;
     let mut body = page(ctx, &user.id).await?;
-    body["userId"] = json!(user.id);
+    body["userId"] = user.id.as_str().into();
     Ok(Reply::ok(body))
 }
 
@@ -137,9 +141,9 @@ pub async fn admin_adjust(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     crate::log::info(
         ctx.request_id,
         "credits.adjusted",
-        json!({"userId": user.id, "delta": delta, "transactionId": done.transaction_id}),
+        crate::obj! {"userId": user.id.as_str(), "delta": delta, "transactionId": done.transaction_id.as_str()},
     );
-    Ok(Reply::ok(json!({"ok": true, "balance": done.balance, "transactionId": done.transaction_id})))
+    Ok(Reply::ok(crate::obj! {"ok": true, "balance": done.balance, "transactionId": done.transaction_id}))
 }
 
 /// `GET /api/admin/credits/shortfalls`: refunds that could not take back every credit
@@ -150,11 +154,14 @@ pub async fn admin_shortfalls(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let list: Vec<Value> = rows
         .iter()
         .map(|r| {
-            json!({
-                "transactionId": r.text("id"), "userId": r.text("user_id"), "shortfall": r.int("shortfall"),
-                "paymentIntent": r.text("payment_intent"), "createdAt": r.int("created_at").map(iso8601),
-            })
+            crate::obj! {
+                "transactionId": r.text("id"),
+                "userId": r.text("user_id"),
+                "shortfall": r.int("shortfall"),
+                "paymentIntent": r.text("payment_intent"),
+                "createdAt": r.int("created_at").map(iso8601),
+            }
         })
         .collect();
-    Ok(Reply::ok(json!({"ok": true, "shortfalls": list})))
+    Ok(Reply::ok(crate::obj! {"ok": true, "shortfalls": list}))
 }

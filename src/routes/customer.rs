@@ -154,10 +154,7 @@ pub async fn backfill(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let body = ctx.json_body()?;
     // A misspelt `dryRun` must not pass unseen: it would make a real run.
     body.only(&["dryRun", "limit", "cursor"])?;
-    let limit = body.opt_int("limit")?.unwrap_or(100);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::InvalidRequest("limit must be a whole number from 1 to 500".into()));
-    }
+    let limit = super::page_limit(body.opt_int("limit")?, 100, 500)?;
     let cursor = body.opt_str("cursor")?.map(str::to_string);
     customers(ctx).backfill(body.flag("dryRun")?, limit as u64, cursor).await.map(Reply::ok)
 }
@@ -165,13 +162,6 @@ pub async fn backfill(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
 /// `GET /api/admin/migrations/customers/verify?limit=&cursor=`: one page of the check.
 pub async fn verify(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     admin::authorize(ctx)?;
-    let limit = match ctx.query("limit") {
-        None => 200,
-        Some(l) => l
-            .parse::<u64>()
-            .ok()
-            .filter(|n| (1..=500).contains(n))
-            .ok_or_else(|| ApiError::InvalidRequest("limit must be a whole number from 1 to 500".into()))?,
-    };
+    let limit = ctx.query_limit(200, 500)? as u64;
     customers(ctx).verify(limit, ctx.query("cursor").as_deref()).await.map(Reply::ok)
 }

@@ -3,8 +3,6 @@
 //! route did not exist, unless `ENVIRONMENT` is exactly `development` and HS256 tokens
 //! are enabled (`AUTH_JWT_SECRET`).
 
-use serde_json::json;
-
 use super::{Ctx, Reply};
 use crate::auth::jwt::sign_hs256_json;
 use crate::domain::time::iso8601;
@@ -24,7 +22,7 @@ fn claims(user: &str, now: i64, issuer: Option<&str>, audience: Option<&str>) ->
     let mut c = format!(r#"{{"sub":"{user}","email":"{user}{domain}","iat":{now},"exp":{}"#, now + LIFETIME_SECONDS);
     for (name, value) in [("iss", issuer), ("aud", audience)] {
         if let Some(v) = value {
-            c.push_str(&format!(r#","{name}":{}"#, serde_json::Value::from(v)));
+            c.push_str(&format!(r#","{name}":{}"#, crate::util::json_text(&v.into())));
         }
     }
     c.push('}');
@@ -39,16 +37,19 @@ pub fn token(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let body = ctx.json_body()?;
     let user = body.str("userId")?;
     let c = claims(user, ctx.now, ctx.cfg.issuer.as_deref(), ctx.cfg.audience.as_deref())?;
-    Ok(Reply::ok(json!({
-        "ok": true, "token": sign_hs256_json(secret.as_bytes(), &c), "userId": user,
+    Ok(Reply::ok(crate::obj! {
+        "ok": true,
+        "token": sign_hs256_json(secret.as_bytes(), &c),
+        "userId": user,
         "expiresAt": iso8601(ctx.now + LIFETIME_SECONDS),
-    }))
+    })
     .header("Cache-Control", "no-store"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn a_dev_token_names_the_user_lasts_an_hour_and_carries_the_required_issuer_and_audience() {

@@ -1,8 +1,6 @@
 //! `GET /api/entitlements` (the user's own, cached up to a minute in `APP_KV`) and
 //! `POST /api/entitlements/check` (other backends ask whether a use is allowed).
 
-use serde_json::json;
-
 use super::{int_field, required_text, text_field, Ctx, Reply};
 use crate::auth::Caller;
 use crate::billing::entitlements::MAX_USES;
@@ -47,6 +45,6 @@ pub async fn check(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
         .named_user(text_field(&body, "userId", 64)?.as_deref(), text_field(&body, "authId", 128)?.as_deref())
         .await?;
     let mut answer = billing.check(&user, &feature, amount).await?;
-    answer["userId"] = json!(user.id);
+    answer["userId"] = user.id.as_str().into();
     Ok(Reply::ok(answer).header("Cache-Control", "no-store"))
 }

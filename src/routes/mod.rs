@@ -47,7 +47,7 @@ impl<'a> Ctx<'a> {
     pub fn billing(&'a self) -> crate::billing::Billing<'a> {
         crate::billing::Billing::new(self.db, self.cfg, self.app_kv(), self.now, self.request_id)
             .deferring_copies_to(&self.copies_due)
-            .reading_legacy_plans(self.env)
+            .reading_legacy_plans()
     }
 
     pub fn app_kv(&self) -> Option<KvStore> {
@@ -62,6 +62,11 @@ impl<'a> Ctx<'a> {
         crate::util::query_param(&self.query, name)
     }
 
+    /// `?limit=` as a [`page_limit`]: anything but a whole number is refused alike.
+    pub fn query_limit(&self, default: i64, max: i64) -> Result<i64, ApiError> {
+        page_limit(self.query("limit").map(|l| l.parse::<i64>().unwrap_or(0)), default, max)
+    }
+
     /// The body as a JSON object (an empty body is `{}`); 400 `INVALID_REQUEST` saying
     /// what is wrong.
     pub fn json_body(&self) -> Result<JsonBody, ApiError> {
@@ -69,13 +74,12 @@ impl<'a> Ctx<'a> {
     }
 
     /// The verified caller, or 401.
-    pub async fn identity(&self) -> Result<crate::auth::jwt::Identity, ApiError> {
+    pub fn identity(&self) -> impl std::future::Future<Output = Result<crate::auth::jwt::Identity, ApiError>> + '_ {
         crate::auth::authenticate(self.authorization.as_deref(), self.cfg, self.app_kv(), self.now, self.request_id)
-            .await
     }
 
     /// The verified caller as a user, a service or the admin, or 401.
-    pub async fn caller(&self) -> Result<crate::auth::Caller, ApiError> {
+    pub fn caller(&self) -> impl std::future::Future<Output = Result<crate::auth::Caller, ApiError>> + '_ {
         crate::auth::authenticate_caller(
             self.authorization.as_deref(),
             self.cfg,
@@ -83,7 +87,6 @@ impl<'a> Ctx<'a> {
             self.now,
             self.request_id,
         )
-        .await
     }
 
     /// Drops the user's cached entitlements before answering: the caller's next read
@@ -100,11 +103,7 @@ impl<'a> Ctx<'a> {
             Err(e) => Err(e),
         };
         if let Err(e) = put {
-            crate::log::warn(
-                self.request_id,
-                "kv.entitlements_delete_failed",
-                serde_json::json!({"error": e.to_string()}),
-            );
+            crate::log::warn(self.request_id, "kv.entitlements_delete_failed", crate::obj! {"error": e.to_string()});
         }
     }
 
@@ -203,6 +202,16 @@ impl Reply {
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.headers.push((name, value.into()));
         self
+    }
+}
+
+/// A page size: `given` (absent: `default`), 400 unless a whole number from 1 to `max`.
+/// The one check of every endpoint that pages (`?limit=` or a body's `limit`).
+pub fn page_limit(given: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
+    match given {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::InvalidRequest(format!("limit must be a whole number from 1 to {max}"))),
     }
 }
 

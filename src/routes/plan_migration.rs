@@ -7,13 +7,7 @@ use crate::domain::legacy_plan::Position;
 use crate::error::ApiError;
 
 fn limit(n: Option<i64>) -> Result<usize, ApiError> {
-    match n {
-        None => Ok(DEFAULT_PAGE),
-        Some(n) => usize::try_from(n)
-            .ok()
-            .filter(|n| (1..=MAX_PAGE).contains(n))
-            .ok_or_else(|| ApiError::InvalidRequest(format!("limit must be a whole number from 1 to {MAX_PAGE}"))),
-    }
+    Ok(super::page_limit(n, DEFAULT_PAGE as i64, MAX_PAGE as i64)? as usize)
 }
 
 fn cursor(c: Option<&str>) -> Result<Option<Position>, ApiError> {

@@ -1,9 +1,8 @@
 //! `POST /api/admin/purge-test-accounts {match, dryRun}` (README, "Purging test
 //! accounts"). Never calls Stripe.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::credit_import::object;
 use super::{admin, Ctx, Reply};
 use crate::domain::customer::{email_hash, email_key, mapped_id, record_key};
 use crate::domain::purge::{email_pattern_suffix, glob_match};
@@ -45,7 +44,7 @@ fn request(ctx: &Ctx<'_>) -> Result<Request, ApiError> {
             if (1..=MAX_ACCOUNTS).contains(&ids.len())
                 && ids.iter().all(|v| v.as_str().is_some_and(|s| !s.is_empty() && s.len() <= 128)) =>
         {
-            Ok(Request { dry_run, by_email: false, param: list.to_string(), pattern: String::new() })
+            Ok(Request { dry_run, by_email: false, param: crate::util::json_text(list), pattern: String::new() })
         }
         Some(Value::Array(_)) => Err(invalid("match: give from 1 to 100 auth ids (non-empty strings)")),
         _ => Err(invalid("match must be an email pattern such as *@test.example.com, or a list of auth ids")),
@@ -91,7 +90,8 @@ fn plan(req: &Request, rows: Vec<Row>) -> Plan {
         ]);
         users.push(row.0);
     }
-    Plan { users, ids: Value::Array(ids).to_string(), hashes: Value::Array(hashes).to_string(), keys, remaining }
+    let (ids, hashes) = (crate::util::json_text(&Value::Array(ids)), crate::util::json_text(&Value::Array(hashes)));
+    Plan { users, ids, hashes, keys, remaining }
 }
 
 pub async fn purge_test_accounts(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
@@ -146,16 +146,15 @@ async fn delete_all(store: Option<&KvStore>, keys: &[String], failed: &mut Vec<V
 
 #[inline(never)]
 fn reply(ctx: &Ctx<'_>, dry_run: bool, plan: Plan, rows: Value, legacy: Vec<String>, kv_failed: Vec<Value>) -> Reply {
-    crate::log::info(ctx.request_id, "accounts.purge", json!({"dryRun": dry_run, "accounts": plan.users.len()}));
-    let keys = plan.keys.into_iter().map(Value::String).collect();
-    Reply::ok(object(vec![
-        ("ok", Value::Bool(true)),
-        ("dryRun", Value::Bool(dry_run)),
-        ("users", Value::Array(plan.users)),
-        ("rows", rows),
-        ("kvKeys", Value::Array(keys)),
-        ("legacyCustomerKeys", Value::Array(legacy.into_iter().map(Value::String).collect())),
-        ("remaining", Value::from(plan.remaining)),
-        ("kvFailed", Value::Array(kv_failed)),
-    ]))
+    crate::log::info(ctx.request_id, "accounts.purge", crate::obj! {"dryRun": dry_run, "accounts": plan.users.len()});
+    Reply::ok(crate::obj! {
+        "ok": true,
+        "dryRun": dry_run,
+        "users": plan.users,
+        "rows": rows,
+        "kvKeys": plan.keys,
+        "legacyCustomerKeys": legacy,
+        "remaining": plan.remaining,
+        "kvFailed": kv_failed,
+    })
 }

@@ -56,7 +56,7 @@ pub fn from_row(row: &Row) -> Stored {
 }
 
 fn json_param(v: Option<&Value>) -> Param {
-    v.map(Value::to_string).into()
+    v.map(crate::util::json_text).into()
 }
 
 /// Inserts `c` unless its id (or `user_id`) is taken — and, for a record created
@@ -68,7 +68,11 @@ pub fn insert_stmt(c: &Customer, user_id: Option<&str>, imported_at: Option<i64>
     params.extend(c.text.iter().map(|t| t.as_deref().into()));
     params.extend(c.json.iter().map(|v| json_param(v.as_ref())));
     params.extend(c.times.iter().map(|t| (*t).into()));
-    params.push(if c.extra.is_empty() { Param::Null } else { Value::Object(c.extra.clone()).to_string().into() });
+    params.push(if c.extra.is_empty() {
+        Param::Null
+    } else {
+        crate::util::json_text(&Value::Object(c.extra.clone())).into()
+    });
     params.push(user_id.into());
     params.push(c.email_hash().into());
     params.push(imported_at.into());
@@ -137,7 +141,7 @@ pub fn missing_records_stmt(ids: &[String]) -> Stmt {
         sql: "SELECT (SELECT COUNT(*) FROM customers) AS n, \
                 (SELECT json_group_array(json_object('key', 'customer_' || j.value, 'problem', 'missing_in_d1')) \
                  FROM json_each(?1) j WHERE j.value NOT IN (SELECT id FROM customers)) AS m",
-        params: vec![Value::from(ids.to_vec()).to_string().into()],
+        params: vec![crate::util::json_text(&Value::from(ids.to_vec())).into()],
     }
 }
 
@@ -161,24 +165,6 @@ pub fn mapping_mismatches_stmt(pairs: Value) -> Stmt {
                       LEFT JOIN customers c ON c.id = m.id) \
                 WHERE problem IS NOT NULL) AS m"
         ),
-        params: vec![pairs.to_string().into()],
+        params: vec![crate::util::json_text(&pairs).into()],
     }
-}
-
-/// The `app_state` value `name`: `None` reads it; `Some(Some(v))` stores `v`;
-/// `Some(None)` deletes it.
-pub fn position_stmt(name: &str, value: Option<Option<&str>>, now: Option<i64>) -> Stmt {
-    let sql = match value {
-        None => "SELECT value FROM app_state WHERE name = ?1",
-        Some(None) => "DELETE FROM app_state WHERE name = ?1",
-        Some(Some(_)) => {
-            "INSERT INTO app_state (name, value, updated_at) VALUES (?1, ?2, ?3) \
-             ON CONFLICT(name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
-        }
-    };
-    let mut params = vec![name.into()];
-    if let Some(Some(v)) = value {
-        params.extend([v.into(), now.into()]);
-    }
-    Stmt { sql, params }
 }

@@ -4,8 +4,10 @@
 //! request in the `X-D1-Rows-*` headers when `EXPOSE_D1_STATS` is on (`make bench`).
 
 use std::cell::Cell;
+use std::future::Future;
 
-use serde::de::DeserializeOwned;
+use futures_util::FutureExt;
+
 use worker::js_sys::{Array, Reflect, JSON};
 use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::wasm_bindgen_futures::JsFuture;
@@ -57,8 +59,33 @@ fn d1_error(what: &str, e: JsValue) -> ApiError {
     ApiError::server(format!("{what}: {}", crate::fetch::message(e)))
 }
 
-fn decode_rows<T: DeserializeOwned>(rows: Vec<serde_json::Value>) -> Result<Vec<T>, ApiError> {
-    rows.into_iter().map(|r| serde_json::from_value(r).map_err(|e| ApiError::server(format!("d1 row: {e}")))).collect()
+/// A row type read by hand from a row's JSON object (see [`crate::util::Columns`]). Not serde's
+/// `Deserialize`: no typed serde decoding is linked into the Wasm at all, and with it
+/// went serde's error formatting of unexpected values (float formatting included).
+pub trait FromRow: Sized {
+    fn from_row(row: serde_json::Value) -> Result<Self, String>;
+}
+
+fn decode_rows<T: FromRow>(rows: Vec<serde_json::Value>) -> Result<Vec<T>, ApiError> {
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        out.push(T::from_row(r).map_err(row_error)?);
+    }
+    Ok(out)
+}
+
+#[inline(never)]
+pub(crate) fn row_error(e: String) -> ApiError {
+    ApiError::server(format!("d1 row: {e}"))
+}
+
+/// D1's rows as JSON text (`JSON.stringify` of the results array) → the rows.
+fn parse_rows(text: &str) -> Result<Vec<serde_json::Value>, ApiError> {
+    match serde_json::from_str(text) {
+        Ok(serde_json::Value::Array(rows)) => Ok(rows),
+        Ok(_) => Err(ApiError::server("d1 decode: not an array")),
+        Err(e) => Err(ApiError::server(format!("d1 decode: {e}"))),
+    }
 }
 
 pub struct Db {
@@ -134,31 +161,51 @@ impl Db {
             return Ok(Vec::new());
         };
         let text = JSON::stringify(&rows).map_err(|e| d1_error("d1 results", e))?;
-        serde_json::from_str(&String::from(text)).map_err(|e| ApiError::server(format!("d1 decode: {e}")))
+        parse_rows(&String::from(text))
     }
 
     /// Runs a statement; its rows read by column name. For small answers (a count, a
     /// claim's columns) this costs no `Deserialize` code per row shape in the Wasm.
-    pub async fn rows_of(&self, sql: &str, params: &[Param]) -> Result<Vec<Row>, ApiError> {
-        Ok(self.rows(sql, params).await?.into_iter().map(Row).collect())
+    pub fn rows_of<'a>(
+        &'a self,
+        sql: &'a str,
+        params: &'a [Param],
+    ) -> impl Future<Output = Result<Vec<Row>, ApiError>> + 'a {
+        self.rows(sql, params).map(|r| Ok(r?.into_iter().map(Row).collect()))
     }
 
-    pub async fn row(&self, sql: &str, params: &[Param]) -> Result<Option<Row>, ApiError> {
-        Ok(self.rows_of(sql, params).await?.into_iter().next())
+    pub fn row<'a>(
+        &'a self,
+        sql: &'a str,
+        params: &'a [Param],
+    ) -> impl Future<Output = Result<Option<Row>, ApiError>> + 'a {
+        self.rows(sql, params).map(|r| Ok(r?.into_iter().next().map(Row)))
     }
 
-    /// Runs a statement and deserializes every returned row.
-    pub async fn query<T: DeserializeOwned>(&self, sql: &str, params: &[Param]) -> Result<Vec<T>, ApiError> {
-        decode_rows(self.rows(sql, params).await?)
+    /// Runs a statement and reads every returned row as a `T`.
+    pub fn query<'a, T: FromRow>(
+        &'a self,
+        sql: &'a str,
+        params: &'a [Param],
+    ) -> impl Future<Output = Result<Vec<T>, ApiError>> + 'a {
+        self.rows(sql, params).map(|r| decode_rows(r?))
     }
 
-    pub async fn query_one<T: DeserializeOwned>(&self, sql: &str, params: &[Param]) -> Result<Option<T>, ApiError> {
-        Ok(decode_rows(self.rows(sql, params).await?)?.into_iter().next())
+    pub fn query_one<'a, T: FromRow>(
+        &'a self,
+        sql: &'a str,
+        params: &'a [Param],
+    ) -> impl Future<Output = Result<Option<T>, ApiError>> + 'a {
+        self.rows(sql, params).map(|r| Ok(decode_rows(r?)?.into_iter().next()))
     }
 
     /// Runs a statement for its effect; returns how many rows it returned.
-    pub async fn execute(&self, sql: &str, params: &[Param]) -> Result<usize, ApiError> {
-        Ok(self.rows(sql, params).await?.len())
+    pub fn execute<'a>(
+        &'a self,
+        sql: &'a str,
+        params: &'a [Param],
+    ) -> impl Future<Output = Result<usize, ApiError>> + 'a {
+        self.rows(sql, params).map(|r| Ok(r?.len()))
     }
 
     /// Runs the statements as one transaction (D1 has no `BEGIN`; a batch is atomic).
@@ -176,8 +223,7 @@ impl Db {
             let rows = match r.results().map_err(|e| d1_error("d1 results", e))? {
                 Some(rows) => {
                     let text = JSON::stringify(&rows).map_err(|e| d1_error("d1 results", e))?;
-                    serde_json::from_str::<Vec<serde_json::Value>>(&String::from(text))
-                        .map_err(|e| ApiError::server(format!("d1 decode: {e}")))?
+                    parse_rows(&String::from(text))?
                 }
                 None => Vec::new(),
             };

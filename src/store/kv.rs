@@ -47,13 +47,13 @@ pub const ENTITLEMENTS_TTL_SECONDS: i64 = 60;
 
 /// The cached value: when it was computed and the body.
 pub fn entitlements_value(body: &serde_json::Value, computed_at: i64) -> String {
-    serde_json::json!({"v": 1, "at": computed_at, "body": body}).to_string()
+    crate::util::json_text(&crate::obj! {"v": 1, "at": computed_at, "body": body.clone()})
 }
 
 /// What an invalidation leaves in place of the cached value: when it happened. A read
 /// that computed its answer before then must not put it back (see [`superseded`]).
 pub fn entitlements_tombstone(now: i64) -> String {
-    serde_json::json!({"v": 1, "gone": now}).to_string()
+    crate::util::json_text(&crate::obj! {"v": 1, "gone": now})
 }
 
 /// Whether the stored `current` value says the cache was invalidated at or after
@@ -101,7 +101,7 @@ pub fn written_record(values: &[(String, Option<String>)]) -> String {
     for (k, v) in values {
         map.insert(k.clone(), v.as_ref().map_or(serde_json::Value::Null, |v| v.as_str().into()));
     }
-    serde_json::Value::Object(map).to_string()
+    crate::util::json_text(&serde_json::Value::Object(map))
 }
 
 /// Which of `values` a flush must write, given the record of the last completed one:
@@ -128,7 +128,7 @@ mod legacy_tests {
     use crate::domain::account::UserRecord;
 
     fn user() -> UserRecord {
-        serde_json::from_value(serde_json::json!({
+        UserRecord::from_row(serde_json::json!({
             "id": "usr_1", "auth_id": "fb-uid-1", "email": null, "plan": "essential",
             "stripe_customer_id": "cus_1", "stripe_subscription_id": "sub_1", "subscription_status": "trialing",
             "trial_ends_at": 1700000000, "current_period_end": null, "cancel_at": null,

@@ -1,12 +1,13 @@
 //! A KV namespace binding, called directly through its JS methods (`get`, `put`,
-//! `delete`). worker's `KvStore` builds every options object with serde-wasm-bindgen,
-//! which linked a second serializer (and its string cache and JS imports) into the
-//! Wasm for `{expirationTtl}` and `{type: "text"}`; plangate needs only these three
-//! calls. The method names and shapes follow worker's, so callers read the same.
+//! `delete`, `list`). worker's `KvStore` builds every options object with
+//! serde-wasm-bindgen, which linked a second serializer (and its string cache and JS
+//! imports) into the Wasm for `{expirationTtl}` and `{type: "text"}`; plangate needs
+//! only these calls. The method names and shapes follow worker's, so callers read the
+//! same. The one wrapper for `APP_KV` and `LEGACY_AUTH_KV` alike.
 
 use std::fmt;
 
-use worker::js_sys::{Function, Object, Promise, Reflect, Uint8Array};
+use worker::js_sys::{Array, Function, Map as JsMap, Object, Promise, Reflect, Uint8Array};
 use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::wasm_bindgen_futures::JsFuture;
 use worker::Env;
@@ -65,9 +66,21 @@ impl KvStore {
         self.call("delete", &[&JsValue::from_str(key)]).await.map(|_| ())
     }
 
-    /// One page of the keys starting with `prefix`, after `cursor`: `list({prefix,
-    /// limit, cursor})`, its answer read as JSON text by serde_json (worker's builder
-    /// decodes it with serde-wasm-bindgen).
+    /// The text values of `keys` (at most 100) in one operation (the runtime's bulk
+    /// `get`, answered as a `Map`), `None` for a missing key.
+    pub async fn get_texts(&self, keys: &[String]) -> Result<Vec<Option<String>>, KvError> {
+        let names = Array::new();
+        for k in keys {
+            names.push(&JsValue::from_str(k));
+        }
+        let found = self.call("get", &[names.as_ref(), &JsValue::from_str("text")]).await?;
+        let map: JsMap = found.dyn_into().map_err(|_| KvError("get: not a Map".into()))?;
+        Ok(names.iter().map(|k| map.get(&k).as_string()).collect())
+    }
+
+    /// One page of the keys starting with `prefix`, after `cursor` (`None` or `""`: the
+    /// start): `list({prefix, limit, cursor})`, its answer read by property (worker's
+    /// builder decodes it with serde-wasm-bindgen).
     pub async fn list(&self, prefix: &str, limit: u64, cursor: Option<&str>) -> Result<ListPage, KvError> {
         let options = Object::new();
         Reflect::set(&options, &JsValue::from_str("prefix"), &JsValue::from_str(prefix))?;
@@ -75,15 +88,15 @@ impl KvStore {
         if let Some(c) = cursor.filter(|c| !c.is_empty()) {
             Reflect::set(&options, &JsValue::from_str("cursor"), &JsValue::from_str(c))?;
         }
-        let answer = self.call("list", &[options.as_ref()]).await?;
-        let text = String::from(worker::js_sys::JSON::stringify(&answer)?);
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| KvError(e.to_string()))?;
-        let keys = v["keys"]
-            .as_array()
-            .map_or_else(Vec::new, |keys| keys.iter().filter_map(|k| k["name"].as_str().map(str::to_string)).collect());
-        let complete = v["list_complete"].as_bool() != Some(false);
-        let cursor = v["cursor"].as_str().filter(|c| !complete && !c.is_empty()).map(str::to_string);
-        Ok(ListPage { keys, cursor })
+        let page = self.call("list", &[options.as_ref()]).await?;
+        let get = |k: &str| Reflect::get(&page, &JsValue::from_str(k)).unwrap_or(JsValue::UNDEFINED);
+        let listed: Array = get("keys").dyn_into().map_err(|_| KvError("list: no keys".into()))?;
+        let mut keys = Vec::new();
+        for k in listed.iter() {
+            keys.extend(Reflect::get(&k, &JsValue::from_str("name")).ok().and_then(|n| n.as_string()));
+        }
+        let more = get("list_complete").as_bool() == Some(false);
+        Ok(ListPage { keys, cursor: get("cursor").as_string().filter(|c| more && !c.is_empty()) })
     }
 }
 

@@ -1,86 +1,18 @@
-//! The legacy plan import: reading `APP_KV` a page at a time, the rows it compares
-//! with, and the statements that overwrite an existing row (a new row is
-//! `users::import_stmts`).
-
-use worker::js_sys::{Array, Function, Map as JsMap, Object, Promise, Reflect};
-use worker::wasm_bindgen::{JsCast, JsValue};
-use worker::wasm_bindgen_futures::JsFuture;
+//! The legacy plan import: the rows it compares with and the statements that overwrite
+//! an existing row (a new row is `users::import_stmts`). `APP_KV` is read a page at a
+//! time through `kv_store`.
 
 use super::db::{Db, Param, Stmt};
 use crate::domain::account::UserRecord;
 use crate::domain::legacy_plan::LegacyPlan;
 use crate::error::ApiError;
 
-fn js_error(what: &str, e: JsValue) -> ApiError {
-    ApiError::server(format!("APP_KV {what}: {}", crate::fetch::message(e)))
-}
-
-/// A KV namespace binding called directly: a listing read by property (worker's `list`
-/// decodes it with a second serde decoder) and many keys read in one operation (the
-/// runtime's bulk `get`, up to 100 keys; worker returns it as a `HashMap`).
-pub struct Namespace(JsValue);
-
-impl Namespace {
-    pub fn bound(env: &worker::Env, binding: &str) -> Result<Namespace, ApiError> {
-        match Reflect::get(env, &binding.into()) {
-            Ok(ns) if ns.is_object() => Ok(Namespace(ns)),
-            _ => Err(ApiError::server(format!("{binding} is not bound"))),
-        }
-    }
-
-    async fn call(&self, method: &str, args: &Array) -> Result<JsValue, ApiError> {
-        let f: Function = Reflect::get(&self.0, &method.into()).map_err(|e| js_error(method, e))?.unchecked_into();
-        let promise: Promise = f.apply(&self.0, args).map_err(|e| js_error(method, e))?.unchecked_into();
-        JsFuture::from(promise).await.map_err(|e| js_error(method, e))
-    }
-
-    /// Up to `limit` key names under `prefix` from `cursor` (`""`: the start), and the
-    /// cursor of the rest (`None` when nothing is left).
-    pub async fn list(
-        &self,
-        prefix: &str,
-        cursor: &str,
-        limit: usize,
-    ) -> Result<(Vec<String>, Option<String>), ApiError> {
-        let opts = Object::new();
-        let _ = Reflect::set(&opts, &"prefix".into(), &prefix.into());
-        let _ = Reflect::set(&opts, &"limit".into(), &(limit as f64).into());
-        if !cursor.is_empty() {
-            let _ = Reflect::set(&opts, &"cursor".into(), &cursor.into());
-        }
-        let page = self.call("list", &Array::of1(&opts)).await?;
-        let get = |k: &str| Reflect::get(&page, &k.into()).unwrap_or(JsValue::UNDEFINED);
-        let keys: Array = get("keys").dyn_into().map_err(|_| ApiError::server("APP_KV list: no keys"))?;
-        let mut names = Vec::new();
-        for k in keys.iter() {
-            names.extend(Reflect::get(&k, &"name".into()).ok().and_then(|n| n.as_string()));
-        }
-        let more = get("list_complete").as_bool() == Some(false);
-        Ok((names, get("cursor").as_string().filter(|c| more && !c.is_empty())))
-    }
-
-    /// The text values of `keys` (at most 100), `None` for a missing key.
-    pub async fn get_text(&self, keys: &[String]) -> Result<Vec<Option<String>>, ApiError> {
-        let names = Array::new();
-        for k in keys {
-            names.push(&JsValue::from_str(k));
-        }
-        let found = self.call("get", &Array::of2(&names, &"text".into())).await?;
-        let map: JsMap = found.dyn_into().map_err(|_| ApiError::server("APP_KV get: not a Map"))?;
-        let mut values = Vec::with_capacity(keys.len());
-        for k in names.iter() {
-            values.push(map.get(&k).as_string());
-        }
-        Ok(values)
-    }
-}
-
 /// Users per [`existing`] query.
 pub const BATCH: usize = 25;
 
 /// The rows of up to [`BATCH`] auth ids (one query).
 pub async fn existing(db: &Db, auth_ids: &[&str]) -> Result<Vec<UserRecord>, ApiError> {
-    let ids = serde_json::Value::from(auth_ids.to_vec()).to_string();
+    let ids = crate::util::json_text(&serde_json::Value::from(auth_ids.to_vec()));
     db.query("SELECT * FROM users WHERE auth_id IN (SELECT value FROM json_each(?1))", &[ids.into()]).await
 }
 

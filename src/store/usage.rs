@@ -164,7 +164,8 @@ pub async fn consume_credits(
     now: i64,
 ) -> Result<Consumed, ApiError> {
     let source = format!("consume:{}:{}", c.user_id, c.key);
-    let metadata = serde_json::json!({"feature": c.feature, "uses": c.amount, "idempotencyKey": c.key}).to_string();
+    let metadata =
+        crate::util::json_text(&crate::obj! {"feature": c.feature, "uses": c.amount, "idempotencyKey": c.key});
     let stmts = [
         claim_key(c, now),
         Stmt {

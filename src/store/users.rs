@@ -1,6 +1,6 @@
 //! The `users` table.
 
-use super::db::{Db, Param, Row, Stmt};
+use super::db::{Db, FromRow, Param, Row, Stmt};
 use crate::auth::jwt::Identity;
 use crate::domain::account::UserRecord;
 use crate::domain::legacy_plan::LegacyPlan;
@@ -142,9 +142,15 @@ pub fn forget_kv_written_stmt(user_id: &str) -> Stmt {
     Stmt { sql: "UPDATE users SET kv_written = NULL WHERE id = ?1", params: vec![user_id.into()] }
 }
 
+impl FromRow for UserRecord {
+    fn from_row(row: serde_json::Value) -> Result<UserRecord, String> {
+        UserRecord::from_row(row)
+    }
+}
+
 /// A user read by one of the statements above.
 pub fn from_row(row: Row) -> Result<UserRecord, ApiError> {
-    serde_json::from_value(row.0).map_err(|e| ApiError::server(format!("d1 row: {e}")))
+    UserRecord::from_row(row.0).map_err(super::db::row_error)
 }
 
 /// The statements that store `state` for `user_id`, as of `as_of` (unix seconds of the

@@ -25,15 +25,16 @@ fn the_public_catalog_needs_no_token_and_lists_tiers_in_order() {
     assert!(body["tiers"][0]["limits"].as_array().unwrap().iter().any(|l| l["monthly"].is_u64()));
 }
 
-/// The budget guards against regressions; it was 250 KiB until the legacy migrations
-/// (issue 10: plan keys, customer records and their API, credit import, purge) added
-/// ~42 KB gzip of endpoints (BENCHMARKS.md, "bundle budget").
+/// The budget guards against regressions. Issue 10's migration endpoints (plan keys,
+/// customer records and their API, credit import, purge) took the bundle to ~280 KB
+/// gzip and the budget to 290 KiB for a while; the size cuts that followed brought it
+/// back under 250 KiB (BENCHMARKS.md, 2026-11-30).
 #[test]
-fn the_wasm_bundle_gzips_under_290_kib() {
+fn the_wasm_bundle_gzips_under_250_kib() {
     use std::io::Write;
     let wasm = std::fs::read(crate::support::root().join("build/index_bg.wasm")).expect("built by make test");
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     enc.write_all(&wasm).unwrap();
     let gz = enc.finish().unwrap().len();
-    assert!(gz < 290 * 1024, "wasm is {gz} bytes gzipped, over the 290 KiB budget");
+    assert!(gz < 250 * 1024, "wasm is {gz} bytes gzipped, over the 250 KiB budget");
 }
