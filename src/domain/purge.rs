@@ -48,8 +48,25 @@ pub fn email_pattern_suffix(pattern: &str) -> Result<String, &'static str> {
     if !name.contains('.') || name.starts_with('.') || name.ends_with('.') || name.contains("..") {
         return Err("match must name a domain (such as *@test.example.com): a pattern for every domain is refused");
     }
-    let suffix = if literal.len() == domain.len() { format!("@{domain}") } else { literal.to_string() };
+    let wild = literal.len() != domain.len();
+    if wild && registry_suffix(name) {
+        return Err("match must name a domain, not a registry suffix such as co.uk that many domains share");
+    }
+    let suffix = if wild { literal.to_string() } else { format!("@{domain}") };
     Ok(suffix.to_ascii_lowercase())
+}
+
+/// `co.uk`, `com.au`, `ac.jp`, …: a country's registry label under its two-letter
+/// top-level domain, where every name belongs to someone else.
+fn registry_suffix(name: &str) -> bool {
+    const LABELS: [&str; 14] =
+        ["co", "com", "net", "org", "gov", "edu", "ac", "or", "ne", "go", "gob", "mil", "nic", "ltd"];
+    match name.split_once('.') {
+        Some((label, tld)) => {
+            tld.len() == 2 && !tld.contains('.') && LABELS.iter().any(|l| l.eq_ignore_ascii_case(label))
+        }
+        None => false,
+    }
 }
 
 #[cfg(test)]
@@ -113,6 +130,9 @@ mod tests {
             "* @test.example.com",
             "*@test..com",
             "*@test.example.com.",
+            "*@*.co.uk",
+            "*@qa*.Com.AU",
+            "*@*ac.jp",
         ] {
             assert!(email_pattern_suffix(p).is_err(), "{p:?}");
         }
@@ -121,6 +141,10 @@ mod tests {
         assert_eq!(email_pattern_suffix("*@*.test.example.com").unwrap(), ".test.example.com");
         assert_eq!(email_pattern_suffix("*@qa*.example.com").unwrap(), ".example.com");
         assert_eq!(email_pattern_suffix("one@x.io").unwrap(), "@x.io");
+        // A registry suffix is a domain of its own only without a `*` before it.
+        assert_eq!(email_pattern_suffix("*@co.uk").unwrap(), "@co.uk");
+        assert_eq!(email_pattern_suffix("*@*.test.co.uk").unwrap(), ".test.co.uk");
+        assert_eq!(email_pattern_suffix("*@*.co.io.uk").unwrap(), ".co.io.uk");
     }
 
     #[test]

@@ -11,8 +11,9 @@ use crate::store::db::Row;
 use crate::store::kv_store::KvStore;
 use crate::store::{kv, purge};
 
-/// Accounts per call: five KV deletes each stay inside an invocation's limits.
-pub const MAX_ACCOUNTS: usize = 100;
+/// Accounts per call: their KV deletes (five keys, then the four plan keys again) and
+/// customer keys stay inside an invocation's 1,000 KV operations.
+pub const MAX_ACCOUNTS: usize = 50;
 
 fn invalid(message: &str) -> ApiError {
     ApiError::InvalidRequest(message.into())
@@ -46,14 +47,16 @@ fn request(ctx: &Ctx<'_>) -> Result<Request, ApiError> {
         {
             Ok(Request { dry_run, by_email: false, param: crate::util::json_text(list), pattern: String::new() })
         }
-        Some(Value::Array(_)) => Err(invalid("match: give from 1 to 100 auth ids (non-empty strings)")),
+        Some(Value::Array(_)) => Err(invalid("match: give from 1 to 50 auth ids (non-empty strings)")),
         _ => Err(invalid("match must be an email pattern such as *@test.example.com, or a list of auth ids")),
     }
 }
 
 /// The accounts to purge (the glob decides among those the suffix found; at most
-/// MAX_ACCOUNTS), their user ids and email hashes (JSON arrays), their KV keys, and how
-/// many more match.
+/// MAX_ACCOUNTS), their user ids and, for an email pattern, their email hashes (JSON
+/// arrays: unlinked customer records with those emails go too; an auth-id list takes
+/// only the records linked to the accounts, since an account's email may be one its
+/// token never verified), their KV keys, and how many more match.
 struct Plan {
     users: Vec<Value>,
     ids: String,
@@ -77,7 +80,7 @@ fn plan(req: &Request, rows: Vec<Row>) -> Plan {
         if let Some(id) = row.text("userId") {
             ids.push(Value::String(id));
         }
-        if let Some(h) = email.as_deref().and_then(email_hash) {
+        if let Some(h) = email.as_deref().filter(|_| req.by_email).and_then(email_hash) {
             hashes.push(Value::String(h));
         }
         let uid = row.text("authId").unwrap_or_default();
@@ -94,26 +97,44 @@ fn plan(req: &Request, rows: Vec<Row>) -> Plan {
     Plan { users, ids, hashes, keys, remaining }
 }
 
+/// A real run deletes the KV keys first and D1 only when every key is gone (else
+/// `503 PURGE_INCOMPLETE` with the keys, D1 untouched: call again), so a key left
+/// behind can never bring a purged account back through a read-through; then the plan
+/// keys once more, in case a copy of a request in flight wrote them meanwhile.
 pub async fn purge_test_accounts(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let req = request(ctx)?;
     let plan = plan(&req, purge::accounts(ctx.db, req.by_email, &req.param).await?);
-    let counted = purge::purge(ctx.db, &plan.ids, &plan.hashes, req.dry_run).await?;
+    let mut counted = purge::purge(ctx.db, &plan.ids, &plan.hashes, true).await?;
     let legacy = KvStore::from_env(ctx.env, "LEGACY_AUTH_KV");
     let legacy_keys = legacy_customer_keys(legacy.as_ref(), &counted).await;
     let mut kv_failed = Vec::new();
     if !req.dry_run {
-        delete_all(ctx.app_kv().as_ref(), &plan.keys, &mut kv_failed).await;
+        let app_kv = ctx.app_kv();
+        delete_all(app_kv.as_ref(), &plan.keys, &mut kv_failed).await;
         delete_all(legacy.as_ref(), &legacy_keys, &mut kv_failed).await;
+        if !kv_failed.is_empty() {
+            return Err(ApiError::Detailed {
+                status: 503,
+                code: "PURGE_INCOMPLETE",
+                message: "some KV keys could not be deleted, so nothing was deleted from D1: call again".into(),
+                fields: crate::obj! {"kvFailed": kv_failed},
+            });
+        }
+        counted = purge::purge(ctx.db, &plan.ids, &plan.hashes, false).await?;
+        // Each account's five keys; the entitlements cache expires by itself.
+        let again: Vec<String> = plan.keys.chunks(5).flat_map(|k| k[..4].to_vec()).collect();
+        delete_all(app_kv.as_ref(), &again, &mut kv_failed).await;
     }
     Ok(reply(ctx, req.dry_run, plan, counted.rows, legacy_keys, kv_failed))
 }
 
-/// The legacy customer API's keys of the purged records (`LEGACY_AUTH_KV`): each
+/// The legacy customer API's keys of the purged records (`LEGACY_AUTH_KV`, when bound): each
 /// record, and each email mapping that names one of them (a mapping another record
 /// answers for stays).
 async fn legacy_customer_keys(legacy: Option<&KvStore>, counted: &purge::Counted) -> Vec<String> {
+    // Without the namespace (retired) there is nothing to delete.
+    let Some(kv) = legacy else { return Vec::new() };
     let mut keys: Vec<String> = counted.customer_ids.iter().map(|id| record_key(id)).collect();
-    let Some(kv) = legacy else { return keys };
     for hash in &counted.customer_hashes {
         let key = email_key(hash);
         if keys.contains(&key) {
@@ -135,7 +156,8 @@ async fn legacy_customer_keys(legacy: Option<&KvStore>, counted: &purge::Counted
 async fn delete_all(store: Option<&KvStore>, keys: &[String], failed: &mut Vec<Value>) {
     for key in keys {
         let deleted = match store {
-            Some(s) => s.delete(key).await.is_ok(),
+            // Once more before giving up on it (a busy moment of KV).
+            Some(s) => s.delete(key).await.is_ok() || s.delete(key).await.is_ok(),
             None => false,
         };
         if !deleted {

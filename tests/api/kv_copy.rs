@@ -11,7 +11,7 @@ use crate::{shared, stripe_options, PRICE_ESSENTIAL, PRICE_PREMIUM, PRICE_PRO};
 
 /// `wrangler.toml` without the `APP_KV` binding (every KV write fails) and without the
 /// build step, with absolute paths to the built Worker and the migrations.
-fn config_without_kv() -> std::path::PathBuf {
+pub(crate) fn config_without_kv() -> std::path::PathBuf {
     let text = std::fs::read_to_string(root().join("wrangler.toml")).unwrap();
     let mut out = String::new();
     let mut skip = false;
