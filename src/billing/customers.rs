@@ -29,6 +29,8 @@ use crate::store::state;
 const LEGACY: &str = "LEGACY_AUTH_KV";
 /// Where a stopped backfill resumes (the legacy namespace's list cursor).
 pub const BACKFILL_STATE: &str = "migration:customers:cursor";
+/// The backfill's cursor in its second phase, the email mappings: this, then the list's.
+const MAPPINGS: &str = "mappings:";
 /// Failed dual writes, of plan keys and of customer records alike (shown by
 /// `GET /api/admin/webhook-events` as `kvDualWriteFailures`).
 pub const WRITE_FAILED_COUNTER: &str = "counter:kv_dual_write_failed";
@@ -70,11 +72,13 @@ impl Customers<'_> {
     }
 
     /// The record with id `key`, or with `email` the one of email hash `key`: D1 first,
-    /// else the legacy namespace's, imported.
+    /// else the legacy namespace's, imported. An email D1 resolves without the legacy
+    /// mapping's word (`mapped`) asks the mapping first while the namespace is bound:
+    /// of several records sharing an email, the legacy API answered the mapped one.
     pub async fn find(&self, email: bool, key: &str) -> Result<Option<Stored>, ApiError> {
         match self.last(&[store::select(if email { BY_EMAIL } else { BY_ID }, key)]).await? {
-            Some(s) => Ok(Some(s)),
-            None => self.read_through(email, key, None).await,
+            Some(s) if s.mapped || !email => Ok(Some(s)),
+            found => Ok(self.read_through(email, key, None).await?.or(found)),
         }
     }
 
@@ -95,6 +99,9 @@ impl Customers<'_> {
             None => return Ok(None),
         };
         let mut stmts = vec![store::insert_stmt(&c, None, Some(self.now))];
+        if email {
+            stmts.push(store::mark_stmt(&id, key));
+        }
         if let Some(user_id) = link {
             stmts.push(store::link_stmt(&id, user_id, key));
         }
@@ -107,20 +114,16 @@ impl Customers<'_> {
     }
 
     /// The record of a signed-in user: the one linked to them; else, only when the token
-    /// says their email is verified, the record of that email (D1's, else the legacy
-    /// one, imported), linked to them now if it is linked to nobody — in the same batch
-    /// that reads it. A record is never re-linked.
+    /// says their email is verified, the record of that email — the one the legacy
+    /// mapping names (imported if need be), else D1's — linked to them now if it is
+    /// linked to nobody, in the same batch that reads it. A record is never re-linked.
     pub async fn for_user(&self, who: &Identity, user_id: &str) -> Result<Option<Stored>, ApiError> {
         let hash = who.email.as_deref().filter(|_| who.email_verified).and_then(email_hash);
-        let mut stmts = Vec::new();
-        if let Some(h) = &hash {
-            stmts.push(store::link_by_email_stmt(user_id, h));
-        }
-        stmts.push(store::select(BY_USER, user_id));
-        match (self.last(&stmts).await?, hash) {
-            (Some(s), _) => Ok(Some(s)),
-            (None, Some(h)) => self.read_through(true, &h, Some(user_id)).await,
-            (None, None) => Ok(None),
+        let mine = self.last(&[store::select(BY_USER, user_id)]).await?;
+        let Some(h) = hash.filter(|_| mine.is_none()) else { return Ok(mine) };
+        match self.read_through(true, &h, Some(user_id)).await? {
+            Some(s) => Ok(Some(s)),
+            None => self.last(&[store::link_by_email_stmt(user_id, &h), store::select(BY_USER, user_id)]).await,
         }
     }
 
@@ -195,36 +198,62 @@ impl Customers<'_> {
     /// where the last real run stopped), each imported unless already in D1, and the
     /// position stored in the same batch (a stopped run resumes there; a page imported
     /// twice imports nothing twice). A dry run writes nothing, not even the position.
+    /// After the records, the email mappings (cursor `mappings:<list cursor>`): each marks
+    /// the record it names as its email's (`mapped`), so an email several records share
+    /// resolves as the legacy API resolved it, also once the namespace is gone.
     pub async fn backfill(&self, dry_run: bool, limit: u64, cursor: Option<String>) -> Result<Value, ApiError> {
         let cursor = match cursor {
             None if !dry_run => state::get(self.db, BACKFILL_STATE).await?,
             given => given,
         };
-        let (page, values) = self.scan(RECORD_PREFIX, limit, cursor.as_deref()).await?;
-        let (mut stmts, mut failed, mut vanished) = (Vec::new(), Vec::new(), 0);
+        let mappings = cursor.as_deref().and_then(|c| c.strip_prefix(MAPPINGS));
+        let list_cursor = mappings.or(cursor.as_deref()).filter(|c| !c.is_empty());
+        let prefix = if mappings.is_some() { EMAIL_PREFIX } else { RECORD_PREFIX };
+        let (page, values) = self.scan(prefix, limit, list_cursor).await?;
+        let (mut stmts, mut failed, mut vanished, mut pairs) = (Vec::new(), Vec::new(), 0, Vec::new());
         for (key, value) in page.keys.iter().zip(values) {
-            match value.map(|text| parse_record(key, &text)) {
-                None => vanished += 1,
-                Some(Ok(c)) if dry_run => stmts.push(store::absent_stmt(&c.id)),
-                Some(Ok(c)) => stmts.push(store::insert_stmt(&c, None, Some(self.now))),
-                Some(Err(e)) => failed.push(obj! {"key": key.as_str(), "error": e}),
+            match (mappings, value) {
+                (_, None) => vanished += 1,
+                (Some(_), Some(id)) => pairs
+                    .push(Value::from(vec![key.strip_prefix(EMAIL_PREFIX).unwrap_or(key).to_string(), mapped_id(&id)])),
+                (None, Some(text)) => match parse_record(key, &text) {
+                    Ok(c) if dry_run => stmts.push(store::absent_stmt(&c.id)),
+                    Ok(c) => stmts.push(store::insert_stmt(&c, None, Some(self.now))),
+                    Err(e) => failed.push(obj! {"key": key.as_str(), "error": e}),
+                },
             }
         }
         let records = stmts.len();
+        if !pairs.is_empty() {
+            stmts.push(store::mark_page_stmt(crate::util::json_text(&Value::Array(pairs)), dry_run));
+        }
+        // The records phase ends by starting the mappings'.
+        let next = match (mappings, page.cursor) {
+            (_, Some(c)) if mappings.is_some() => Some(format!("{MAPPINGS}{c}")),
+            (_, Some(c)) => Some(c),
+            (None, None) => Some(MAPPINGS.to_string()),
+            (Some(_), None) => None,
+        };
         if !dry_run {
-            stmts.push(state::put_stmt(BACKFILL_STATE, page.cursor.as_deref(), self.now));
+            stmts.push(state::put_stmt(BACKFILL_STATE, next.as_deref(), self.now));
         }
         let results = if stmts.is_empty() { Vec::new() } else { self.db.batch_rows(&stmts).await? };
         let imported = results.iter().take(records).filter(|r| !r.is_empty()).count();
+        let applied = results
+            .get(records)
+            .filter(|_| mappings.is_some())
+            .map_or(0, |rows| rows.iter().filter(|r| r.int("applied") == Some(1)).count());
         Ok(obj! {
             "ok": true,
             "dryRun": dry_run,
+            "phase": if mappings.is_some() { "mappings" } else { "records" },
             "seen": page.keys.len(),
             "imported": imported,
+            "mappingsApplied": applied,
             "skipped": obj! {"alreadyInD1": records - imported, "vanished": vanished},
             "failed": failed,
-            "done": page.cursor.is_none(),
-            "cursor": page.cursor,
+            "done": next.is_none(),
+            "cursor": next,
         })
     }
 

@@ -14,27 +14,31 @@ macro_rules! columns {
     };
 }
 
-/// The record an email resolves to when several share it: the oldest, then by id.
+/// The record an email resolves to when several share it: the one the legacy email
+/// mapping names (`mapped`, migration 0012), else the oldest, then by id.
 /// `/customer/by-email`, linking and `verify` all use this order.
 macro_rules! by_email_order {
     () => {
-        " ORDER BY created_at IS NULL, created_at, id LIMIT 1"
+        " ORDER BY mapped DESC, created_at IS NULL, created_at, id LIMIT 1"
     };
 }
 
-pub const BY_ID: &str = concat!("SELECT ", columns!(), " FROM customers WHERE id = ?1");
-pub const BY_USER: &str = concat!("SELECT ", columns!(), " FROM customers WHERE user_id = ?1");
+pub const BY_ID: &str = concat!("SELECT ", columns!(), ", mapped FROM customers WHERE id = ?1");
+pub const BY_USER: &str = concat!("SELECT ", columns!(), ", mapped FROM customers WHERE user_id = ?1");
 /// By email hash.
-pub const BY_EMAIL: &str = concat!("SELECT ", columns!(), " FROM customers WHERE email_hash = ?1", by_email_order!());
+pub const BY_EMAIL: &str =
+    concat!("SELECT ", columns!(), ", mapped FROM customers WHERE email_hash = ?1", by_email_order!());
 
 pub fn select(sql: &'static str, key: &str) -> Stmt {
     Stmt { sql, params: vec![key.into()] }
 }
 
-/// A record and the user it is linked to.
+/// A record, the user it is linked to, and whether it is its email's record by the
+/// legacy mapping (or was created here).
 pub struct Stored {
     pub customer: Customer,
     pub user_id: Option<String>,
+    pub mapped: bool,
 }
 
 pub fn from_row(row: &Row) -> Stored {
@@ -52,7 +56,7 @@ pub fn from_row(row: &Row) -> Stored {
     if let Some(Value::Object(extra)) = json("extra") {
         c.extra = extra;
     }
-    Stored { customer: c, user_id: row.text("user_id") }
+    Stored { customer: c, user_id: row.text("user_id"), mapped: row.int("mapped") == Some(1) }
 }
 
 fn json_param(v: Option<&Value>) -> Param {
@@ -80,9 +84,9 @@ pub fn insert_stmt(c: &Customer, user_id: Option<&str>, imported_at: Option<i64>
         sql: concat!(
             "INSERT INTO customers (",
             columns!(),
-            ", email_hash, imported_at, source) \
+            ", email_hash, imported_at, source, mapped) \
              SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
-                    CASE WHEN ?18 IS NULL THEN 'api' ELSE 'legacy' END \
+                    iif(?18 ISNULL, 'api', 'legacy'), ?18 ISNULL \
              WHERE ?18 IS NOT NULL OR ?17 IS NULL OR NOT EXISTS (SELECT 1 FROM customers WHERE email_hash = ?17) \
              ON CONFLICT DO NOTHING RETURNING id"
         ),
@@ -115,6 +119,30 @@ pub fn link_by_email_stmt(user_id: &str, hash: &str) -> Stmt {
             ") AND user_id IS NULL AND NOT EXISTS (SELECT 1 FROM customers WHERE user_id = ?1)"
         ),
         params: vec![user_id.into(), hash.into()],
+    }
+}
+
+/// Marks record `id` as the one its email resolves to (and no other record of email
+/// `hash`) when it has that email: the legacy mapping named it.
+pub fn mark_stmt(id: &str, hash: &str) -> Stmt {
+    mark_page_stmt(crate::util::json_text(&Value::from(vec![Value::from(vec![hash, id])])), false)
+}
+
+/// [`mark_stmt`] for a page of legacy email mappings (a JSON array of `[hash,
+/// customerId]`; with `dry_run` only counted): a row with `applied` = 1 per mapping
+/// applied (its record is in D1 with that email).
+pub fn mark_page_stmt(pairs: String, dry_run: bool) -> Stmt {
+    Stmt {
+        sql: if dry_run {
+            "SELECT 1 AS applied FROM json_each(?1) j JOIN customers r ON r.id = j.value->>1 AND r.email_hash = j.value->>0"
+        } else {
+            "UPDATE customers SET mapped = (customers.id = m.id) \
+              FROM (SELECT value->>0 AS hash, value->>1 AS id FROM json_each(?1)) m \
+              WHERE customers.email_hash = m.hash \
+              AND EXISTS (SELECT 1 FROM customers r WHERE r.id = m.id AND r.email_hash = m.hash) \
+              RETURNING mapped AS applied"
+        },
+        params: vec![pairs.into()],
     }
 }
 

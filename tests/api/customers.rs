@@ -227,6 +227,33 @@ fn a_service_finds_a_legacy_record_by_id_or_by_email_importing_it_on_read() {
 }
 
 #[test]
+fn an_email_several_records_share_resolves_to_the_one_the_legacy_mapping_names_not_the_oldest() {
+    let app = &shared().app;
+    let mail = email("shared");
+    let (older, newer) = (unique("cust-older"), unique("cust-newer"));
+    put_legacy(app, &older, &mail, json!({"createdAt": 1_600_000_000}));
+    // The mapping names the newer record (the legacy API answered it for the email).
+    put_legacy(app, &newer, &mail, json!({"createdAt": 1_700_000_000}));
+    // The older one reaches D1 first, by its id.
+    assert_eq!(get_as(app, &format!("/customer/{older}"), Some(ADMIN_TOKEN)).status, 200);
+    let service = service_token("mapping-service");
+    for _ in 0..2 {
+        let r = get_as(app, &format!("/customer/by-email/{mail}"), Some(&service));
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["customer"]["customerId"], newer.as_str(), "{}", r.body);
+    }
+    let marked = app.sql(&format!("SELECT id FROM customers WHERE id IN ('{older}', '{newer}') AND mapped = 1"));
+    assert_eq!(marked, vec![json!({"id": newer})], "the mapped record is marked, so D1 alone answers it from now on");
+    // A verified user of that email is linked to the mapped record too.
+    let sub = unique("mapping-user");
+    let r = get_as(app, "/customer/me", Some(&verified(&sub, &mail)));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["customer"]["customerId"], newer.as_str());
+    assert_eq!(customer_row(app, &newer).unwrap()["user_id"], user_id_of(app, &sub).as_str());
+    assert!(customer_row(app, &older).unwrap()["user_id"].is_null());
+}
+
+#[test]
 fn post_customer_creates_once_and_answers_409_customer_exists_for_a_taken_id_or_email() {
     let app = &shared().app;
     let service = service_token("post-service");
@@ -347,7 +374,9 @@ fn legacy_set(app: &App, n: usize) -> LegacySet {
     let (mut valid, mut broken, mut bad_mappings) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..n {
         let id = format!("c{i:04}");
-        let mail = format!("User{i}@Legacy.example");
+        // c0017 shares c0007's email (neither has a createdAt) and the mapping names
+        // c0017: the email is c0017's, as the legacy API answered, not the first by id.
+        let mail = format!("User{}@Legacy.example", if i == 17 { 7 } else { i });
         let record = match i % 10 {
             0 => json!({"customerId": id, "email": mail, "createdAt": 1_600_000_000_000_i64 + i as i64}),
             1 => json!({"customerId": id, "email": mail, "createdAt": 1_600_000_000 + i as i64, "updatedAt": "soon"}),
@@ -357,7 +386,7 @@ fn legacy_set(app: &App, n: usize) -> LegacySet {
             5 => json!({"customerId": id}),
             _ => json!({"customerId": id, "email": mail, "name": format!("User {i}"), "plan": "essential"}),
         };
-        if i % 10 != 5 {
+        if i % 10 != 5 && i != 7 {
             entries.push((mapping_key(&mail), id.clone()));
         }
         entries.push((format!("customer_{id}"), record.to_string()));
@@ -440,11 +469,19 @@ fn the_backfill_imports_a_legacy_namespace_page_by_page_resumes_where_it_stopped
 
     // Two pages, then the run "stops"; calls without a cursor resume from app_state.
     let (mut imported, mut failed, mut skipped, mut seen) = (0, Vec::new(), 0, 0);
-    let mut pages = 0;
+    let (mut pages, mut mappings_seen, mut applied) = (0, 0, 0);
     loop {
         let page = backfill(&app, json!({"limit": 37}));
         pages += 1;
-        seen += page["seen"].as_u64().unwrap();
+        // The records, then the email mappings.
+        match page["phase"].as_str() {
+            Some("records") => {
+                assert_eq!(mappings_seen, 0, "no record page after the mappings' began");
+                seen += page["seen"].as_u64().unwrap();
+            }
+            _ => mappings_seen += page["seen"].as_u64().unwrap(),
+        }
+        applied += page["mappingsApplied"].as_u64().unwrap();
         imported += page["imported"].as_u64().unwrap();
         skipped += page["skipped"]["alreadyInD1"].as_u64().unwrap();
         failed.extend(page["failed"].as_array().unwrap().iter().map(|f| f["key"].as_str().unwrap().to_string()));
@@ -457,10 +494,14 @@ fn the_backfill_imports_a_legacy_namespace_page_by_page_resumes_where_it_stopped
             assert!(page["cursor"].is_null());
             break;
         }
-        assert!(pages < 20, "the backfill does not end");
+        assert!(pages < 30, "the backfill does not end");
     }
     failed.sort();
     assert_eq!(seen, 304, "every key seen once");
+    assert_eq!((mappings_seen, applied), (271, 269), "every mapping seen once; the two bad ones not applied");
+    let by_email =
+        call(&app, "GET", &format!("/customer/by-email/{}", "user7%40legacy.example"), Some(ADMIN_TOKEN), None);
+    assert_eq!(by_email.json()["customer"]["customerId"], "c0017", "{}", by_email.body);
     assert_eq!(failed, broken, "the broken records are reported with their keys");
     assert_eq!((imported, skipped), (299, 1), "the record read before was skipped, not overwritten");
     assert_eq!(app.count("SELECT COUNT(*) FROM customers"), 300);
@@ -471,6 +512,7 @@ fn the_backfill_imports_a_legacy_namespace_page_by_page_resumes_where_it_stopped
     // Idempotent: an explicit run from the start imports nothing twice.
     let again = backfill(&app, json!({"limit": 500, "cursor": null}));
     assert_eq!((again["seen"].clone(), again["imported"].clone()), (json!(304), json!(0)));
+    assert_eq!((again["phase"].clone(), again["cursor"].clone()), (json!("records"), json!("mappings:")));
     assert_eq!(again["skipped"]["alreadyInD1"], 300);
 
     // The odd shapes landed as pinned.
