@@ -6,6 +6,7 @@ use serde_json::Value;
 use super::{admin, Ctx, Reply};
 use crate::domain::customer::{email_hash, email_key, mapped_id, record_key};
 use crate::domain::purge::{email_pattern_suffix, glob_match};
+use crate::domain::subscription::SubStatus;
 use crate::error::ApiError;
 use crate::store::db::Row;
 use crate::store::kv_store::KvStore;
@@ -63,14 +64,23 @@ struct Plan {
     hashes: String,
     keys: Vec<String>,
     remaining: usize,
+    /// Accounts with a subscription that is live or may still become so: left alone.
+    skipped: Vec<Value>,
 }
 
 #[inline(never)]
 fn plan(req: &Request, rows: Vec<Row>) -> Plan {
     let (mut users, mut ids, mut hashes, mut keys, mut remaining) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0);
+    let mut skipped = Vec::new();
     for row in rows {
         let email = row.text("email");
         if req.by_email && !email.as_deref().is_some_and(|e| glob_match(&req.pattern, e)) {
+            continue;
+        }
+        // Not a test account to throw away while Stripe may still bill it.
+        let status = row.text("subscriptionStatus").map(|s| SubStatus::parse(&s));
+        if status.is_some_and(|s| s.is_live() || s.may_become_live()) {
+            skipped.push(row.0);
             continue;
         }
         if users.len() == MAX_ACCOUNTS {
@@ -94,7 +104,7 @@ fn plan(req: &Request, rows: Vec<Row>) -> Plan {
         users.push(row.0);
     }
     let (ids, hashes) = (crate::util::json_text(&Value::Array(ids)), crate::util::json_text(&Value::Array(hashes)));
-    Plan { users, ids, hashes, keys, remaining }
+    Plan { users, ids, hashes, keys, remaining, skipped }
 }
 
 /// A real run deletes the KV keys first and D1 only when every key is gone (else
@@ -177,6 +187,7 @@ fn reply(ctx: &Ctx<'_>, dry_run: bool, plan: Plan, rows: Value, legacy: Vec<Stri
         "kvKeys": plan.keys,
         "legacyCustomerKeys": legacy,
         "remaining": plan.remaining,
+        "skipped": plan.skipped,
         "kvFailed": kv_failed,
     })
 }

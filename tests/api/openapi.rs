@@ -882,7 +882,11 @@ fn real_migration_customer_import_and_purge_answers_match_the_document() {
     assert_eq!((purged["users"].clone(), purged["rows"].clone()), (dry["users"].clone(), dry["rows"].clone()));
     let by_id = json!({"match": [legacy_ok, legacy_bad], "dryRun": false});
     let r = expect(op, &call("POST", "/api/admin/purge-test-accounts", ADMIN_TOKEN, Some(by_id)), 200, None);
-    assert_eq!(r["users"][0], json!({"userId": null, "authId": legacy_ok, "email": null}), "{r}");
+    assert_eq!(
+        r["users"][0],
+        json!({"userId": null, "authId": legacy_ok, "email": null, "subscriptionStatus": null}),
+        "{r}"
+    );
     expect(
         op,
         &call("POST", "/api/admin/purge-test-accounts", ADMIN_TOKEN, Some(json!({"match": "*"}))),

@@ -356,3 +356,33 @@ fn when_kv_keys_cannot_be_deleted_nothing_is_deleted_from_d1_and_the_purge_says_
     drop(down);
     let _ = std::fs::remove_dir_all(&persist);
 }
+
+#[test]
+fn an_account_stripe_may_still_bill_is_left_alone_and_listed_as_skipped() {
+    let app = &crate::shared().app;
+    let tag = unique("purgesub");
+    let domain = format!("{tag}.example.test");
+    let mut sql = String::new();
+    for (name, status) in [("active", "active"), ("pending", "incomplete"), ("paused", "paused"), ("ended", "canceled")]
+    {
+        sql.push_str(&user_sql(&tag, name, Some(&format!("{name}@{domain}"))));
+        sql.push_str(&format!("UPDATE users SET subscription_status = '{status}' WHERE id = 'usr_{tag}_{name}';"));
+    }
+    app.sql_exec(&sql);
+    for dry_run in [true, false] {
+        let r = purge(app, &json!({"match": format!("*@{domain}"), "dryRun": dry_run}));
+        assert_eq!(r.status, 200, "{}", r.body);
+        let body = r.json();
+        assert_eq!(listed(&body).len(), 1, "{body}");
+        assert_eq!(body["users"][0]["userId"], format!("usr_{tag}_ended"));
+        let skipped: Vec<&str> =
+            body["skipped"].as_array().unwrap().iter().map(|u| u["userId"].as_str().unwrap()).collect();
+        let expected: Vec<String> = ["active", "paused", "pending"].iter().map(|n| format!("usr_{tag}_{n}")).collect();
+        assert_eq!(skipped, expected, "{body}");
+        assert_eq!(body["skipped"][0]["subscriptionStatus"], "active");
+    }
+    assert_eq!(rows_of(app, &tag, "ended"), vec![0; 9]);
+    for name in ["active", "pending", "paused"] {
+        assert_eq!(rows_of(app, &tag, name), vec![1; 9], "{name} stays");
+    }
+}
