@@ -49,6 +49,10 @@ pub fn email_pattern_suffix(pattern: &str) -> Result<String, &'static str> {
         return Err("match must name a domain (such as *@test.example.com): a pattern for every domain is refused");
     }
     let wild = literal.len() != domain.len();
+    // `*@*e.com` would take google.com: a `*` in the domain stops at a dot.
+    if wild && !literal.starts_with('.') {
+        return Err("a * in the domain must be followed by a dot (such as *@*.test.example.com)");
+    }
     if wild && registry_suffix(name) {
         return Err("match must name a domain, not a registry suffix such as co.uk that many domains share");
     }
@@ -133,6 +137,9 @@ mod tests {
             "*@*.co.uk",
             "*@qa*.Com.AU",
             "*@*ac.jp",
+            "*@*o.uk",
+            "*@*e.com",
+            "*@qa*example.com",
         ] {
             assert!(email_pattern_suffix(p).is_err(), "{p:?}");
         }

@@ -70,16 +70,18 @@ struct Plan {
 
 #[inline(never)]
 fn plan(req: &Request, rows: Vec<Row>) -> Plan {
-    let (mut users, mut ids, mut hashes, mut keys, mut remaining) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0);
+    let (mut users, mut ids, mut hashes, mut remaining) = (Vec::new(), Vec::new(), Vec::new(), 0);
     let mut skipped = Vec::new();
-    for row in rows {
+    for mut row in rows {
         let email = row.text("email");
         if req.by_email && !email.as_deref().is_some_and(|e| glob_match(&req.pattern, e)) {
             continue;
         }
-        // Not a test account to throw away while Stripe may still bill it.
+        // Not a test account to throw away while Stripe may still bill it (as the
+        // batch checks again: `store::purge`).
         let status = row.text("subscriptionStatus").map(|s| SubStatus::parse(&s));
-        if status.is_some_and(|s| s.is_live() || s.may_become_live()) {
+        let billed = row.0.as_object_mut().and_then(|o| o.remove("billed")).and_then(|b| b.as_i64()) == Some(1);
+        if billed && status.is_some_and(|s| s.is_live() || s.may_become_live()) {
             skipped.push(row.0);
             continue;
         }
@@ -93,18 +95,10 @@ fn plan(req: &Request, rows: Vec<Row>) -> Plan {
         if let Some(h) = email.as_deref().filter(|_| req.by_email).and_then(email_hash) {
             hashes.push(Value::String(h));
         }
-        let uid = row.text("authId").unwrap_or_default();
-        keys.extend([
-            kv::plan_key(&uid),
-            kv::billing_status_key(&uid),
-            kv::trial_end_key(&uid),
-            kv::trial_used_key(&uid),
-            kv::entitlements_key(&uid),
-        ]);
         users.push(row.0);
     }
     let (ids, hashes) = (crate::util::json_text(&Value::Array(ids)), crate::util::json_text(&Value::Array(hashes)));
-    Plan { users, ids, hashes, keys, remaining, skipped }
+    Plan { users, ids, hashes, keys: Vec::new(), remaining, skipped }
 }
 
 /// A real run deletes the KV keys first and D1 only when every key is gone (else
@@ -113,8 +107,9 @@ fn plan(req: &Request, rows: Vec<Row>) -> Plan {
 /// keys once more, in case a copy of a request in flight wrote them meanwhile.
 pub async fn purge_test_accounts(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let req = request(ctx)?;
-    let plan = plan(&req, purge::accounts(ctx.db, req.by_email, &req.param).await?);
-    let mut counted = purge::purge(ctx.db, &plan.ids, &plan.hashes, true).await?;
+    let mut plan = plan(&req, purge::accounts(ctx.db, req.by_email, &req.param).await?);
+    let mut counted = purge::purge(ctx.db, &plan.ids, &plan.hashes, None, ctx.now).await?;
+    settle(&mut plan, &counted);
     let legacy = KvStore::from_env(ctx.env, "LEGACY_AUTH_KV");
     let legacy_keys = legacy_customer_keys(legacy.as_ref(), &counted).await;
     let mut kv_failed = Vec::new();
@@ -130,12 +125,35 @@ pub async fn purge_test_accounts(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
                 fields: crate::obj! {"kvFailed": kv_failed},
             });
         }
-        counted = purge::purge(ctx.db, &plan.ids, &plan.hashes, false).await?;
+        let records = crate::util::json_text(&Value::from(counted.customer_ids.clone()));
+        counted = purge::purge(ctx.db, &plan.ids, &plan.hashes, Some(&records), ctx.now).await?;
+        settle(&mut plan, &counted);
         // Each account's five keys; the entitlements cache expires by itself.
         let again: Vec<String> = plan.keys.chunks(5).flat_map(|k| k[..4].to_vec()).collect();
         delete_all(app_kv.as_ref(), &again, &mut kv_failed).await;
     }
     Ok(reply(ctx, req.dry_run, plan, counted.rows, legacy_keys, kv_failed))
+}
+
+/// Moves a user the count left out (billed or busy since it was listed) to `skipped`,
+/// and lists the KV keys of those that stay: five per account.
+fn settle(plan: &mut Plan, counted: &purge::Counted) {
+    let (users, skipped): (Vec<Value>, Vec<Value>) = std::mem::take(&mut plan.users)
+        .into_iter()
+        .partition(|u| u["userId"].as_str().is_none_or(|id| counted.user_ids.iter().any(|c| c == id)));
+    plan.keys.clear();
+    for u in &users {
+        let uid = u["authId"].as_str().unwrap_or_default();
+        plan.keys.extend([
+            kv::plan_key(uid),
+            kv::billing_status_key(uid),
+            kv::trial_end_key(uid),
+            kv::trial_used_key(uid),
+            kv::entitlements_key(uid),
+        ]);
+    }
+    plan.users = users;
+    plan.skipped.extend(skipped);
 }
 
 /// The legacy customer API's keys of the purged records (`LEGACY_AUTH_KV`, when bound): each

@@ -7,30 +7,41 @@ use serde_json::Value;
 use super::db::{Db, Row, Stmt};
 use crate::error::ApiError;
 
-/// The accounts a purge lists, `{userId, authId, email, subscriptionStatus}`: with `by_email`, the users
+/// The accounts a purge lists, `{userId, authId, email, subscriptionStatus}` (and
+/// `billed`: it has a Stripe subscription id): with `by_email`, the users
 /// whose lower-cased email ends with `param`, in id order; else each auth id of the JSON
 /// array `param` once, in order, with its user if D1 has one (else `userId` and `email`
 /// null: an account only the legacy KV keys know).
 pub async fn accounts(db: &Db, by_email: bool, param: &str) -> Result<Vec<Row>, ApiError> {
     let sql = if by_email {
-        "SELECT id AS userId, auth_id AS authId, email, subscription_status AS subscriptionStatus FROM users \
-         WHERE substr(lower(email), -length(?1)) = ?1 ORDER BY id"
+        "SELECT id AS userId, auth_id AS authId, email, subscription_status AS subscriptionStatus, \
+         stripe_subscription_id NOTNULL AS billed FROM users WHERE substr(lower(email), -length(?1)) = ?1 ORDER BY id"
     } else {
-        "SELECT u.id AS userId, j.value AS authId, u.email AS email, u.subscription_status AS subscriptionStatus \
-         FROM json_each(?1) j \
+        "SELECT u.id AS userId, j.value AS authId, u.email AS email, u.subscription_status AS subscriptionStatus, \
+         u.stripe_subscription_id NOTNULL AS billed FROM json_each(?1) j \
          LEFT JOIN users u ON u.auth_id = j.value GROUP BY j.value ORDER BY MIN(j.key)"
     };
     db.rows_of(sql, &[param.into()]).await
 }
 
+/// The users of `?1` that may go, checked again in every statement of the batch: not
+/// one Stripe may still bill (a subscription that is live or may become so) nor one a
+/// billing action holds the lock of (at `?4`, now) — its state may have changed since
+/// the accounts were listed.
 macro_rules! ids {
     () => {
-        "WITH ids AS (SELECT value FROM json_each(?1)) "
+        "WITH ids AS (SELECT id AS value FROM users WHERE id IN (SELECT value FROM json_each(?1)) \
+         AND NOT (stripe_subscription_id NOTNULL AND subscription_status IN \
+           ('trialing', 'active', 'past_due', 'incomplete', 'unpaid', 'paused')) \
+         AND NOT EXISTS (SELECT 1 FROM billing_locks l WHERE l.user_id = users.id AND l.expires_at > ?4)) "
     };
 }
+/// Their records, and records linked to nobody: those with an email hash of `?2` (when
+/// counting) or an id of `?3` (when deleting: what the count found, and no other).
 macro_rules! customers {
     () => {
-        " customers WHERE user_id IN ids OR (user_id ISNULL AND email_hash IN (SELECT value FROM json_each(?2)))"
+        " customers WHERE user_id IN ids OR (user_id ISNULL AND (email_hash IN (SELECT value FROM json_each(?2)) \
+         OR id IN (SELECT value FROM json_each(?3))))"
     };
 }
 
@@ -50,9 +61,9 @@ const COUNT: &str = concat!(
      'stripe_payments', (SELECT COUNT(*) FROM stripe_payments WHERE user_id IN ids)) AS rows, \
      (SELECT json_group_array(id) FROM",
     customers!(),
-    ") AS customerIds, (SELECT json_group_array(email_hash) FROM (SELECT email_hash FROM",
+    ") AS customerIds, (SELECT json_group_array(DISTINCT email_hash) FROM (SELECT email_hash FROM",
     customers!(),
-    ") WHERE email_hash NOTNULL) AS customerHashes"
+    ") WHERE email_hash NOTNULL) AS customerHashes, (SELECT json_group_array(value) FROM ids) AS userIds"
 );
 
 /// What a purge counted: the rows per table (a JSON object), and the customer records
@@ -61,6 +72,8 @@ pub struct Counted {
     pub rows: Value,
     pub customer_ids: Vec<String>,
     pub customer_hashes: Vec<String>,
+    /// The users counted (and deleted): those of the ids that may go.
+    pub user_ids: Vec<String>,
 }
 
 /// Children first: every table that references `users`, then the users.
@@ -76,23 +89,28 @@ const DELETE: [&str; 9] = [
     concat!(ids!(), "DELETE FROM users WHERE id IN ids"),
 ];
 
-/// Counts the rows of the users (ids and their email hashes as JSON arrays) in each
-/// table and, unless `dry_run`, deletes them, in one batch: the counts are of what the
-/// deletes take.
-pub async fn purge(db: &Db, user_ids_json: &str, hashes_json: &str, dry_run: bool) -> Result<Counted, ApiError> {
-    // Each statement binds the parameters it names (`?2` only where customers are).
-    let params = |sql: &str| {
-        let mut p = vec![user_ids_json.into()];
-        if sql.contains("?2") {
-            p.push(hashes_json.into());
-        }
-        p
+/// Counts the rows of the users (ids as a JSON array) in each table — with the records
+/// linked to nobody of email hashes `hashes` — or, with `delete`, counts and deletes
+/// them in one batch, the unlinked records taken being those of ids `delete` (what a
+/// count found): the counts are of what the deletes take.
+pub async fn purge(
+    db: &Db,
+    user_ids_json: &str,
+    hashes_json: &str,
+    delete: Option<&str>,
+    now: i64,
+) -> Result<Counted, ApiError> {
+    let (hashes, records) = match delete {
+        Some(records) => ("[]", records),
+        None => (hashes_json, "[]"),
     };
-    let mut stmts = vec![Stmt { sql: COUNT, params: params(COUNT) }];
-    if !dry_run {
-        for sql in DELETE {
-            stmts.push(Stmt { sql, params: params(sql) });
-        }
+    let stmt = |sql: &'static str| Stmt {
+        sql,
+        params: vec![user_ids_json.into(), hashes.into(), records.into(), super::db::Param::Int(now)],
+    };
+    let mut stmts = vec![stmt(COUNT)];
+    if delete.is_some() {
+        stmts.extend(DELETE.map(stmt));
     }
     let row = db.batch_rows(&stmts).await?.into_iter().next().and_then(|rows| rows.into_iter().next());
     let json = |name: &str| -> Result<Value, ApiError> {
@@ -109,6 +127,7 @@ pub async fn purge(db: &Db, user_ids_json: &str, hashes_json: &str, dry_run: boo
         rows: json("rows")?,
         customer_ids: texts(json("customerIds")?),
         customer_hashes: texts(json("customerHashes")?),
+        user_ids: texts(json("userIds")?),
     })
 }
 

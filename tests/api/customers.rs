@@ -499,6 +499,10 @@ fn the_backfill_imports_a_legacy_namespace_page_by_page_resumes_where_it_stopped
     failed.sort();
     assert_eq!(seen, 304, "every key seen once");
     assert_eq!((mappings_seen, applied), (271, 269), "every mapping seen once; the two bad ones not applied");
+    // Marked by the mappings phase (not by a read-through: nothing read it).
+    let marked = app.sql("SELECT id FROM customers WHERE id IN ('c0007', 'c0017') AND mapped = 1");
+    assert_eq!(marked, vec![json!({"id": "c0017"})]);
+    assert_eq!(app.count("SELECT COUNT(*) FROM customers WHERE mapped = 1"), 269);
     let by_email =
         call(&app, "GET", &format!("/customer/by-email/{}", "user7%40legacy.example"), Some(ADMIN_TOKEN), None);
     assert_eq!(by_email.json()["customer"]["customerId"], "c0017", "{}", by_email.body);

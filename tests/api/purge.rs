@@ -358,31 +358,58 @@ fn when_kv_keys_cannot_be_deleted_nothing_is_deleted_from_d1_and_the_purge_says_
 }
 
 #[test]
-fn an_account_stripe_may_still_bill_is_left_alone_and_listed_as_skipped() {
+fn an_account_stripe_may_still_bill_or_a_billing_action_holds_is_left_alone_and_listed_as_skipped() {
     let app = &crate::shared().app;
     let tag = unique("purgesub");
     let domain = format!("{tag}.example.test");
+    // (name, status, has a Stripe subscription): every status that may still bill, one
+    // that ended, and a legacy trial (trialing with no subscription: nothing to bill).
+    let accounts = [
+        ("active", "active", true),
+        ("trialing", "trialing", true),
+        ("pastdue", "past_due", true),
+        ("pending", "incomplete", true),
+        ("unpaid", "unpaid", true),
+        ("paused", "paused", true),
+        ("ended", "canceled", true),
+        ("legacytrial", "trialing", false),
+        ("busy", "canceled", true),
+    ];
     let mut sql = String::new();
-    for (name, status) in [("active", "active"), ("pending", "incomplete"), ("paused", "paused"), ("ended", "canceled")]
-    {
+    for (name, status, billed) in accounts {
         sql.push_str(&user_sql(&tag, name, Some(&format!("{name}@{domain}"))));
-        sql.push_str(&format!("UPDATE users SET subscription_status = '{status}' WHERE id = 'usr_{tag}_{name}';"));
+        let sub = if billed { format!("'sub_{tag}_{name}'") } else { "NULL".into() };
+        sql.push_str(&format!(
+            "UPDATE users SET subscription_status = '{status}', stripe_subscription_id = {sub} WHERE id = 'usr_{tag}_{name}';"
+        ));
     }
+    // A billing action of `busy` holds its lock: the batch leaves it (it may be
+    // creating a subscription right now).
+    sql.push_str(&format!("UPDATE billing_locks SET expires_at = {} WHERE user_id = 'usr_{tag}_busy';", now() + 600));
     app.sql_exec(&sql);
+    let id = |n: &str| format!("usr_{tag}_{n}");
     for dry_run in [true, false] {
         let r = purge(app, &json!({"match": format!("*@{domain}"), "dryRun": dry_run}));
         assert_eq!(r.status, 200, "{}", r.body);
         let body = r.json();
-        assert_eq!(listed(&body).len(), 1, "{body}");
-        assert_eq!(body["users"][0]["userId"], format!("usr_{tag}_ended"));
-        let skipped: Vec<&str> =
-            body["skipped"].as_array().unwrap().iter().map(|u| u["userId"].as_str().unwrap()).collect();
-        let expected: Vec<String> = ["active", "paused", "pending"].iter().map(|n| format!("usr_{tag}_{n}")).collect();
-        assert_eq!(skipped, expected, "{body}");
-        assert_eq!(body["skipped"][0]["subscriptionStatus"], "active");
+        let ids = |field: &str| -> Vec<String> {
+            let mut v: Vec<String> =
+                body[field].as_array().unwrap().iter().map(|u| u["userId"].as_str().unwrap().to_string()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(ids("users"), vec![id("ended"), id("legacytrial")], "{body}");
+        let mut expected: Vec<String> =
+            ["active", "busy", "paused", "pastdue", "pending", "trialing", "unpaid"].iter().map(|n| id(n)).collect();
+        expected.sort();
+        assert_eq!(ids("skipped"), expected, "{body}");
+        assert_eq!(body["rows"]["users"], 2, "{body}");
+        assert!(body["skipped"].as_array().unwrap().iter().any(|u| u["subscriptionStatus"] == "past_due"));
     }
-    assert_eq!(rows_of(app, &tag, "ended"), vec![0; 9]);
-    for name in ["active", "pending", "paused"] {
+    for name in ["ended", "legacytrial"] {
+        assert_eq!(rows_of(app, &tag, name), vec![0; 9], "{name} is purged");
+    }
+    for name in ["active", "trialing", "pastdue", "pending", "unpaid", "paused", "busy"] {
         assert_eq!(rows_of(app, &tag, name), vec![1; 9], "{name} stays");
     }
 }

@@ -497,13 +497,20 @@ impl App {
 
     /// Deletes a key of the local namespace `binding`.
     pub fn kv_delete_in(&self, binding: &str, key: &str) {
-        let out = wrangler_command()
-            .args(["kv", "key", "delete", "--binding", binding, "--local", "--persist-to"])
-            .arg(&self.persist)
-            .arg(key)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "kv delete {key} in {binding}: {}", String::from_utf8_lossy(&out.stderr));
+        // Retried like `kv_put_bulk`: the local store is briefly locked by other writers.
+        for attempt in 1.. {
+            let out = wrangler_command()
+                .args(["kv", "key", "delete", "--binding", binding, "--local", "--persist-to"])
+                .arg(&self.persist)
+                .arg(key)
+                .output()
+                .unwrap();
+            if out.status.success() {
+                return;
+            }
+            assert!(attempt < 5, "kv delete {key} in {binding}: {}", String::from_utf8_lossy(&out.stderr));
+            std::thread::sleep(Duration::from_millis(300 * attempt));
+        }
     }
 
     /// A value of the local namespace `binding`, read now.
