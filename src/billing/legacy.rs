@@ -182,7 +182,7 @@ impl Billing<'_> {
                 continue; // handled under an earlier prefix
             }
             t.seen += 1;
-            match legacy_plan::parse(uid, raw, &self.catalog) {
+            match legacy_plan::parse(uid, raw, &self.catalog, self.now) {
                 Ok(Some(rec)) => records.push((*uid, rec)),
                 Ok(None) => t.count("no_value"),
                 Err(u) => {

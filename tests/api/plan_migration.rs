@@ -296,6 +296,23 @@ fn legacy_user(i: usize, kind: u64) -> Legacy {
             put("billingStatus", "none".into());
             ok("premium", None, None, None, 0)
         }
+        // Read as plangate's Stripe sync would: a status that grants nothing is the
+        // default plan; a trial over without a subscription is over.
+        23 => {
+            put("planByUid", "pro".into());
+            put("billingStatus", "canceled".into());
+            ok("free", Some("canceled"), None, None, 0)
+        }
+        24 => {
+            put("planByUid", "premium".into());
+            put("billingStatus", json!({"status": "unpaid", "customerId": cus, "subscriptionId": sub}).to_string());
+            ok("free", Some("unpaid"), None, Some(cus), 0)
+        }
+        25 => {
+            put("planByUid", "trial".into());
+            put("trialEndByUid", "1600000000000".into());
+            ok("free", None, None, None, 1)
+        }
         // A plan alone, the commonest record.
         20 => {
             put("planByUid", "pro".into());
@@ -329,7 +346,8 @@ fn generate(n: usize) -> Vec<Legacy> {
             let r = rng.next() % 150;
             let kind = match r {
                 0..=5 => r,
-                6..=74 => 20 + r % 3,
+                6..=71 => 20 + r % 3,
+                72..=74 => 23 + r % 3,
                 _ => 6 + r % 14,
             };
             legacy_user(i, kind)
