@@ -197,7 +197,7 @@ fn read(raw: &[Option<String>], catalog: &Catalog, now: i64) -> Result<Option<Le
     let at = |i: usize| move |e: Why| (i, e);
     let name = v(0).map(text).transpose().map_err(at(0))?.map(|n| n.to_ascii_lowercase());
     let trial = name.as_deref() == Some(TRIAL_PLAN);
-    let tier = match name.as_deref() {
+    let mut tier = match name.as_deref() {
         None => None,
         Some(TRIAL_PLAN) => {
             Some(catalog.paid_tiers().find(|(_, d)| d.trial_days > 0).ok_or((0, "no tier has trial days"))?.1.id)
@@ -226,18 +226,15 @@ fn read(raw: &[Option<String>], catalog: &Catalog, now: i64) -> Result<Option<Le
     // As plangate's Stripe sync: a status that grants nothing is the default plan (the
     // status kept); a trial that ended without a subscription (nothing would end it)
     // is over.
-    let ended =
-        rec.status.as_deref() == Some("trialing") && rec.subscription.is_none() && trial_end.is_some_and(|t| t <= now);
-    if ended {
-        rec.status = None;
+    let mut trialing = rec.status.as_deref() == Some("trialing");
+    if trialing && rec.subscription.is_none() && trial_end.is_some_and(|t| t <= now) {
+        (rec.status, tier, trialing) = (None, None, false);
     }
-    let live = rec.status.as_deref().is_some_and(|s| SubStatus::parse(s).is_live());
-    rec.plan = match tier {
-        Some(t) if live || (rec.status.is_none() && !ended) => t,
-        None if live => return Err((1, "a live status without a plan")),
+    rec.plan = match (tier, rec.status.as_deref().map(|s| SubStatus::parse(s).is_live())) {
+        (Some(t), None | Some(true)) => t,
+        (None, Some(true)) => return Err((1, "a live status without a plan")),
         _ => catalog.id(catalog.default_tier()),
     };
-    let trialing = rec.status.as_deref() == Some("trialing");
     rec.trial_ends_at = trial_end.filter(|_| trialing);
     rec.trial_used |= trialing || trial_end.is_some();
     Ok(Some(rec))
