@@ -14,7 +14,8 @@ pub const MIN_JWT_SECRET_BYTES: usize = 32;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// `ENVIRONMENT`: `development`, `qa` or `production`; reported by `/health`.
+    /// `ENVIRONMENT`: `development`, `qa` or `production` (the default: unset fails
+    /// closed); reported by `/health`.
     pub environment: String,
     /// `ALLOWED_ORIGINS`: exact browser origins allowed by CORS.
     pub allowed_origins: Vec<String>,
@@ -196,7 +197,8 @@ impl Config {
             prices: PriceMap::from_lookup(&Catalog::builtin(), &get),
             pack_prices,
             service_jwt_secret,
-            environment: non_empty(get("ENVIRONMENT")).unwrap_or_else(|| "development".into()),
+            // Absent means production: the development-only routes fail closed.
+            environment: non_empty(get("ENVIRONMENT")).unwrap_or_else(|| "production".into()),
             allowed_origins,
             max_body_bytes,
             jwt_secret,
@@ -247,7 +249,19 @@ mod tests {
         assert_eq!(c.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
         assert!(c.allowed_origins.is_empty());
         assert_eq!(c.jwt_secret, None);
-        assert_eq!(c.environment, "development");
+        assert_eq!(c.environment, "production");
+    }
+
+    #[test]
+    fn a_missing_environment_is_production_so_the_dev_token_endpoint_stays_off() {
+        // `POST /api/dev/token` answers only when ENVIRONMENT is exactly `development`
+        // (routes::dev): a deployment that forgot the var must not mint tokens.
+        for env in [None, Some(""), Some("  ")] {
+            let pairs: Vec<(&str, &str)> = env.map(|e| ("ENVIRONMENT", e)).into_iter().collect();
+            assert_eq!(cfg(&pairs).unwrap().environment, "production", "{env:?}");
+        }
+        assert_eq!(cfg(&[("ENVIRONMENT", "development")]).unwrap().environment, "development");
+        assert_eq!(cfg(&[("ENVIRONMENT", "qa")]).unwrap().environment, "qa");
     }
 
     #[test]

@@ -57,6 +57,7 @@ const MESSAGES = {
   UPDATE_FAILED: "The payment provider did not accept the change. Nothing was changed; please try again.",
   CHECKOUT_FAILED: "The checkout could not be opened. Please try again.",
   PORTAL_FAILED: "The billing portal could not be opened. Please try again.",
+  LEGACY_RECORD_UNREADABLE: "Your plan from our previous system could not be read. Please contact support.",
   SERVER_ERROR: "Something went wrong on our side. Please try again later.",
   QUOTA_EXCEEDED: "You have used this feature's allowance for this period.",
   FEATURE_NOT_IN_PLAN: "Your plan does not include this feature: upgrade to use it.",

@@ -51,6 +51,8 @@ impl Tally {
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
     Import,
+    /// [`Mode::Import`] of one user on first sight: an unreadable record fails it.
+    Sight,
     DryRun,
     Verify,
 }
@@ -71,9 +73,9 @@ impl Billing<'_> {
     /// First sight of `auth_id` (no row yet): its legacy plan keys (the four read at
     /// once) are imported as the backfill would, one user, and the row is returned;
     /// without keys the user is created with the default plan (`create`) or `None`.
-    /// An unreadable record is logged with its key and treated as none: the user gets
-    /// the default plan (a row the backfill still fills once the record is repaired). A
-    /// KV failure fails the request rather than create a row without the record.
+    /// An unreadable record is logged with its key and fails the request (`500
+    /// LEGACY_RECORD_UNREADABLE`), creating nothing, until an admin repairs or deletes
+    /// it; a KV failure fails it too: no row, and no gate, is ever based on a guess.
     pub(crate) async fn first_sight(
         &self,
         auth_id: &str,
@@ -82,14 +84,7 @@ impl Billing<'_> {
     ) -> Result<Option<UserRecord>, ApiError> {
         if let Some(ns) = &self.legacy_kv {
             let mut t = Tally::default();
-            self.legacy_chunk(ns, 0, &[format!("{}{auth_id}", PREFIXES[0])], Mode::Import, &mut t).await?;
-            if let Some((key, reason)) = t.failed.iter().next() {
-                log::error(
-                    self.request_id,
-                    "legacy.unreadable",
-                    crate::obj! {"key": key.as_str(), "reason": reason.clone()},
-                );
-            }
+            self.legacy_chunk(ns, 0, &[format!("{}{auth_id}", PREFIXES[0])], Mode::Sight, &mut t).await?;
             if t.read > 0 {
                 // Imported, or created meanwhile by a concurrent first request.
                 return users::find_for(self.db, auth_id, email, self.now).await;
@@ -182,9 +177,22 @@ impl Billing<'_> {
                 continue; // handled under an earlier prefix
             }
             t.seen += 1;
-            match legacy_plan::parse(uid, raw, &self.catalog) {
+            match legacy_plan::parse(uid, raw, &self.catalog, self.now) {
                 Ok(Some(rec)) => records.push((*uid, rec)),
                 Ok(None) => t.count("no_value"),
+                Err(u) if mode == Mode::Sight => {
+                    log::error(
+                        self.request_id,
+                        "legacy.unreadable",
+                        crate::obj! {"key": u.key.as_str(), "reason": u.reason},
+                    );
+                    return Err(ApiError::CodedServer {
+                        status: 500,
+                        code: "LEGACY_RECORD_UNREADABLE",
+                        public: "Your legacy plan record cannot be read",
+                        cause: u.key,
+                    });
+                }
                 Err(u) => {
                     t.failed.insert(u.key, u.reason.into());
                 }

@@ -20,6 +20,11 @@
 //!   must fall in 2000–2100.
 //! - `trialUsedByUid:<uid>`: `true`/`false`, `1`/`0`, `yes`/`no`, or a time (when it was used).
 //!
+//! Read as plangate's Stripe sync would: a paid plan with a status that grants nothing
+//! (`canceled`, `unpaid`, `incomplete`, `incomplete_expired`, `paused`) is the default
+//! plan with that status; a trial (plan `trial` or status `trialing`) whose end has
+//! passed, without a subscription, is the default plan, no status, the trial used.
+//!
 //! A value that fits none of these makes the whole user unreadable: reported with its
 //! key and the reason, never guessed.
 
@@ -177,13 +182,14 @@ fn flag(s: &str) -> Result<bool, Why> {
 }
 
 /// The legacy record of `uid` from the values of its [`keys`] (`raw[i]` is the value of
-/// `keys(uid)[i]`, `None` when missing); `Ok(None)` when it has none.
-pub fn parse(uid: &str, raw: &[Option<String>], catalog: &Catalog) -> Result<Option<LegacyPlan>, Unreadable> {
-    read(raw, catalog).map_err(|(i, reason)| Unreadable { key: format!("{}{uid}", PREFIXES[i]), reason })
+/// `keys(uid)[i]`, `None` when missing), as of `now` (unix seconds); `Ok(None)` when it
+/// has none.
+pub fn parse(uid: &str, raw: &[Option<String>], catalog: &Catalog, now: i64) -> Result<Option<LegacyPlan>, Unreadable> {
+    read(raw, catalog, now).map_err(|(i, reason)| Unreadable { key: format!("{}{uid}", PREFIXES[i]), reason })
 }
 
 /// [`parse`], failing with the index of the key at fault.
-fn read(raw: &[Option<String>], catalog: &Catalog) -> Result<Option<LegacyPlan>, (usize, Why)> {
+fn read(raw: &[Option<String>], catalog: &Catalog, now: i64) -> Result<Option<LegacyPlan>, (usize, Why)> {
     let v = |i: usize| present(raw.get(i).and_then(Option::as_deref));
     if (0..4).all(|i| v(i).is_none()) {
         return Ok(None);
@@ -191,7 +197,7 @@ fn read(raw: &[Option<String>], catalog: &Catalog) -> Result<Option<LegacyPlan>,
     let at = |i: usize| move |e: Why| (i, e);
     let name = v(0).map(text).transpose().map_err(at(0))?.map(|n| n.to_ascii_lowercase());
     let trial = name.as_deref() == Some(TRIAL_PLAN);
-    let tier = match name.as_deref() {
+    let mut tier = match name.as_deref() {
         None => None,
         Some(TRIAL_PLAN) => {
             Some(catalog.paid_tiers().find(|(_, d)| d.trial_days > 0).ok_or((0, "no tier has trial days"))?.1.id)
@@ -217,14 +223,18 @@ fn read(raw: &[Option<String>], catalog: &Catalog) -> Result<Option<LegacyPlan>,
         }
         rec.status = Some("trialing".into());
     }
-    rec.plan = match tier {
-        Some(t) => t,
-        None if rec.status.as_deref().is_some_and(|s| SubStatus::parse(s).is_live()) => {
-            return Err((1, "a live status without a plan"))
-        }
-        None => catalog.id(catalog.default_tier()),
+    // As plangate's Stripe sync: a status that grants nothing is the default plan (the
+    // status kept); a trial that ended without a subscription (nothing would end it)
+    // is over.
+    let mut trialing = rec.status.as_deref() == Some("trialing");
+    if trialing && rec.subscription.is_none() && trial_end.is_some_and(|t| t <= now) {
+        (rec.status, tier, trialing) = (None, None, false);
+    }
+    rec.plan = match (tier, rec.status.as_deref().map(|s| SubStatus::parse(s).is_live())) {
+        (Some(t), None | Some(true)) => t,
+        (None, Some(true)) => return Err((1, "a live status without a plan")),
+        _ => catalog.id(catalog.default_tier()),
     };
-    let trialing = rec.status.as_deref() == Some("trialing");
     rec.trial_ends_at = trial_end.filter(|_| trialing);
     rec.trial_used |= trialing || trial_end.is_some();
     Ok(Some(rec))
@@ -336,7 +346,7 @@ mod tests {
 
     fn p(values: [Option<&str>; 4]) -> Result<Option<LegacyPlan>, Unreadable> {
         let raw: Vec<Option<String>> = values.iter().map(|v| v.map(str::to_string)).collect();
-        parse("u1", &raw, &Catalog::builtin())
+        parse("u1", &raw, &Catalog::builtin(), NOW)
     }
 
     fn ok(values: [Option<&str>; 4]) -> LegacyPlan {
@@ -349,6 +359,8 @@ mod tests {
     }
 
     const T: i64 = 1_700_000_000;
+    /// When the records are read: before `T`, so a trial ending at `T` still runs.
+    const NOW: i64 = 1_600_000_000;
 
     #[test]
     fn the_key_names_are_the_ones_plangate_dual_writes() {
@@ -396,14 +408,115 @@ mod tests {
 
     #[test]
     fn a_status_string_is_any_stripe_status_in_any_case_or_none() {
+        let end = (T + 1).to_string();
         for s in ["trialing", "active", "past_due", "canceled", "incomplete", "incomplete_expired", "unpaid", "paused"]
         {
-            assert_eq!(ok([Some("pro"), Some(s), None, None]).status.as_deref(), Some(s));
+            assert_eq!(ok([Some("pro"), Some(s), Some(&end), None]).status.as_deref(), Some(s));
         }
         assert_eq!(ok([Some("pro"), Some("ACTIVE "), None, None]).status.as_deref(), Some("active"));
         assert_eq!(ok([Some("pro"), Some("\"past_due\""), None, None]).status.as_deref(), Some("past_due"));
         assert_eq!(ok([Some("pro"), Some("None"), None, None]).status, None);
         assert_eq!(err([Some("pro"), Some("gold"), None, None]), ("billingStatus:u1".into(), "an unknown status"));
+    }
+
+    #[test]
+    fn a_paid_plan_with_a_status_that_grants_nothing_is_the_default_plan_keeping_the_status() {
+        // As plangate's own Stripe sync does (`subscription::state_from`).
+        for s in ["canceled", "unpaid", "incomplete", "incomplete_expired", "paused"] {
+            assert_eq!(
+                ok([Some("pro"), Some(s), None, None]),
+                LegacyPlan { plan: "free", status: Some(s.into()), ..Default::default() },
+                "{s}"
+            );
+        }
+        let json = r#"{"status":"canceled","customerId":"cus_A","subscriptionId":"sub_A","updatedAt":1700000000}"#;
+        let r = ok([Some("premium"), Some(json), None, Some("true")]);
+        assert_eq!(
+            r,
+            LegacyPlan {
+                plan: "free",
+                status: Some("canceled".into()),
+                customer: Some("cus_A".into()),
+                subscription: Some("sub_A".into()),
+                trial_used: true,
+                as_of: Some(T),
+                ..Default::default()
+            }
+        );
+        // A live status keeps the paid plan; an unknown one is still unreadable.
+        for s in ["active", "past_due"] {
+            assert_eq!(ok([Some("pro"), Some(s), None, None]).plan, "pro", "{s}");
+        }
+        assert_eq!(err([Some("pro"), Some("lapsed"), None, None]), ("billingStatus:u1".into(), "an unknown status"));
+    }
+
+    #[test]
+    fn a_trial_that_ended_without_a_subscription_is_the_default_plan_with_the_trial_used() {
+        let ended = LegacyPlan { plan: "free", trial_used: true, ..Default::default() };
+        let past = (NOW - 1).to_string();
+        assert_eq!(ok([Some("trial"), None, Some(&past), None]), ended);
+        assert_eq!(ok([Some("trial"), Some("trialing"), Some(&NOW.to_string()), None]), ended, "ends now");
+        let json = format!(r#"{{"status":"trialing","trialEnd":{}}}"#, NOW - 86_400);
+        assert_eq!(ok([Some("pro"), Some(&json), None, None]), ended, "status trialing on a paid plan");
+        assert_eq!(
+            ok([None, Some("trialing"), Some(&past), None]),
+            ended,
+            "an ended trial grants nothing: no plan needed"
+        );
+        // Still running: trialing until its end.
+        let future = (NOW + 1).to_string();
+        assert_eq!(
+            ok([Some("trial"), Some("trialing"), Some(&future), None]),
+            LegacyPlan {
+                plan: "essential",
+                status: Some("trialing".into()),
+                trial_ends_at: Some(NOW + 1),
+                trial_used: true,
+                ..Default::default()
+            }
+        );
+        // With a subscription Stripe decides (the next event or a re-sync): kept as written.
+        let json = format!(r#"{{"status":"trialing","subscriptionId":"sub_A","trialEnd":{}}}"#, NOW - 1);
+        let r = ok([Some("trial"), Some(&json), None, None]);
+        assert_eq!((r.plan, r.status.as_deref(), r.trial_ends_at), ("essential", Some("trialing"), Some(NOW - 1)));
+    }
+
+    #[test]
+    fn a_row_imported_from_any_record_is_up_to_date_and_verifies_as_matching() {
+        let past = (NOW - 1).to_string();
+        let records = [
+            ok([Some("pro"), Some("canceled"), None, None]),
+            ok([Some("premium"), Some(r#"{"status":"unpaid","subscriptionId":"sub_A"}"#), None, None]),
+            ok([Some("trial"), None, Some(&past), None]),
+            ok([Some("trial"), None, Some("1700000000"), None]),
+            ok([Some("essential"), Some("past_due"), None, None]),
+        ];
+        for rec in records {
+            let imported = UserRecord {
+                plan: rec.plan.into(),
+                subscription_status: rec.status.clone(),
+                stripe_subscription_id: rec.subscription.clone(),
+                trial_ends_at: rec.trial_ends_at,
+                current_period_end: rec.current_period_end,
+                trial_used: rec.trial_used.into(),
+                ..row("free")
+            };
+            assert_eq!(decide(Some(&imported), &rec, "free"), Action::Skip("up_to_date"), "{rec:?}");
+            assert_eq!(check(Some(&imported), &rec, "free"), Check::Match, "{rec:?}");
+        }
+        // Imported while the trial ran, verified after its end: D1 moved on, not a mismatch.
+        let running = ok([Some("trial"), None, Some("1700000000"), None]);
+        let imported = UserRecord {
+            plan: running.plan.into(),
+            subscription_status: running.status.clone(),
+            trial_ends_at: running.trial_ends_at,
+            trial_used: 1,
+            ..row("free")
+        };
+        let raw = [Some("trial".to_string()), None, Some("1700000000".to_string()), None];
+        let later = parse("u1", &raw, &Catalog::builtin(), T + 1).unwrap().unwrap();
+        assert_eq!(later.plan, "free");
+        assert_eq!(check(Some(&imported), &later, "free"), Check::ChangedSince);
     }
 
     #[test]

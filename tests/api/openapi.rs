@@ -477,7 +477,10 @@ fn real_catalog_plan_entitlements_usage_and_credits_answers_match_the_document()
 fn real_error_answers_match_the_document() {
     let app = &shared().app;
     let c = new_customer(app, "openapi-errors");
+    let broken = unique("openapi-legacy");
+    app.kv_put_bulk("APP_KV", &[(format!("planByUid:{broken}"), "gold".into())]);
     let cases: Vec<(&str, crate::support::Resp, u16, &str)> = vec![
+        ("GET /api/plan/me", get(&app.url("/api/plan/me"), Some(&token(&broken))), 500, "LEGACY_RECORD_UNREADABLE"),
         ("GET /api/plan/me", get(&app.url("/api/plan/me"), None), 401, "AUTH_REQUIRED"),
         ("GET /api/plan/me", get(&app.url("/api/plan/me"), Some("not-a-jwt")), 401, "AUTH_REQUIRED"),
         (

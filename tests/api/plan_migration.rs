@@ -144,17 +144,23 @@ fn a_user_already_in_d1_is_never_read_from_kv_and_no_one_is_found_by_email() {
 }
 
 #[test]
-fn an_unreadable_legacy_record_is_logged_with_its_key_and_the_user_starts_on_the_default_plan() {
+fn an_unreadable_legacy_record_fails_the_request_with_its_code_creates_nothing_and_is_imported_once_repaired() {
     let app = &shared().app;
     let uid = unique("legacy-broken");
-    app.kv_put_bulk(
-        "APP_KV",
-        &[(format!("planByUid:{uid}"), "pro".into()), (format!("trialEndByUid:{uid}"), "next tuesday".into())],
-    );
+    let key = format!("billingStatus:{uid}");
+    let broken = r#"{"status":"active","customerId":"cus_RAWVALUE""#;
+    app.kv_put_bulk("APP_KV", &[(format!("planByUid:{uid}"), "pro".into()), (key.clone(), broken.into())]);
     let r = get(&app.url("/api/plan/me"), Some(&token(&uid)));
-    assert_eq!((r.status, r.json()["plan"].as_str()), (200, Some("free")), "{}", r.body);
-    assert!(row(app, &uid).unwrap()["legacy_imported_at"].is_null());
-    let key = format!("trialEndByUid:{uid}");
+    assert_eq!((r.status, crate::error_code(&r.json())), (500, "LEGACY_RECORD_UNREADABLE"), "{}", r.body);
+    assert!(!r.body.contains("RAWVALUE") && !r.body.contains(&key), "the answer shows no record: {}", r.body);
+    assert!(row(app, &uid).is_none(), "no row on a guess");
+    // A service's gate sees the same: never a decision on a guess, nor a 404.
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let body = json!({"authId": uid, "feature": "ats_score"}).to_string();
+    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    let r = send(&agent(), "POST", &app.url("/api/entitlements/check"), &headers, Some(body.as_bytes()));
+    assert_eq!((r.status, crate::error_code(&r.json())), (500, "LEGACY_RECORD_UNREADABLE"), "{}", r.body);
+    assert!(row(app, &uid).is_none());
     let logged = (0..50).any(|_| {
         let found = crate::support::json_log_lines(&app.log_text())
             .iter()
@@ -165,6 +171,22 @@ fn an_unreadable_legacy_record_is_logged_with_its_key_and_the_user_starts_on_the
         found
     });
     assert!(logged, "legacy.unreadable with {key}");
+    // Repaired: the next request imports it.
+    app.kv_put_bulk("APP_KV", &[(key.clone(), "active".into())]);
+    let r = get(&app.url("/api/plan/me"), Some(&token(&uid)));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!((r.json()["plan"].as_str(), r.json()["subscriptionStatus"].as_str()), (Some("pro"), Some("active")));
+    let r = row(app, &uid).unwrap();
+    assert!(r["legacy_imported_at"].is_i64());
+    assert_eq!(audits(app, r["id"].as_str().unwrap()).len(), 1);
+    // Deleted instead of repaired: the user starts on the default plan.
+    let other = unique("legacy-deleted");
+    app.kv_put_bulk("APP_KV", &[(format!("trialUsedByUid:{other}"), "maybe".into())]);
+    let r = get(&app.url("/api/plan/me"), Some(&token(&other)));
+    assert_eq!((r.status, crate::error_code(&r.json())), (500, "LEGACY_RECORD_UNREADABLE"), "{}", r.body);
+    app.kv_delete_in("APP_KV", &format!("trialUsedByUid:{other}"));
+    let r = get(&app.url("/api/plan/me"), Some(&token(&other)));
+    assert_eq!((r.status, r.json()["plan"].as_str()), (200, Some("free")), "{}", r.body);
 }
 
 // ---------------------------------------------------------------------------------
@@ -296,6 +318,23 @@ fn legacy_user(i: usize, kind: u64) -> Legacy {
             put("billingStatus", "none".into());
             ok("premium", None, None, None, 0)
         }
+        // Read as plangate's Stripe sync would: a status that grants nothing is the
+        // default plan; a trial over without a subscription is over.
+        23 => {
+            put("planByUid", "pro".into());
+            put("billingStatus", "canceled".into());
+            ok("free", Some("canceled"), None, None, 0)
+        }
+        24 => {
+            put("planByUid", "premium".into());
+            put("billingStatus", json!({"status": "unpaid", "customerId": cus, "subscriptionId": sub}).to_string());
+            ok("free", Some("unpaid"), None, Some(cus), 0)
+        }
+        25 => {
+            put("planByUid", "trial".into());
+            put("trialEndByUid", "1600000000000".into());
+            ok("free", None, None, None, 1)
+        }
         // A plan alone, the commonest record.
         20 => {
             put("planByUid", "pro".into());
@@ -329,7 +368,8 @@ fn generate(n: usize) -> Vec<Legacy> {
             let r = rng.next() % 150;
             let kind = match r {
                 0..=5 => r,
-                6..=74 => 20 + r % 3,
+                6..=71 => 20 + r % 3,
+                72..=74 => 23 + r % 3,
                 _ => 6 + r % 14,
             };
             legacy_user(i, kind)
