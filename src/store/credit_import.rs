@@ -175,31 +175,32 @@ const IMPORT_TRANSACTIONS: &str = concat!(
 
 /// Per legacy user (`?2` = 1: as the ledger will be once the import ran; 0: as it is):
 /// `user_id` when matched (`cand`: the user it reached), `tx` transactions, `done` of
-/// them in the ledger, `tx_sum` their credits, `fixes` balance rows (`legacy-balance:…`,
-/// found by their legacy user id) of `fix` credits, `nw` whether a balance row is due,
-/// `imp` the credits the ledger holds (will hold) for it.
+/// them in the ledger; `n` its rows in the ledger (`legacy:` and `legacy-balance:`
+/// rows, found by their legacy user id, whatever export wrote them) of `held` credits,
+/// `fixes` of them balance rows, `pend` those of its transactions still to import; `nw`
+/// whether a balance row is due, `imp` the credits the ledger holds (will hold) for it.
 macro_rules! per_user {
     () => {
-        "WITH f AS (SELECT metadata->>'legacyUserId' AS lid, COUNT(*) AS fixes, SUM(delta) AS fix FROM credit_transactions \
-           WHERE source_key >= 'legacy-balance:' AND source_key < 'legacy-balance;' GROUP BY 1), \
-         u AS (SELECT *, user_id NOTNULL AND ?2 AND balance <> tx_sum + fix AS nw, iif(user_id NOTNULL AND ?2, balance, tx_sum + fix) AS imp \
+        "WITH f AS (SELECT metadata->>'legacyUserId' AS lid, SUM(delta) AS held, COUNT(*) AS n, COUNT(*) FILTER (WHERE source_key < 'legacy:') AS fixes \
+           FROM credit_transactions WHERE source_key >= 'legacy-balance:' AND source_key < 'legacy;' GROUP BY 1), \
+         u AS (SELECT *, user_id NOTNULL AND ?2 AND balance <> held + pend AS nw, iif(user_id NOTNULL AND ?2, balance, held + pend) AS imp \
            FROM (SELECT u.id, u.email, u.stripe_customer_id AS cus, iif(u.matched_by NOTNULL, u.user_id, NULL) AS user_id, u.user_id AS cand, \
                u.matched_by AS how, u.credits_balance AS balance, COUNT(t.id) AS tx, COUNT(c.id) AS done, \
-               ifnull(SUM(ifnull(c.delta, iif(?2, t.delta, NULL))), 0) AS tx_sum, ifnull(fixes, 0) AS fixes, ifnull(fix, 0) AS fix \
+               ifnull(SUM(t.delta) FILTER (WHERE ?2 AND c.id ISNULL), 0) AS pend, ifnull(held, 0) AS held, ifnull(n, 0) AS n, ifnull(fixes, 0) AS fixes \
              FROM legacy_users u LEFT JOIN f ON lid = u.id LEFT JOIN legacy_credit_transactions t ON t.user_id = u.id \
                LEFT JOIN credit_transactions c ON c.source_key = 'legacy:' || t.id GROUP BY u.id))"
     };
 }
 
-/// For each matched user whose legacy rows (transactions and balance rows) do not sum
-/// to their legacy balance, one `migration` row for the difference: the first
-/// `legacy-balance:<legacy user id>`, the n-th (a later export) `…:<n>`.
+/// For each matched user whose legacy rows do not sum to their legacy balance, one
+/// `migration` row for the difference: the first `legacy-balance:<legacy user id>`, the
+/// n-th (a later export) `…:<n>`.
 const IMPORT_BALANCES: &str = concat!(
     per_user!(),
     " INSERT INTO credit_transactions (id, user_id, delta, reason, source_key, metadata, created_at) \
-     SELECT 'ct_' || lower(hex(randomblob(12))), user_id, balance - tx_sum - fix, 'migration', \
+     SELECT 'ct_' || lower(hex(randomblob(12))), user_id, balance - held, 'migration', \
             'legacy-balance:' || id || iif(fixes, ':' || (fixes + 1), ''), \
-            json_object('legacyUserId', id, 'legacyBalance', balance, 'legacyRows', tx_sum), ?1 \
+            json_object('legacyUserId', id, 'legacyBalance', balance, 'legacyRows', held), ?1 \
      FROM u WHERE nw ON CONFLICT(source_key) DO NOTHING"
 );
 
@@ -229,7 +230,7 @@ const REPORT: &str = concat!(
        'unmatchedCredits', ifnull(SUM(balance) FILTER (WHERE user_id ISNULL), 0), \
        'users', json_object('total', COUNT(*), 'matched', COUNT(user_id), 'unmatched', COUNT(*) - COUNT(user_id), \
          'byStripeCustomer', COUNT(*) FILTER (WHERE how = 'stripe_customer'), 'byVerifiedEmail', COUNT(*) FILTER (WHERE how = 'verified_email')), \
-       'ledger', json_object('rows', ifnull(SUM(iif(?2, tx, done) + fixes + nw) FILTER (WHERE user_id NOTNULL), 0), \
+       'ledger', json_object('rows', ifnull(SUM(n + iif(?2, tx - done, 0) + nw) FILTER (WHERE user_id NOTNULL), 0), \
          'balanceRows', ifnull(SUM(fixes + nw) FILTER (WHERE user_id NOTNULL), 0)), \
        'written', json_object('ledgerRows', ifnull(SUM(tx - done + nw) FILTER (WHERE user_id NOTNULL), 0), 'balanceRows', ifnull(SUM(nw), 0), \
          'payments', (SELECT COUNT(DISTINCT sid) FROM p WHERE m AND sid NOT IN (SELECT id FROM stripe_payments))), \

@@ -655,6 +655,15 @@ fn a_later_export_revises_the_balance_correction_so_each_user_has_their_legacy_b
     assert_eq!(again["ledger"], serde_json::json!({"rows": 8, "balanceRows": 4}), "{again}");
     assert_eq!(ledger_of(app, &tag), ledger);
     assert_eq!(imported_rows(app, &tag).len(), 8);
+
+    // An export that no longer lists a transaction the ledger holds (the balances as
+    // they were): the user's rows already sum to their balance, nothing is written.
+    let without_t2 = tx.replace(&format!("{tag}-t2,{tag}-a,80,grant,,,\r\n"), "");
+    assert_ne!(without_t2, tx);
+    let r = run(&files(&users(250, 120), &without_t2), false);
+    assert_eq!(r["written"], serde_json::json!({"ledgerRows": 0, "balanceRows": 0, "payments": 0}), "{r}");
+    assert_eq!((r["importedCredits"].as_i64(), r["difference"].as_i64()), (Some(370), Some(0)), "{r}");
+    assert_eq!(ledger_of(app, &tag), ledger);
 }
 
 #[test]
