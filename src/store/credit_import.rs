@@ -145,8 +145,11 @@ macro_rules! legacy_time {
 
 /// Matches each legacy user to a plangate user: by Stripe customer id, else by a
 /// verified customer record (`customers.user_id` set) with the same email hash whose
-/// email no other user verified.
-const MATCH: [&str; 3] = [
+/// email no other user verified. A plangate user is matched by one legacy user at most:
+/// when several reach it, a Stripe customer match beats an email one, and those left
+/// tied (or beaten) keep the user in `user_id` (the report's `userId`) but no
+/// `matched_by`: unmatched.
+const MATCH: [&str; 4] = [
     "UPDATE legacy_users SET user_id = NULL, matched_by = NULL",
     "UPDATE legacy_users SET matched_by = 'stripe_customer', \
        user_id = (SELECT id FROM users WHERE stripe_customer_id = legacy_users.stripe_customer_id) \
@@ -155,6 +158,8 @@ const MATCH: [&str; 3] = [
                 GROUP BY email_hash HAVING COUNT(DISTINCT c.user_id) = 1) \
      UPDATE legacy_users SET matched_by = 'verified_email', user_id = (SELECT u FROM v WHERE h = email_hash) \
      WHERE user_id ISNULL AND email_hash IN (SELECT h FROM v)",
+    "UPDATE legacy_users AS l SET matched_by = NULL WHERE EXISTS (SELECT 1 FROM legacy_users o \
+       WHERE o.user_id = l.user_id AND o.id <> l.id AND o.matched_by <= l.matched_by)",
 ];
 
 /// The ledger rows of matched users' legacy transactions, once each (`legacy:<id>`).
@@ -164,19 +169,40 @@ const IMPORT_TRANSACTIONS: &str = concat!(
             json_object('legacyId', t.id, 'legacyUserId', t.user_id, 'legacyReason', t.legacy_reason, \
                         'legacyMetadata', iif(json_valid(t.metadata), json(t.metadata), t.metadata), 'legacyCreatedAt', t.created_at), ",
     legacy_time!("t.created_at"),
-    " FROM legacy_credit_transactions t JOIN legacy_users u ON u.id = t.user_id WHERE u.user_id NOTNULL \
+    " FROM legacy_credit_transactions t JOIN legacy_users u ON u.id = t.user_id WHERE u.matched_by NOTNULL \
      ON CONFLICT(source_key) DO NOTHING"
 );
 
-/// One `migration` row per matched user whose imported rows do not sum to their legacy
-/// balance (`legacy-balance:<legacy user id>`), for the difference.
-const IMPORT_BALANCES: &str = "INSERT INTO credit_transactions (id, user_id, delta, reason, source_key, metadata, created_at) \
-     SELECT 'ct_' || lower(hex(randomblob(12))), user_id, balance - ledger, 'migration', 'legacy-balance:' || id, \
-            json_object('legacyUserId', id, 'legacyBalance', balance, 'legacyRows', ledger), ?1 \
-     FROM (SELECT id, user_id, credits_balance AS balance, (SELECT ifnull(SUM(c.delta), 0) FROM legacy_credit_transactions t \
-             JOIN credit_transactions c ON c.source_key = 'legacy:' || t.id WHERE t.user_id = u.id) AS ledger \
-           FROM legacy_users u WHERE user_id NOTNULL) \
-     WHERE balance <> ledger ON CONFLICT(source_key) DO NOTHING";
+/// Per legacy user (`?2` = 1: as the ledger will be once the import ran; 0: as it is):
+/// `user_id` when matched (`cand`: the user it reached), `tx` transactions, `done` of
+/// them in the ledger; `n` its rows in the ledger (`legacy:` and `legacy-balance:`
+/// rows, found by their legacy user id, whatever export wrote them) of `held` credits,
+/// `fixes` of them balance rows, `pend` those of its transactions still to import; `nw`
+/// whether a balance row is due, `imp` the credits the ledger holds (will hold) for it.
+macro_rules! per_user {
+    () => {
+        "WITH f AS (SELECT metadata->>'legacyUserId' AS lid, SUM(delta) AS held, COUNT(*) AS n, COUNT(*) FILTER (WHERE source_key < 'legacy:') AS fixes \
+           FROM credit_transactions WHERE source_key >= 'legacy-balance:' AND source_key < 'legacy;' GROUP BY 1), \
+         u AS (SELECT *, user_id NOTNULL AND ?2 AND balance <> held + pend AS nw, iif(user_id NOTNULL AND ?2, balance, held + pend) AS imp \
+           FROM (SELECT u.id, u.email, u.stripe_customer_id AS cus, iif(u.matched_by NOTNULL, u.user_id, NULL) AS user_id, u.user_id AS cand, \
+               u.matched_by AS how, u.credits_balance AS balance, COUNT(t.id) AS tx, COUNT(c.id) AS done, \
+               ifnull(SUM(t.delta) FILTER (WHERE ?2 AND c.id ISNULL), 0) AS pend, ifnull(held, 0) AS held, ifnull(n, 0) AS n, ifnull(fixes, 0) AS fixes \
+             FROM legacy_users u LEFT JOIN f ON lid = u.id LEFT JOIN legacy_credit_transactions t ON t.user_id = u.id \
+               LEFT JOIN credit_transactions c ON c.source_key = 'legacy:' || t.id GROUP BY u.id))"
+    };
+}
+
+/// For each matched user whose legacy rows do not sum to their legacy balance, one
+/// `migration` row for the difference: the first `legacy-balance:<legacy user id>`, the
+/// n-th (a later export) `…:<n>`.
+const IMPORT_BALANCES: &str = concat!(
+    per_user!(),
+    " INSERT INTO credit_transactions (id, user_id, delta, reason, source_key, metadata, created_at) \
+     SELECT 'ct_' || lower(hex(randomblob(12))), user_id, balance - held, 'migration', \
+            'legacy-balance:' || id || iif(fixes, ':' || (fixes + 1), ''), \
+            json_object('legacyUserId', id, 'legacyBalance', balance, 'legacyRows', held), ?1 \
+     FROM u WHERE nw ON CONFLICT(source_key) DO NOTHING"
+);
 
 /// Matched users' legacy payments, kept in `stripe_payments` (id: the payment intent,
 /// else `legacy:<id>`; status `legacy:<status>`; dated before any Stripe event, so a
@@ -186,33 +212,27 @@ const IMPORT_PAYMENTS: &str = concat!(
      SELECT ifnull(p.stripe_payment_intent_id, 'legacy:' || p.id), u.user_id, u.stripe_customer_id, p.amount, \
             'legacy:' || lower(ifnull(p.status, 'unknown')), 'legacy:' || p.id, 0, ",
     legacy_time!("p.created_at"),
-    ", ?1 FROM legacy_payments p JOIN legacy_users u ON u.id = p.user_id WHERE u.user_id NOTNULL \
+    ", ?1 FROM legacy_payments p JOIN legacy_users u ON u.id = p.user_id WHERE u.matched_by NOTNULL \
      ON CONFLICT(id) DO NOTHING"
 );
 
-/// The report, one JSON object. With `?2` = 1 (the plan, before writing) the figures
-/// are what the ledger will hold once the import ran; with 0 what it holds. Per legacy
-/// user: `tx` transactions, `done` of them in the ledger, `tx_sum` their credits, `fix`
-/// the balance row's delta (`fixed`: as it will be).
-const REPORT: &str = "WITH u AS (SELECT *, iif(user_id NOTNULL, ifnull(fix, iif(?2 AND balance <> tx_sum, balance - tx_sum, NULL)), NULL) AS fixed \
-       FROM (SELECT u.id, u.email, u.stripe_customer_id AS cus, u.user_id, u.matched_by AS how, u.credits_balance AS balance, \
-               COUNT(t.id) AS tx, COUNT(c.id) AS done, ifnull(SUM(ifnull(c.delta, iif(?2, t.delta, NULL))), 0) AS tx_sum, \
-               (SELECT delta FROM credit_transactions WHERE source_key = 'legacy-balance:' || u.id) AS fix \
-             FROM legacy_users u LEFT JOIN legacy_credit_transactions t ON t.user_id = u.id \
-               LEFT JOIN credit_transactions c ON c.source_key = 'legacy:' || t.id GROUP BY u.id)), \
+/// The report, one JSON object (figures of `per_user`).
+const REPORT: &str = concat!(
+    per_user!(),
+    ", \
      p AS (SELECT ifnull(stripe_payment_intent_id, 'legacy:' || id) AS sid, ifnull(user_id IN (SELECT id FROM u WHERE user_id NOTNULL), 0) AS m, \
              ifnull(user_id IN (SELECT id FROM u), 0) AS known FROM legacy_payments) \
      SELECT json_object( \
        'legacyCredits', ifnull(SUM(balance), 0), \
        'matchedCredits', ifnull(SUM(balance) FILTER (WHERE user_id NOTNULL), 0), \
-       'importedCredits', ifnull(SUM(tx_sum + ifnull(fixed, 0)) FILTER (WHERE user_id NOTNULL), 0), \
-       'difference', ifnull(SUM(balance - tx_sum - ifnull(fixed, 0)) FILTER (WHERE user_id NOTNULL), 0), \
+       'importedCredits', ifnull(SUM(imp) FILTER (WHERE user_id NOTNULL), 0), \
+       'difference', ifnull(SUM(balance - imp) FILTER (WHERE user_id NOTNULL), 0), \
        'unmatchedCredits', ifnull(SUM(balance) FILTER (WHERE user_id ISNULL), 0), \
        'users', json_object('total', COUNT(*), 'matched', COUNT(user_id), 'unmatched', COUNT(*) - COUNT(user_id), \
          'byStripeCustomer', COUNT(*) FILTER (WHERE how = 'stripe_customer'), 'byVerifiedEmail', COUNT(*) FILTER (WHERE how = 'verified_email')), \
-       'ledger', json_object('rows', ifnull(SUM(iif(?2, tx, done)) FILTER (WHERE user_id NOTNULL), 0) + COUNT(fixed), 'balanceRows', COUNT(fixed)), \
-       'written', json_object('ledgerRows', ifnull(SUM(tx - done) FILTER (WHERE user_id NOTNULL), 0) + COUNT(fixed) - COUNT(fix), \
-         'balanceRows', COUNT(fixed) - COUNT(fix), \
+       'ledger', json_object('rows', ifnull(SUM(n + iif(?2, tx - done, 0) + nw) FILTER (WHERE user_id NOTNULL), 0), \
+         'balanceRows', ifnull(SUM(fixes + nw) FILTER (WHERE user_id NOTNULL), 0)), \
+       'written', json_object('ledgerRows', ifnull(SUM(tx - done + nw) FILTER (WHERE user_id NOTNULL), 0), 'balanceRows', ifnull(SUM(nw), 0), \
          'payments', (SELECT COUNT(DISTINCT sid) FROM p WHERE m AND sid NOT IN (SELECT id FROM stripe_payments))), \
        'transactions', json_object('ofMatchedUsers', ifnull(SUM(tx) FILTER (WHERE user_id NOTNULL), 0), \
          'ofUnmatchedUsers', ifnull(SUM(tx) FILTER (WHERE user_id ISNULL), 0), \
@@ -221,11 +241,13 @@ const REPORT: &str = "WITH u AS (SELECT *, iif(user_id NOTNULL, ifnull(fix, iif(
          'orphans', COUNT(*) FILTER (WHERE NOT known), \
          'recorded', iif(?2, COUNT(DISTINCT sid) FILTER (WHERE m), COUNT(DISTINCT sid) FILTER (WHERE m AND sid IN (SELECT id FROM stripe_payments)))) FROM p)), \
        'matched', json_group_array(json_object('legacyId', id, 'userId', user_id, 'by', how)) FILTER (WHERE user_id NOTNULL), \
-       'unmatched', json_group_array(json_object('legacyId', id, 'email', email, 'stripeCustomerId', cus, 'creditsBalance', balance)) \
+       'unmatched', json_group_array(json_object('legacyId', id, 'email', email, 'stripeCustomerId', cus, 'creditsBalance', balance, \
+         'userId', cand, 'reason', iif(cand NOTNULL, 'user_matched_twice', NULL))) \
          FILTER (WHERE user_id ISNULL), \
        'orphanUserIds', json((SELECT json_group_array(DISTINCT user_id) FROM (SELECT user_id FROM legacy_credit_transactions UNION ALL \
          SELECT user_id FROM legacy_payments) WHERE user_id NOT IN (SELECT id FROM u) OR user_id ISNULL)) \
-     ) AS report FROM u";
+     ) AS report FROM u"
+);
 
 const CLEAR: [&str; 4] = [
     "DELETE FROM legacy_credit_files",
@@ -234,8 +256,8 @@ const CLEAR: [&str; 4] = [
     "DELETE FROM legacy_credit_transactions",
 ];
 
-fn report_stmt(plan: bool, now: i64) -> Stmt {
-    Stmt { sql: REPORT, params: vec![Param::Int(now), Param::Int(i64::from(plan))] }
+fn per_user_stmt(sql: &'static str, plan: bool, now: i64) -> Stmt {
+    Stmt { sql, params: vec![Param::Int(now), Param::Int(i64::from(plan))] }
 }
 
 fn now_stmt(sql: &'static str, now: i64) -> Stmt {
@@ -251,12 +273,12 @@ pub async fn run(db: &Db, dry_run: bool, now: i64) -> Result<Value, ApiError> {
     for sql in MATCH {
         stmts.push(Stmt { sql, params: vec![] });
     }
-    stmts.push(report_stmt(true, now));
+    stmts.push(per_user_stmt(REPORT, true, now));
     if !dry_run {
         stmts.push(now_stmt(IMPORT_TRANSACTIONS, now));
-        stmts.push(now_stmt(IMPORT_BALANCES, now));
+        stmts.push(per_user_stmt(IMPORT_BALANCES, true, now));
         stmts.push(now_stmt(IMPORT_PAYMENTS, now));
-        stmts.push(report_stmt(false, now));
+        stmts.push(per_user_stmt(REPORT, false, now));
         for sql in CLEAR {
             stmts.push(Stmt { sql, params: vec![] });
         }

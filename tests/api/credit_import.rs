@@ -538,3 +538,192 @@ fn the_import_is_for_the_admin_and_says_what_is_wrong_with_a_request() {
         assert_eq!((r.status, crate::error_code(&r.json())), (400, "INVALID_REQUEST"), "{query}: {}", r.body);
     }
 }
+
+/// Inserts plangate users `usr_<tag>_<name>` (with their Stripe customer, if any), their
+/// verified customer records (`(name, email)`) and a ledger row of `credits` each.
+fn plangate_users(app: &App, tag: &str, users: &[(&str, Option<&str>, i64)], verified: &[(&str, &str)]) {
+    let now = crate::support::now();
+    let mut sql = String::new();
+    for (name, cus, credits) in users {
+        let cus = cus.map_or("NULL".to_string(), |c| format!("'{c}'"));
+        sql += &format!(
+            "INSERT INTO users (id, auth_id, stripe_customer_id, plan_updated_at, created_at, updated_at) \
+             VALUES ('usr_{tag}_{name}', 'auth-{tag}-{name}', {cus}, {now}, {now}, {now});\n"
+        );
+        if *credits != 0 {
+            sql += &format!(
+                "INSERT INTO credit_transactions (id, user_id, delta, reason, source_key, created_at) \
+                 VALUES ('ct_{tag}_{name}', 'usr_{tag}_{name}', {credits}, 'purchase', 'test:{tag}:{name}', {now});\n"
+            );
+        }
+    }
+    for (k, (name, email)) in verified.iter().enumerate() {
+        let hash = sha256_hex(&email.to_lowercase());
+        sql += &format!(
+            "INSERT INTO customers (id, user_id, email_hash, source) VALUES ('cust_{tag}_{k}', 'usr_{tag}_{name}', '{hash}', 'legacy');\n"
+        );
+    }
+    app.sql_exec(&sql);
+}
+
+/// The ledger rows the import wrote for legacy users `<tag>-…`: (source key, delta).
+fn imported_rows(app: &App, tag: &str) -> Vec<(String, i64)> {
+    app.sql(&format!(
+        "SELECT source_key, delta FROM credit_transactions WHERE source_key >= 'legacy' AND source_key < 'legacz' \
+         AND metadata->>'legacyUserId' LIKE '{tag}-%' ORDER BY created_at, source_key"
+    ))
+    .iter()
+    .map(|r| (r["source_key"].as_str().unwrap().to_string(), r["delta"].as_i64().unwrap()))
+    .collect()
+}
+
+#[test]
+fn a_later_export_revises_the_balance_correction_so_each_user_has_their_legacy_balance_once() {
+    let app = app();
+    let _one_at_a_time = serial();
+    let tag = unique("later").replace('-', "");
+    // `a` had 30 plangate credits of its own; `b` none.
+    plangate_users(
+        app,
+        &tag,
+        &[("a", Some(&format!("cus_{tag}_a")), 30), ("b", Some(&format!("cus_{tag}_b")), 0)],
+        &[],
+    );
+    let users = |a: i64, b: i64| {
+        format!("{USERS_HEADER}{tag}-a,a@x.test,{a},cus_{tag}_a,,\r\n{tag}-b,b@x.test,{b},cus_{tag}_b,,\r\n")
+    };
+    let files = |users: &str, tx: &str| -> Vec<(&'static str, String)> {
+        vec![
+            ("users", users.to_string()),
+            ("payments", PAYMENTS_HEADER.to_string()),
+            ("credit_transactions", tx.to_string()),
+        ]
+    };
+    let run = |files: &[(&str, String)], dry_run: bool| -> Value {
+        let files: Vec<(&str, &str)> = files.iter().map(|(f, c)| (*f, c.as_str())).collect();
+        let r = import(app, &files, dry_run);
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()
+    };
+
+    // The first export: the users file, an empty transactions file → one row each.
+    let first = run(&files(&users(200, 100), TX_HEADER), false);
+    assert_eq!((first["importedCredits"].as_i64(), first["difference"].as_i64()), (Some(300), Some(0)), "{first}");
+    assert_eq!(
+        imported_rows(app, &tag),
+        vec![(format!("legacy-balance:{tag}-a"), 200), (format!("legacy-balance:{tag}-b"), 100)]
+    );
+
+    // A later export: `a` now 250 with transactions of 180; `b` 120 with 260, more than
+    // its first row (the correction goes negative).
+    let tx = format!(
+        "{TX_HEADER}{tag}-t1,{tag}-a,100,purchase,,,\r\n{tag}-t2,{tag}-a,80,grant,,,\r\n\
+         {tag}-t3,{tag}-b,300,purchase,,,\r\n{tag}-t4,{tag}-b,-40,spend,,,\r\n"
+    );
+    let later = files(&users(250, 120), &tx);
+    let plan = run(&later, true);
+    for (r, dry_run) in [(plan.clone(), true), (run(&later, false), false)] {
+        assert_eq!(r["dryRun"], dry_run);
+        assert_eq!((r["matchedCredits"].as_i64(), r["importedCredits"].as_i64()), (Some(370), Some(370)), "{r}");
+        assert_eq!(r["difference"], 0, "{r}");
+        assert_eq!(r["ledger"], serde_json::json!({"rows": 8, "balanceRows": 4}), "{r}");
+        assert_eq!(r["written"], serde_json::json!({"ledgerRows": 6, "balanceRows": 2, "payments": 0}), "{r}");
+    }
+    let mut want = vec![
+        (format!("legacy-balance:{tag}-a"), 200),
+        (format!("legacy-balance:{tag}-b"), 100),
+        (format!("legacy:{tag}-t1"), 100),
+        (format!("legacy:{tag}-t2"), 80),
+        (format!("legacy:{tag}-t3"), 300),
+        (format!("legacy:{tag}-t4"), -40),
+        (format!("legacy-balance:{tag}-a:2"), -130),
+        (format!("legacy-balance:{tag}-b:2"), -240),
+    ];
+    let mut got = imported_rows(app, &tag);
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+    let ledger = ledger_of(app, &tag);
+    assert_eq!(ledger, BTreeMap::from([(format!("usr_{tag}_a"), 280), (format!("usr_{tag}_b"), 120)]));
+    let r = get(&app.url("/api/credits"), Some(&token(&format!("auth-{tag}-a"))));
+    assert_eq!((r.status, r.json()["balance"].as_i64()), (200, Some(280)), "{}", r.body);
+
+    // The same later export again writes nothing.
+    let again = run(&later, false);
+    assert_eq!(again["written"], serde_json::json!({"ledgerRows": 0, "balanceRows": 0, "payments": 0}), "{again}");
+    assert_eq!((again["importedCredits"].as_i64(), again["difference"].as_i64()), (Some(370), Some(0)));
+    assert_eq!(again["ledger"], serde_json::json!({"rows": 8, "balanceRows": 4}), "{again}");
+    assert_eq!(ledger_of(app, &tag), ledger);
+    assert_eq!(imported_rows(app, &tag).len(), 8);
+
+    // An export that no longer lists a transaction the ledger holds (the balances as
+    // they were): the user's rows already sum to their balance, nothing is written.
+    let without_t2 = tx.replace(&format!("{tag}-t2,{tag}-a,80,grant,,,\r\n"), "");
+    assert_ne!(without_t2, tx);
+    let r = run(&files(&users(250, 120), &without_t2), false);
+    assert_eq!(r["written"], serde_json::json!({"ledgerRows": 0, "balanceRows": 0, "payments": 0}), "{r}");
+    assert_eq!((r["importedCredits"].as_i64(), r["difference"].as_i64()), (Some(370), Some(0)), "{r}");
+    assert_eq!(ledger_of(app, &tag), ledger);
+}
+
+#[test]
+fn a_plangate_user_is_matched_by_at_most_one_legacy_user_and_the_others_are_listed_unmatched_with_the_reason() {
+    let app = app();
+    let _one_at_a_time = serial();
+    let tag = unique("twice").replace('-', "");
+    let (e, m) = (format!("e@{tag}.test"), format!("m@{tag}.test"));
+    // `s` has a Stripe customer and verified `e`; `m` verified `m`, the email of two
+    // legacy users (in another case); `d`'s Stripe customer is on two legacy users.
+    plangate_users(
+        app,
+        &tag,
+        &[("s", Some(&format!("cus_{tag}_s")), 0), ("m", None, 0), ("d", Some(&format!("cus_{tag}_d")), 0)],
+        &[("s", &e), ("m", &m)],
+    );
+    let users = format!(
+        "{USERS_HEADER}{tag}-s,s@x.test,10,cus_{tag}_s,,\r\n{tag}-e,{e},20,,,\r\n\
+         {tag}-m1,{m},30,,,\r\n{tag}-m2, {},40,,,\r\n{tag}-d1,d1@x.test,50,cus_{tag}_d,,\r\n{tag}-d2,d2@x.test,60,cus_{tag}_d,,\r\n\
+         {tag}-x1,x1@x.test,1,cus_{tag}_x,,\r\n{tag}-x2,x2@x.test,2,cus_{tag}_x,,\r\n",
+        m.to_uppercase()
+    );
+    let tx = format!("{TX_HEADER}{tag}-t,{tag}-d1,50,purchase,,,\r\n");
+    let files = [("users", users.as_str()), ("payments", PAYMENTS_HEADER), ("credit_transactions", tx.as_str())];
+    for dry_run in [true, false] {
+        let r = import(app, &files, dry_run);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let r = r.json();
+        assert_eq!(
+            r["matched"],
+            serde_json::json!([{"legacyId": format!("{tag}-s"), "userId": format!("usr_{tag}_s"), "by": "stripe_customer"}])
+        );
+        let unmatched: BTreeMap<&str, (&Value, &Value, i64)> = r["unmatched"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| {
+                (u["legacyId"].as_str().unwrap(), (&u["userId"], &u["reason"], u["creditsBalance"].as_i64().unwrap()))
+            })
+            .collect();
+        let twice = |user: &str, credits: i64| {
+            (Value::from(format!("usr_{tag}_{user}")), Value::from("user_matched_twice"), credits)
+        };
+        let want = BTreeMap::from([
+            (format!("{tag}-e"), twice("s", 20)),
+            (format!("{tag}-m1"), twice("m", 30)),
+            (format!("{tag}-m2"), twice("m", 40)),
+            (format!("{tag}-d1"), twice("d", 50)),
+            (format!("{tag}-d2"), twice("d", 60)),
+            (format!("{tag}-x1"), (Value::Null, Value::Null, 1)),
+            (format!("{tag}-x2"), (Value::Null, Value::Null, 2)),
+        ]);
+        let got: BTreeMap<String, (Value, Value, i64)> =
+            unmatched.into_iter().map(|(k, (u, why, c))| (k.to_string(), (u.clone(), why.clone(), c))).collect();
+        assert_eq!(got, want, "every legacy user is listed, none merged into another's account");
+        assert_eq!(r["users"]["unmatched"], 7);
+        assert_eq!((r["matchedCredits"].as_i64(), r["unmatchedCredits"].as_i64()), (Some(10), Some(203)));
+        assert_eq!((r["importedCredits"].as_i64(), r["difference"].as_i64()), (Some(10), Some(0)));
+        assert_eq!(r["transactions"]["ofUnmatchedUsers"], 1);
+    }
+    let ledger = ledger_of(app, &tag);
+    assert_eq!(ledger, BTreeMap::from([(format!("usr_{tag}_s"), 10)]), "only `s` got legacy credits");
+}
