@@ -45,7 +45,8 @@ export type ApiErrorCode =
   | "CUSTOMER_EXISTS"
   | "FIELD_NOT_WRITABLE"
   | "INVALID_CSV"
-  | "FILES_MISSING";
+  | "FILES_MISSING"
+  | "PURGE_INCOMPLETE";
 
 /** Codes the client produces itself: no answer (NETWORK_ERROR, TIMEOUT; status 0) or not JSON. */
 export type ClientErrorCode = "NETWORK_ERROR" | "TIMEOUT" | "BAD_RESPONSE";

@@ -72,6 +72,7 @@ const MESSAGES = {
   FIELD_NOT_WRITABLE: "That detail cannot be changed here.",
   INVALID_CSV: "That file could not be read.",
   FILES_MISSING: "Some files are still missing: upload them first.",
+  PURGE_INCOMPLETE: "Not everything could be deleted yet. Please try again.",
   NETWORK_ERROR: "The service could not be reached. Check your connection and try again.",
   TIMEOUT: "The service took too long to answer. Please try again.",
   BAD_RESPONSE: "The service answered unexpectedly. Please try again later.",

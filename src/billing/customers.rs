@@ -78,11 +78,10 @@ impl Customers<'_> {
     pub async fn find(&self, email: bool, key: &str) -> Result<Option<Stored>, ApiError> {
         match self.last(&[store::select(if email { BY_EMAIL } else { BY_ID }, key)]).await? {
             Some(s) if s.mapped || !email => Ok(Some(s)),
+            // The namespace unreadable: D1's answer, if any, rather than an error.
             found => match self.read_through(email, key, None).await {
                 Ok(s) => Ok(s.or(found)),
-                // The namespace unreadable: D1's answer rather than none.
-                Err(_) if found.is_some() => Ok(found),
-                Err(e) => Err(e),
+                Err(e) => found.map(Some).ok_or(e),
             },
         }
     }

@@ -72,17 +72,23 @@ struct Plan {
 fn plan(req: &Request, rows: Vec<Row>) -> Plan {
     let (mut users, mut ids, mut hashes, mut remaining) = (Vec::new(), Vec::new(), Vec::new(), 0);
     let mut skipped = Vec::new();
-    for mut row in rows {
+    for row in rows {
         let email = row.text("email");
         if req.by_email && !email.as_deref().is_some_and(|e| glob_match(&req.pattern, e)) {
             continue;
         }
         // Not a test account to throw away while Stripe may still bill it (as the
         // batch checks again: `store::purge`).
-        let status = row.text("subscriptionStatus").map(|s| SubStatus::parse(&s));
-        let billed = row.0.as_object_mut().and_then(|o| o.remove("billed")).and_then(|b| b.as_i64()) == Some(1);
-        if billed && status.is_some_and(|s| s.is_live() || s.may_become_live()) {
-            skipped.push(row.0);
+        let status = row.text("subscriptionStatus");
+        let user = crate::obj! {
+            "userId": row.text("userId"),
+            "authId": row.text("authId"),
+            "email": email.clone(),
+            "subscriptionStatus": status.clone(),
+        };
+        let billable = status.map(|s| SubStatus::parse(&s)).is_some_and(|s| s.is_live() || s.may_become_live());
+        if billable && row.int("billed") == Some(1) {
+            skipped.push(user);
             continue;
         }
         if users.len() == MAX_ACCOUNTS {
@@ -95,7 +101,7 @@ fn plan(req: &Request, rows: Vec<Row>) -> Plan {
         if let Some(h) = email.as_deref().filter(|_| req.by_email).and_then(email_hash) {
             hashes.push(Value::String(h));
         }
-        users.push(row.0);
+        users.push(user);
     }
     let (ids, hashes) = (crate::util::json_text(&Value::Array(ids)), crate::util::json_text(&Value::Array(hashes)));
     Plan { users, ids, hashes, keys: Vec::new(), remaining, skipped }
@@ -108,7 +114,7 @@ fn plan(req: &Request, rows: Vec<Row>) -> Plan {
 pub async fn purge_test_accounts(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let req = request(ctx)?;
     let mut plan = plan(&req, purge::accounts(ctx.db, req.by_email, &req.param).await?);
-    let mut counted = purge::purge(ctx.db, &plan.ids, &plan.hashes, None, ctx.now).await?;
+    let mut counted = purge::purge(ctx.db, &plan.ids, &plan.hashes, None).await?;
     settle(&mut plan, &counted);
     let legacy = KvStore::from_env(ctx.env, "LEGACY_AUTH_KV");
     let legacy_keys = legacy_customer_keys(legacy.as_ref(), &counted).await;
@@ -126,7 +132,7 @@ pub async fn purge_test_accounts(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
             });
         }
         let records = crate::util::json_text(&Value::from(counted.customer_ids.clone()));
-        counted = purge::purge(ctx.db, &plan.ids, &plan.hashes, Some(&records), ctx.now).await?;
+        counted = purge::purge(ctx.db, &plan.ids, &plan.hashes, Some(&records)).await?;
         settle(&mut plan, &counted);
         // Each account's five keys; the entitlements cache expires by itself.
         let again: Vec<String> = plan.keys.chunks(5).flat_map(|k| k[..4].to_vec()).collect();
@@ -138,11 +144,16 @@ pub async fn purge_test_accounts(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
 /// Moves a user the count left out (billed or busy since it was listed) to `skipped`,
 /// and lists the KV keys of those that stay: five per account.
 fn settle(plan: &mut Plan, counted: &purge::Counted) {
-    let (users, skipped): (Vec<Value>, Vec<Value>) = std::mem::take(&mut plan.users)
-        .into_iter()
-        .partition(|u| u["userId"].as_str().is_none_or(|id| counted.user_ids.iter().any(|c| c == id)));
     plan.keys.clear();
-    for u in &users {
+    for u in std::mem::take(&mut plan.users) {
+        let stays = match u["userId"].as_str() {
+            Some(id) => counted.user_ids.iter().any(|c| c == id),
+            None => true,
+        };
+        if !stays {
+            plan.skipped.push(u);
+            continue;
+        }
         let uid = u["authId"].as_str().unwrap_or_default();
         plan.keys.extend([
             kv::plan_key(uid),
@@ -151,9 +162,8 @@ fn settle(plan: &mut Plan, counted: &purge::Counted) {
             kv::trial_used_key(uid),
             kv::entitlements_key(uid),
         ]);
+        plan.users.push(u);
     }
-    plan.users = users;
-    plan.skipped.extend(skipped);
 }
 
 /// The legacy customer API's keys of the purged records (`LEGACY_AUTH_KV`, when bound): each

@@ -24,16 +24,12 @@ pub async fn accounts(db: &Db, by_email: bool, param: &str) -> Result<Vec<Row>, 
     db.rows_of(sql, &[param.into()]).await
 }
 
-/// The users of `?1` that may go, checked again in every statement of the batch: not
-/// one Stripe may still bill (a subscription that is live or may become so) nor one a
-/// billing action holds the lock of (at `?4`, now) — its state may have changed since
-/// the accounts were listed.
+/// The users of `?1` that may go (`purgeable_users`, migration 0013: not billed, not
+/// busy), checked again in every statement of the batch: their state may have changed
+/// since the accounts were listed.
 macro_rules! ids {
     () => {
-        "WITH ids AS (SELECT id AS value FROM users WHERE id IN (SELECT value FROM json_each(?1)) \
-         AND NOT (stripe_subscription_id NOTNULL AND subscription_status IN \
-           ('trialing', 'active', 'past_due', 'incomplete', 'unpaid', 'paused')) \
-         AND NOT EXISTS (SELECT 1 FROM billing_locks l WHERE l.user_id = users.id AND l.expires_at > ?4)) "
+        "WITH ids AS (SELECT id AS value FROM purgeable_users WHERE id IN (SELECT value FROM json_each(?1))) "
     };
 }
 /// Their records, and records linked to nobody: those with an email hash of `?2` (when
@@ -93,20 +89,20 @@ const DELETE: [&str; 9] = [
 /// linked to nobody of email hashes `hashes` — or, with `delete`, counts and deletes
 /// them in one batch, the unlinked records taken being those of ids `delete` (what a
 /// count found): the counts are of what the deletes take.
-pub async fn purge(
-    db: &Db,
-    user_ids_json: &str,
-    hashes_json: &str,
-    delete: Option<&str>,
-    now: i64,
-) -> Result<Counted, ApiError> {
+pub async fn purge(db: &Db, user_ids_json: &str, hashes_json: &str, delete: Option<&str>) -> Result<Counted, ApiError> {
     let (hashes, records) = match delete {
         Some(records) => ("[]", records),
         None => (hashes_json, "[]"),
     };
+    // Each statement binds the parameters it names (D1 counts them): `?2` and `?3`
+    // only where customers are.
     let stmt = |sql: &'static str| Stmt {
         sql,
-        params: vec![user_ids_json.into(), hashes.into(), records.into(), super::db::Param::Int(now)],
+        params: if sql.contains("?2") {
+            vec![user_ids_json.into(), hashes.into(), records.into()]
+        } else {
+            vec![user_ids_json.into()]
+        },
     };
     let mut stmts = vec![stmt(COUNT)];
     if delete.is_some() {
