@@ -40,7 +40,7 @@ fn read(ctx: &Ctx<'_>, name: &str) -> Result<(LegacyFile, String, usize), ApiErr
 }
 
 /// `?file=users|payments|credit_transactions` with the CSV as the body stages that
-/// file; `?commit=true` (alone or with the last file) runs the import of the three
+/// file (`&append=true`: a further part of it, each part with the header line); `?commit=true` (alone or with the last file) runs the import of the three
 /// staged files, only planned while `dryRun` (default true).
 pub async fn import(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     admin::authorize(ctx)?;
@@ -51,7 +51,8 @@ pub async fn import(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
         None if commit => None,
         None => return Err(ApiError::InvalidRequest("give a file with ?file=…, or ?commit=true".into())),
     };
-    let staging = upload.as_ref().map(|(file, rows, count)| Upload { file: *file, rows, count: *count });
+    let append = bool_query(ctx, "append", false)?;
+    let staging = upload.as_ref().map(|(file, rows, count)| Upload { file: *file, rows, count: *count, append });
     let (staged, fault) = credit_import::stage(ctx.db, staging, ctx.now).await?;
     if let (Some((file, ..)), Some(e)) = (upload, fault) {
         return Err(invalid_csv(file, e));

@@ -33,9 +33,23 @@ macro_rules! if_valid {
     };
 }
 
+/// The first row of `?1` whose id is staged already (by an earlier part), kept as the
+/// upload's fault.
+macro_rules! staged_already {
+    ($table:literal) => {
+        concat!(
+            "INSERT INTO legacy_credit_upload_errors (line, why) SELECT value->>0, 'the id `' || (value->>1) || \
+             '` is staged already (by an earlier part)' FROM json_each(?1) WHERE value->>1 IN (SELECT id FROM ",
+            $table,
+            ") AND NOT EXISTS (SELECT 1 FROM legacy_credit_upload_errors) LIMIT 1"
+        )
+    };
+}
+
 /// Per file: its number column (in `columns()`), that number's minimum and whether it
-/// may be missing; the statements that replace the staged copy with the rows of `?1`.
-fn staging(file: LegacyFile) -> (usize, i64, bool, [&'static str; 2]) {
+/// may be missing; the statements that replace the staged copy with the rows of `?1`,
+/// and the check of an appended part.
+fn staging(file: LegacyFile) -> (usize, i64, bool, [&'static str; 3]) {
     const MIN: i64 = -1_000_000_000_000;
     match file {
         LegacyFile::Users => (
@@ -44,6 +58,7 @@ fn staging(file: LegacyFile) -> (usize, i64, bool, [&'static str; 2]) {
             true,
             [
                 concat!("DELETE FROM legacy_users", if_valid!()),
+                staged_already!("legacy_users"),
                 concat!(
                     "INSERT INTO legacy_users (id, email, email_hash, credits_balance, stripe_customer_id, created_at, updated_at) \
                      SELECT value->>1, value->>2, value->>7, ifnull(value->>3, 0), value->>4, value->>5, value->>6 FROM json_each(?1)",
@@ -57,6 +72,7 @@ fn staging(file: LegacyFile) -> (usize, i64, bool, [&'static str; 2]) {
             true,
             [
                 concat!("DELETE FROM legacy_payments", if_valid!()),
+                staged_already!("legacy_payments"),
                 concat!(
                     "INSERT INTO legacy_payments (id, user_id, stripe_payment_intent_id, amount, status, created_at, updated_at) \
                      SELECT value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7 FROM json_each(?1)",
@@ -70,6 +86,7 @@ fn staging(file: LegacyFile) -> (usize, i64, bool, [&'static str; 2]) {
             false,
             [
                 concat!("DELETE FROM legacy_credit_transactions", if_valid!()),
+                staged_already!("legacy_credit_transactions"),
                 // The ledger's reason when it has the legacy one, else `migration`.
                 concat!(
                     "INSERT INTO legacy_credit_transactions (id, user_id, delta, reason, legacy_reason, stripe_event_id, metadata, created_at) \
@@ -82,23 +99,26 @@ fn staging(file: LegacyFile) -> (usize, i64, bool, [&'static str; 2]) {
     }
 }
 
-/// A file to stage: which, its rows (`rows_json`) and their number.
+/// A file to stage: which, its rows (`rows_json`), their number, and whether they are
+/// a further part of the staged copy (`append`) rather than its replacement.
 pub struct Upload<'a> {
     pub file: LegacyFile,
     pub rows: &'a str,
     pub count: usize,
+    pub append: bool,
 }
 
 /// In one batch: checks an uploaded file's rows and, when every one is right, replaces
-/// the staged copy of the file with them (else nothing is staged and the first fault is
-/// answered with its line); then lists the staged files, `{name: rows}`.
+/// the staged copy of the file with them — or adds them to it, for a part appended
+/// (whose ids must not be staged already) — else nothing is staged and the first fault
+/// is answered with its line; then lists the staged files, `{name: rows}`.
 pub async fn stage(db: &Db, upload: Option<Upload<'_>>, now: i64) -> Result<(Value, Option<CsvError>), ApiError> {
     let mut stmts = Vec::new();
     if let Some(u) = &upload {
         if u.rows.len() > MAX_JSON {
             return Err(ApiError::InvalidRequest("the file is too large for one call".into()));
         }
-        let (column, min, empty_ok, [delete, insert]) = staging(u.file);
+        let (column, min, empty_ok, [delete, staged_already, insert]) = staging(u.file);
         stmts.push(Stmt { sql: "DELETE FROM legacy_credit_upload_errors", params: vec![] });
         stmts.push(Stmt {
             sql: VALIDATE,
@@ -111,15 +131,24 @@ pub async fn stage(db: &Db, upload: Option<Upload<'_>>, now: i64) -> Result<(Val
                 Param::Int(i64::from(empty_ok)),
             ],
         });
-        stmts.push(Stmt { sql: delete, params: vec![] });
+        if u.append {
+            stmts.push(Stmt { sql: staged_already, params: vec![u.rows.into()] });
+        } else {
+            stmts.push(Stmt { sql: delete, params: vec![] });
+        }
         stmts.push(Stmt { sql: insert, params: vec![u.rows.into()] });
         stmts.push(Stmt {
             sql: concat!(
                 "INSERT INTO legacy_credit_files (name, rows, uploaded_at) SELECT ?1, ?2, ?3",
                 if_valid!(),
-                " ON CONFLICT(name) DO UPDATE SET rows = excluded.rows, uploaded_at = excluded.uploaded_at"
+                " ON CONFLICT(name) DO UPDATE SET rows = excluded.rows + iif(?4, rows, 0), uploaded_at = excluded.uploaded_at"
             ),
-            params: vec![u.file.name().into(), Param::Int(u.count as i64), Param::Int(now)],
+            params: vec![
+                u.file.name().into(),
+                Param::Int(u.count as i64),
+                Param::Int(now),
+                Param::Int(i64::from(u.append)),
+            ],
         });
         stmts.push(Stmt { sql: "SELECT line, why FROM legacy_credit_upload_errors", params: vec![] });
     }

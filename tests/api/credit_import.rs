@@ -727,3 +727,37 @@ fn a_plangate_user_is_matched_by_at_most_one_legacy_user_and_the_others_are_list
     let ledger = ledger_of(app, &tag);
     assert_eq!(ledger, BTreeMap::from([(format!("usr_{tag}_s"), 10)]), "only `s` got legacy credits");
 }
+
+#[test]
+fn a_file_too_large_for_one_call_is_staged_in_parts_and_an_id_repeated_across_parts_is_refused_with_its_line() {
+    let app = app();
+    let _one_at_a_time = serial();
+    let tag = unique("parts").replace('-', "");
+    app.sql_exec("DELETE FROM legacy_credit_files; DELETE FROM legacy_users; DELETE FROM legacy_payments; DELETE FROM legacy_credit_transactions;");
+    let part = |range: std::ops::Range<usize>| {
+        let mut csv = TX_HEADER.to_string();
+        for i in range {
+            csv.push_str(&format!("{tag}-t{i},{tag}-u,1,grant,,,\r\n"));
+        }
+        csv
+    };
+    let r = post_file(app, "credit_transactions", &part(0..3));
+    assert_eq!(r.json()["staged"]["credit_transactions"], 3, "{}", r.body);
+    let r = post(app, "?file=credit_transactions&append=true", "text/csv", part(3..5).as_bytes());
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["staged"]["credit_transactions"], 5, "the part is added, not a replacement");
+
+    // A part repeating a staged id: refused with the line in that part, nothing of it staged.
+    let r = post(app, "?file=credit_transactions&append=true", "text/csv", part(5..7).replace("t6,", "t1,").as_bytes());
+    assert_eq!((r.status, crate::error_code(&r.json())), (400, "INVALID_CSV"), "{}", r.body);
+    assert_eq!((r.json()["file"].as_str(), r.json()["line"].as_i64()), (Some("credit_transactions"), Some(3)));
+    assert!(r.json()["message"].as_str().unwrap().contains("staged already"), "{}", r.body);
+    assert_eq!(app.count("SELECT COUNT(*) FROM legacy_credit_transactions"), 5);
+    assert_eq!(app.count("SELECT rows FROM legacy_credit_files WHERE name = 'credit_transactions'"), 5);
+
+    // Without append, an upload still replaces the staged copy.
+    let r = post_file(app, "credit_transactions", &part(10..11));
+    assert_eq!(r.json()["staged"]["credit_transactions"], 1, "{}", r.body);
+    assert_eq!(post(app, "?file=credit_transactions&append=maybe", "text/csv", part(11..12).as_bytes()).status, 400);
+    app.sql_exec("DELETE FROM legacy_credit_files; DELETE FROM legacy_credit_transactions;");
+}
