@@ -219,8 +219,27 @@ fn a_list_of_auth_ids_purges_those_accounts_including_ones_only_kv_knows() {
     let app = &crate::shared().app;
     let tag = unique("purgeids");
     app.sql_exec(&format!("{}{}", user_sql(&tag, "a", Some("a@ids.example.test")), user_sql(&tag, "c", None)));
-    app.kv_put_bulk("APP_KV", &kv_pairs(&tag, &["a", "b", "c"]));
-    let ids = json!([format!("{tag}-a"), format!("{tag}-b"), format!("{tag}-a")]);
+    app.kv_put_bulk("APP_KV", &kv_pairs(&tag, &["a", "c"]));
+    // Accounts only the legacy plan keys know: `b` had a subscription that ended, `d`
+    // one Stripe still bills, `e` a record that cannot be read (it may say so).
+    let legacy = |name: &str, plan: &str, status: &str| -> Vec<(String, String)> {
+        let uid = format!("{tag}-{name}");
+        vec![
+            (format!("planByUid:{uid}"), plan.to_string()),
+            (format!("billingStatus:{uid}"), status.to_string()),
+            (format!("trialEndByUid:{uid}"), "1700000000000".to_string()),
+            (format!("trialUsedByUid:{uid}"), "true".to_string()),
+            (format!("entitlements:{uid}"), "{}".to_string()),
+        ]
+    };
+    let billed = format!(r#"{{"status":"active","customerId":"cus_{tag}","subscriptionId":"sub_{tag}"}}"#);
+    let ended = format!(r#"{{"status":"canceled","customerId":"cus_{tag}b","subscriptionId":"sub_{tag}b"}}"#);
+    app.kv_put_bulk(
+        "APP_KV",
+        &[legacy("b", "pro", &ended), legacy("d", "pro", &billed), legacy("e", "no-such-plan", "active")].concat(),
+    );
+    let ids =
+        json!([format!("{tag}-a"), format!("{tag}-b"), format!("{tag}-a"), format!("{tag}-d"), format!("{tag}-e")]);
 
     let r = purge(app, &json!({"match": ids, "dryRun": false}));
     assert_eq!(r.status, 200, "{}", r.body);
@@ -232,12 +251,20 @@ fn a_list_of_auth_ids_purges_those_accounts_including_ones_only_kv_knows() {
             (None, format!("{tag}-b"), None),
         ]
     );
+    let skipped: Vec<(&str, &str)> = done["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| (u["authId"].as_str().unwrap(), u["subscriptionStatus"].as_str().unwrap()))
+        .collect();
+    let (d, e) = (format!("{tag}-d"), format!("{tag}-e"));
+    assert_eq!(skipped, vec![(e.as_str(), "unreadable"), (d.as_str(), "active")], "{done}");
     assert_eq!(done["rows"]["users"], 1);
     assert_eq!(rows_of(app, &tag, "a"), vec![0; 9]);
     assert_eq!(rows_of(app, &tag, "c"), vec![1; 9]);
     let left = kv_of(app, &tag);
-    assert_eq!(left.len(), 5);
-    assert!(left.iter().all(|k| k.ends_with(&format!("{tag}-c"))), "{left:?}");
+    assert_eq!(left.len(), 15, "{left:?}");
+    assert!(left.iter().all(|k| !k.ends_with(&format!("{tag}-a")) && !k.ends_with(&format!("{tag}-b"))), "{left:?}");
 }
 
 #[test]

@@ -380,6 +380,9 @@ impl App {
             stdin: Mutex::new(stdin),
             log,
         };
+        if let Ok(mut logs) = APP_LOGS.lock() {
+            logs.push((app.base.clone(), app.log.clone()));
+        }
         app.wait_ready(Duration::from_secs(180));
         app
     }
@@ -679,7 +682,24 @@ pub fn send(agent: &ureq::Agent, method: &str, url: &str, headers: &[(&str, &str
     match result {
         Ok(r) => to_resp(r),
         Err(ureq::Error::Status(_, r)) => to_resp(r),
-        Err(e) => panic!("{method} {url}: {e}"),
+        Err(e) => panic!("{method} {url}: {e}\n{}", app_log_for(url)),
+    }
+}
+
+/// The log file of every app spawned by this process, by base URL: a request that gets
+/// no HTTP answer at all (wrangler itself stuck or gone) shows what wrangler printed.
+static APP_LOGS: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+
+fn app_log_for(url: &str) -> String {
+    let logs = APP_LOGS.lock().map(|l| l.clone()).unwrap_or_default();
+    match logs.iter().find(|(base, _)| url.starts_with(base.as_str())) {
+        Some((base, log)) => {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let start = text.len().saturating_sub(6000);
+            let start = (start..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+            format!("--- tail of the wrangler log of {base} ({}) ---\n{}", log.display(), &text[start..])
+        }
+        None => String::new(),
     }
 }
 
