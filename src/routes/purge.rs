@@ -123,8 +123,8 @@ pub async fn purge_test_accounts(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let mut kv_failed = Vec::new();
     if !req.dry_run {
         let app_kv = ctx.app_kv();
-        delete_all(app_kv.as_ref(), &plan.keys, &mut kv_failed).await;
-        delete_all(legacy.as_ref(), &legacy_keys, &mut kv_failed).await;
+        delete_all(ctx, app_kv.as_ref(), &plan.keys, &mut kv_failed).await;
+        delete_all(ctx, legacy.as_ref(), &legacy_keys, &mut kv_failed).await;
         if !kv_failed.is_empty() {
             return Err(ApiError::Detailed {
                 status: 503,
@@ -138,15 +138,17 @@ pub async fn purge_test_accounts(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
         settle(&mut plan, &counted);
         // Each account's five keys; the entitlements cache expires by itself.
         let again: Vec<String> = plan.keys.chunks(5).flat_map(|k| k[..4].to_vec()).collect();
-        delete_all(app_kv.as_ref(), &again, &mut kv_failed).await;
+        delete_all(ctx, app_kv.as_ref(), &again, &mut kv_failed).await;
     }
     Ok(reply(ctx, req.dry_run, plan, counted.rows, legacy_keys, kv_failed))
 }
 
 /// Moves to `skipped` each account only the legacy KV keys know (an auth id of the list
-/// with no D1 user) whose legacy plan record says Stripe may still bill it, or cannot
-/// be read (`unreadable`: it may say so): a paying customer not migrated yet is not a
-/// test account. Their four keys read in bulk, 25 accounts a time.
+/// with no D1 user) whose legacy plan record says Stripe may still bill it, by the rule
+/// of `purgeable_users` (a status that may still bill; `trialing` only with a
+/// subscription id), or cannot be read (`unreadable`: it may say so): a paying customer
+/// not migrated yet is not a test account. Their four keys read in bulk, 25 accounts a
+/// time.
 async fn skip_legacy_billed(ctx: &Ctx<'_>, plan: &mut Plan) -> Result<(), ApiError> {
     let Some(kv) = ctx.app_kv() else { return Ok(()) };
     let catalog = crate::domain::plans::Catalog::builtin();
@@ -163,10 +165,11 @@ async fn skip_legacy_billed(ctx: &Ctx<'_>, plan: &mut Plan) -> Result<(), ApiErr
         for (&i, raw) in chunk.iter().zip(values.chunks(4)) {
             let uid = plan.users[i]["authId"].as_str().unwrap_or_default();
             let status = match legacy_plan::parse(uid, raw, &catalog, ctx.now) {
-                Ok(Some(rec)) if rec.subscription.is_some() => rec.status,
-                Ok(_) => None,
+                Ok(Some(rec)) => rec.status.filter(|s| rec.subscription.is_some() || s != "trialing"),
+                Ok(None) => None,
                 Err(_) => Some("unreadable".into()),
             };
+            // `Other`: "unreadable" (the parser refuses unknown statuses).
             let may_bill = status
                 .as_deref()
                 .map(SubStatus::parse)
@@ -177,8 +180,9 @@ async fn skip_legacy_billed(ctx: &Ctx<'_>, plan: &mut Plan) -> Result<(), ApiErr
             }
         }
     }
-    for i in billed.into_iter().rev() {
-        let u = plan.users.remove(i);
+    // In the order they were listed.
+    for (n, i) in billed.into_iter().enumerate() {
+        let u = plan.users.remove(i - n);
         plan.skipped.push(u);
     }
     Ok(())
@@ -234,15 +238,27 @@ async fn legacy_customer_keys(legacy: Option<&KvStore>, counted: &purge::Counted
     keys
 }
 
-async fn delete_all(store: Option<&KvStore>, keys: &[String], failed: &mut Vec<Value>) {
+/// Deletes `keys`, listing in `failed` those that could not be: each tried three times,
+/// 100 then 400 ms apart (a busy moment of KV), until one fails all three (KV is down:
+/// the rest are tried once each, so a call never waits long).
+async fn delete_all(ctx: &Ctx<'_>, store: Option<&KvStore>, keys: &[String], failed: &mut Vec<Value>) {
+    let mut tries = 3;
     for key in keys {
-        let deleted = match store {
-            // Once more before giving up on it (a busy moment of KV).
-            Some(s) => s.delete(key).await.is_ok() || s.delete(key).await.is_ok(),
-            None => false,
-        };
-        if !deleted {
+        let Some(s) = store else {
             failed.push(Value::from(key.as_str()));
+            continue;
+        };
+        let mut attempt = 0;
+        while let Err(e) = s.delete(key).await {
+            attempt += 1;
+            if attempt >= tries {
+                let fields = crate::obj! {"key": key.as_str(), "error": e.0};
+                crate::log::warn(ctx.request_id, "purge.kv_delete_failed", fields);
+                failed.push(Value::from(key.as_str()));
+                tries = 1;
+                break;
+            }
+            worker::Delay::from(std::time::Duration::from_millis(100 << (2 * (attempt - 1)))).await;
         }
     }
 }

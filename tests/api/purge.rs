@@ -221,7 +221,9 @@ fn a_list_of_auth_ids_purges_those_accounts_including_ones_only_kv_knows() {
     app.sql_exec(&format!("{}{}", user_sql(&tag, "a", Some("a@ids.example.test")), user_sql(&tag, "c", None)));
     app.kv_put_bulk("APP_KV", &kv_pairs(&tag, &["a", "c"]));
     // Accounts only the legacy plan keys know: `b` had a subscription that ended, `d`
-    // one Stripe still bills, `e` a record that cannot be read (it may say so).
+    // one Stripe still bills, `e` a record that cannot be read (it may say so), `f` a
+    // bare status string only a paying customer had (no subscription id), `g` a legacy
+    // trial with no subscription (nothing to bill).
     let legacy = |name: &str, plan: &str, status: &str| -> Vec<(String, String)> {
         let uid = format!("{tag}-{name}");
         vec![
@@ -236,10 +238,16 @@ fn a_list_of_auth_ids_purges_those_accounts_including_ones_only_kv_knows() {
     let ended = format!(r#"{{"status":"canceled","customerId":"cus_{tag}b","subscriptionId":"sub_{tag}b"}}"#);
     app.kv_put_bulk(
         "APP_KV",
-        &[legacy("b", "pro", &ended), legacy("d", "pro", &billed), legacy("e", "no-such-plan", "active")].concat(),
+        &[
+            legacy("b", "pro", &ended),
+            legacy("d", "pro", &billed),
+            legacy("e", "no-such-plan", "active"),
+            legacy("f", "premium", "active"),
+            legacy("g", "trial", "trialing"),
+        ]
+        .concat(),
     );
-    let ids =
-        json!([format!("{tag}-a"), format!("{tag}-b"), format!("{tag}-a"), format!("{tag}-d"), format!("{tag}-e")]);
+    let ids = json!(["a", "b", "a", "d", "e", "f", "g"].map(|n| format!("{tag}-{n}")));
 
     let r = purge(app, &json!({"match": ids, "dryRun": false}));
     assert_eq!(r.status, 200, "{}", r.body);
@@ -249,6 +257,7 @@ fn a_list_of_auth_ids_purges_those_accounts_including_ones_only_kv_knows() {
         vec![
             (Some(format!("usr_{tag}_a")), format!("{tag}-a"), Some("a@ids.example.test".to_string())),
             (None, format!("{tag}-b"), None),
+            (None, format!("{tag}-g"), None),
         ]
     );
     let skipped: Vec<(&str, &str)> = done["skipped"]
@@ -257,14 +266,15 @@ fn a_list_of_auth_ids_purges_those_accounts_including_ones_only_kv_knows() {
         .iter()
         .map(|u| (u["authId"].as_str().unwrap(), u["subscriptionStatus"].as_str().unwrap()))
         .collect();
-    let (d, e) = (format!("{tag}-d"), format!("{tag}-e"));
-    assert_eq!(skipped, vec![(e.as_str(), "unreadable"), (d.as_str(), "active")], "{done}");
+    let (d, e, f) = (format!("{tag}-d"), format!("{tag}-e"), format!("{tag}-f"));
+    assert_eq!(skipped, vec![(d.as_str(), "active"), (e.as_str(), "unreadable"), (f.as_str(), "active")], "{done}");
     assert_eq!(done["rows"]["users"], 1);
     assert_eq!(rows_of(app, &tag, "a"), vec![0; 9]);
     assert_eq!(rows_of(app, &tag, "c"), vec![1; 9]);
     let left = kv_of(app, &tag);
-    assert_eq!(left.len(), 15, "{left:?}");
-    assert!(left.iter().all(|k| !k.ends_with(&format!("{tag}-a")) && !k.ends_with(&format!("{tag}-b"))), "{left:?}");
+    assert_eq!(left.len(), 20, "{left:?}");
+    let gone = ["a", "b", "g"].map(|n| format!("{tag}-{n}"));
+    assert!(left.iter().all(|k| !gone.iter().any(|g| k.ends_with(g.as_str()))), "{left:?}");
 }
 
 #[test]
@@ -282,7 +292,9 @@ fn a_purge_takes_at_most_50_accounts_per_call_and_says_how_many_remain() {
     let pattern = format!("u*@{tag}.example.test");
     let plan = purge(app, &json!({"match": pattern})).json();
     assert_eq!((plan["users"].as_array().map(Vec::len), plan["remaining"].as_i64()), (Some(50), Some(2)));
-    let first = purge(app, &json!({"match": pattern, "dryRun": false})).json();
+    let first = purge(app, &json!({"match": pattern, "dryRun": false}));
+    assert_eq!(first.status, 200, "{}", first.body);
+    let first = first.json();
     assert_eq!(first["users"], plan["users"], "the purge takes what the dry run listed");
     assert_eq!((first["rows"]["users"].as_i64(), first["remaining"].as_i64()), (Some(50), Some(2)));
     let second = purge(app, &json!({"match": pattern, "dryRun": false})).json();
@@ -400,6 +412,9 @@ fn an_account_stripe_may_still_bill_or_a_billing_action_holds_is_left_alone_and_
         ("paused", "paused", true),
         ("ended", "canceled", true),
         ("legacytrial", "trialing", false),
+        // Imported from a legacy record that kept the status as a bare string: no
+        // subscription id, but a status only a paying customer had.
+        ("legacypaid", "past_due", false),
         ("busy", "canceled", true),
     ];
     let mut sql = String::new();
@@ -427,7 +442,10 @@ fn an_account_stripe_may_still_bill_or_a_billing_action_holds_is_left_alone_and_
         };
         assert_eq!(ids("users"), vec![id("ended"), id("legacytrial")], "{body}");
         let mut expected: Vec<String> =
-            ["active", "busy", "paused", "pastdue", "pending", "trialing", "unpaid"].iter().map(|n| id(n)).collect();
+            ["active", "busy", "legacypaid", "paused", "pastdue", "pending", "trialing", "unpaid"]
+                .iter()
+                .map(|n| id(n))
+                .collect();
         expected.sort();
         assert_eq!(ids("skipped"), expected, "{body}");
         assert_eq!(body["rows"]["users"], 2, "{body}");
@@ -436,7 +454,7 @@ fn an_account_stripe_may_still_bill_or_a_billing_action_holds_is_left_alone_and_
     for name in ["ended", "legacytrial"] {
         assert_eq!(rows_of(app, &tag, name), vec![0; 9], "{name} is purged");
     }
-    for name in ["active", "trialing", "pastdue", "pending", "unpaid", "paused", "busy"] {
+    for name in ["active", "trialing", "pastdue", "pending", "unpaid", "paused", "busy", "legacypaid"] {
         assert_eq!(rows_of(app, &tag, name), vec![1; 9], "{name} stays");
     }
 }
