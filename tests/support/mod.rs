@@ -166,7 +166,7 @@ pub struct AppOptions {
     /// Serve `public/` as wrangler.toml's `[assets]` says. Off by default: wrangler
     /// 4.86's local runtime cannot trigger the cron (`/cdn-cgi/handler/scheduled`
     /// answers 500) when a Worker has static assets, so apps run without them (see
-    /// [`config_without_static_files`]) unless a test needs the static files.
+    /// [`test_config`]) unless a test needs the static files.
     pub static_files: bool,
 }
 
@@ -176,10 +176,11 @@ impl Default for AppOptions {
     }
 }
 
-/// `wrangler.toml` without `[assets]` (and without `[build]` and the deployed
-/// environments, which test apps do not use), its paths made absolute, written to
-/// `dir`: what an app runs with unless it asks for the static files.
-pub fn config_without_static_files(dir: &Path) -> PathBuf {
+/// `wrangler.toml` without `[build]` and the deployed environments (which test apps do
+/// not use: `make test` builds the Worker first, and a build started by one app while
+/// others run would reload them all mid-test), and without `[assets]` unless `assets`,
+/// its paths made absolute, written to `dir`: what an app runs with.
+pub fn test_config(dir: &Path, assets: bool) -> PathBuf {
     let text = std::fs::read_to_string(root().join("wrangler.toml")).unwrap();
     let mut out = String::new();
     let mut skip = false;
@@ -187,7 +188,7 @@ pub fn config_without_static_files(dir: &Path) -> PathBuf {
         let t = line.trim_start();
         if t.starts_with('[') {
             let name = t.trim_start_matches('[').trim_end_matches(']').trim_end_matches(']');
-            skip = name == "assets" || name == "build" || name.starts_with("env.");
+            skip = (name == "assets" && !assets) || name == "build" || name.starts_with("env.");
         }
         if !skip {
             out.push_str(line);
@@ -197,8 +198,16 @@ pub fn config_without_static_files(dir: &Path) -> PathBuf {
     let absolute = |rel: &str| format!("{:?}", root().join(rel).display().to_string());
     let out = out
         .replace("main = \"build/index.js\"", &format!("main = {}", absolute("build/index.js")))
-        .replace("migrations_dir = \"migrations\"", &format!("migrations_dir = {}", absolute("migrations")));
-    assert!(!out.contains("[assets]") && out.contains("[[d1_databases]]") && !out.contains("main = \"build"), "{out}");
+        .replace("migrations_dir = \"migrations\"", &format!("migrations_dir = {}", absolute("migrations")))
+        .replace("directory = \"public\"", &format!("directory = {}", absolute("public")));
+    assert!(
+        out.contains("[assets]") == assets
+            && !out.contains("[build]")
+            && out.contains("[[d1_databases]]")
+            && !out.contains("main = \"build")
+            && !out.contains("directory = \"public\""),
+        "{out}"
+    );
     let path = dir.join("wrangler.toml");
     std::fs::write(&path, out).unwrap();
     path
@@ -294,10 +303,9 @@ impl App {
         let keep = opts.persist.is_some();
         let persist = opts.persist.clone().unwrap_or_else(|| std::env::temp_dir().join(unique("plangate-e2e")));
         std::fs::create_dir_all(&persist).unwrap();
-        let config = match (&opts.config, opts.static_files) {
-            (Some(c), _) => Some(c.clone()),
-            (None, true) => None,
-            (None, false) => Some(config_without_static_files(&persist)),
+        let config = match &opts.config {
+            Some(c) => Some(c.clone()),
+            None => Some(test_config(&persist, opts.static_files)),
         };
         if opts.migrate {
             apply_migrations(&persist, config.as_deref());
