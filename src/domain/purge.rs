@@ -2,6 +2,21 @@
 //! characters, everything else literal, ASCII case ignored) that names a domain, or a
 //! list of auth ids.
 
+/// Whether Stripe may still bill an account with this subscription `status` (and a
+/// subscription id or not), so a purge must leave it alone. Only what surely bills
+/// nothing goes: no status and no subscription, an ended one (`canceled`,
+/// `incomplete_expired`), or a trial without a subscription (the legacy system's own
+/// trial). Anything else may bill: a live or pending status even without an id (legacy
+/// records kept it as a bare string), a subscription id without a status, a status this
+/// version does not know. `purgeable_users` (migration 0014) is the same rule in SQL.
+pub fn may_bill(status: Option<&str>, has_subscription: bool) -> bool {
+    match status {
+        None | Some("trialing") => has_subscription,
+        Some("canceled" | "incomplete_expired") => false,
+        Some(_) => true,
+    }
+}
+
 /// Whether `text` matches `pattern` (`*` matches any run of characters, including none;
 /// every other character only itself, ASCII case ignored).
 pub fn glob_match(pattern: &str, text: &str) -> bool {
@@ -75,6 +90,21 @@ fn registry_suffix(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_an_account_that_surely_bills_nothing_may_be_purged() {
+        for has_sub in [false, true] {
+            assert!(!may_bill(Some("canceled"), has_sub));
+            assert!(!may_bill(Some("incomplete_expired"), has_sub));
+            for s in ["active", "past_due", "incomplete", "unpaid", "paused", "something_new"] {
+                assert!(may_bill(Some(s), has_sub), "{s} {has_sub}");
+            }
+        }
+        assert!(!may_bill(None, false), "never subscribed");
+        assert!(may_bill(None, true), "a subscription id without a status");
+        assert!(!may_bill(Some("trialing"), false), "the legacy app's own trial");
+        assert!(may_bill(Some("trialing"), true), "a Stripe trial");
+    }
+
     use super::*;
 
     #[test]

@@ -6,16 +6,19 @@ use serde_json::Value;
 use super::{admin, Ctx, Reply};
 use crate::domain::customer::{email_hash, email_key, mapped_id, record_key};
 use crate::domain::legacy_plan::{self, PREFIXES};
-use crate::domain::purge::{email_pattern_suffix, glob_match};
-use crate::domain::subscription::SubStatus;
+use crate::domain::purge::{email_pattern_suffix, glob_match, may_bill};
 use crate::error::ApiError;
 use crate::store::db::Row;
 use crate::store::kv_store::KvStore;
 use crate::store::{kv, purge};
 
-/// Accounts per call: their KV deletes (five keys, then the four plan keys again) and
-/// customer keys stay inside an invocation's 1,000 KV operations.
+/// Accounts per call: their KV deletes (five keys, then the four plan keys again),
+/// customer keys and [`MAX_RETRIES`] stay inside an invocation's 1,000 KV operations.
 pub const MAX_ACCOUNTS: usize = 50;
+
+/// Failed KV deletes a call tries again (each after 100 or 400 ms): at most 20 more KV
+/// operations and a few seconds of waiting.
+const MAX_RETRIES: u32 = 20;
 
 fn invalid(message: &str) -> ApiError {
     ApiError::InvalidRequest(message.into())
@@ -87,8 +90,7 @@ fn plan(req: &Request, rows: Vec<Row>) -> Plan {
             "email": email.clone(),
             "subscriptionStatus": status.clone(),
         };
-        let billable = status.map(|s| SubStatus::parse(&s)).is_some_and(|s| s.is_live() || s.may_become_live());
-        if billable && row.int("billed") == Some(1) {
+        if may_bill(status.as_deref(), row.int("hasSubscription") == Some(1)) {
             skipped.push(user);
             continue;
         }
@@ -123,8 +125,9 @@ pub async fn purge_test_accounts(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
     let mut kv_failed = Vec::new();
     if !req.dry_run {
         let app_kv = ctx.app_kv();
-        delete_all(ctx, app_kv.as_ref(), &plan.keys, &mut kv_failed).await;
-        delete_all(ctx, legacy.as_ref(), &legacy_keys, &mut kv_failed).await;
+        let mut retries = MAX_RETRIES;
+        delete_all(ctx, app_kv.as_ref(), &plan.keys, &mut kv_failed, &mut retries).await;
+        delete_all(ctx, legacy.as_ref(), &legacy_keys, &mut kv_failed, &mut retries).await;
         if !kv_failed.is_empty() {
             return Err(ApiError::Detailed {
                 status: 503,
@@ -136,17 +139,21 @@ pub async fn purge_test_accounts(ctx: &Ctx<'_>) -> Result<Reply, ApiError> {
         let records = crate::util::json_text(&Value::from(counted.customer_ids.clone()));
         counted = purge::purge(ctx.db, &plan.ids, &plan.hashes, Some(&records)).await?;
         settle(&mut plan, &counted);
-        // Each account's five keys; the entitlements cache expires by itself.
-        let again: Vec<String> = plan.keys.chunks(5).flat_map(|k| k[..4].to_vec()).collect();
-        delete_all(ctx, app_kv.as_ref(), &again, &mut kv_failed).await;
+        // The four plan keys of each account D1 held (the entitlements cache expires by
+        // itself); an account only KV knew has no row a copy could come from, and one
+        // that signed up meanwhile is not in this purge.
+        let again: Vec<String> = (plan.users.iter().zip(plan.keys.chunks(5)))
+            .filter(|(u, _)| !u["userId"].is_null())
+            .flat_map(|(_, k)| k[..4].to_vec())
+            .collect();
+        delete_all(ctx, app_kv.as_ref(), &again, &mut kv_failed, &mut retries).await;
     }
     Ok(reply(ctx, req.dry_run, plan, counted.rows, legacy_keys, kv_failed))
 }
 
 /// Moves to `skipped` each account only the legacy KV keys know (an auth id of the list
-/// with no D1 user) whose legacy plan record says Stripe may still bill it, by the rule
-/// of `purgeable_users` (a status that may still bill; `trialing` only with a
-/// subscription id), or cannot be read (`unreadable`: it may say so): a paying customer
+/// with no D1 user) whose legacy plan record says Stripe may still bill it (`may_bill`,
+/// the rule of `purgeable_users`), or cannot be read (`unreadable`: it may say so): a paying customer
 /// not migrated yet is not a test account. Their four keys read in bulk, 25 accounts a
 /// time.
 async fn skip_legacy_billed(ctx: &Ctx<'_>, plan: &mut Plan) -> Result<(), ApiError> {
@@ -164,17 +171,15 @@ async fn skip_legacy_billed(ctx: &Ctx<'_>, plan: &mut Plan) -> Result<(), ApiErr
         let values = kv.get_texts(&keys).await.map_err(|e| ApiError::server(format!("APP_KV get: {}", e.0)))?;
         for (&i, raw) in chunk.iter().zip(values.chunks(4)) {
             let uid = plan.users[i]["authId"].as_str().unwrap_or_default();
-            let status = match legacy_plan::parse(uid, raw, &catalog, ctx.now) {
-                Ok(Some(rec)) => rec.status.filter(|s| rec.subscription.is_some() || s != "trialing"),
-                Ok(None) => None,
-                Err(_) => Some("unreadable".into()),
+            let (status, bills) = match legacy_plan::parse(uid, raw, &catalog, ctx.now) {
+                Ok(Some(rec)) => {
+                    let bills = may_bill(rec.status.as_deref(), rec.subscription.is_some());
+                    (rec.status, bills)
+                }
+                Ok(None) => (None, false),
+                Err(_) => (Some("unreadable".to_string()), true),
             };
-            // `Other`: "unreadable" (the parser refuses unknown statuses).
-            let may_bill = status
-                .as_deref()
-                .map(SubStatus::parse)
-                .is_some_and(|s| s.is_live() || s.may_become_live() || matches!(s, SubStatus::Other(_)));
-            if may_bill {
+            if bills {
                 plan.users[i]["subscriptionStatus"] = status.into();
                 billed.push(i);
             }
@@ -238,11 +243,17 @@ async fn legacy_customer_keys(legacy: Option<&KvStore>, counted: &purge::Counted
     keys
 }
 
-/// Deletes `keys`, listing in `failed` those that could not be: each tried three times,
-/// 100 then 400 ms apart (a busy moment of KV), until one fails all three (KV is down:
-/// the rest are tried once each, so a call never waits long).
-async fn delete_all(ctx: &Ctx<'_>, store: Option<&KvStore>, keys: &[String], failed: &mut Vec<Value>) {
-    let mut tries = 3;
+/// Deletes `keys`, listing in `failed` those that could not be. A failed delete is tried
+/// again after 100 then 400 ms (a busy moment of KV) while the call's `retries` last
+/// (a bound on its KV operations and its wait); once a key failed every try, KV is
+/// taken for down and the rest are tried once each.
+async fn delete_all(
+    ctx: &Ctx<'_>,
+    store: Option<&KvStore>,
+    keys: &[String],
+    failed: &mut Vec<Value>,
+    retries: &mut u32,
+) {
     for key in keys {
         let Some(s) = store else {
             failed.push(Value::from(key.as_str()));
@@ -251,13 +262,14 @@ async fn delete_all(ctx: &Ctx<'_>, store: Option<&KvStore>, keys: &[String], fai
         let mut attempt = 0;
         while let Err(e) = s.delete(key).await {
             attempt += 1;
-            if attempt >= tries {
+            if attempt == 3 || *retries == 0 {
                 let fields = crate::obj! {"key": key.as_str(), "error": e.0};
                 crate::log::warn(ctx.request_id, "purge.kv_delete_failed", fields);
                 failed.push(Value::from(key.as_str()));
-                tries = 1;
+                *retries = 0;
                 break;
             }
+            *retries -= 1;
             worker::Delay::from(std::time::Duration::from_millis(100 << (2 * (attempt - 1)))).await;
         }
     }

@@ -8,18 +8,17 @@ use super::db::{Db, Row, Stmt};
 use crate::error::ApiError;
 
 /// The accounts a purge lists, `{userId, authId, email, subscriptionStatus}` (and
-/// `billed`: its status counts as billed, i.e. it has a Stripe subscription id or a
-/// status other than trialing: see `purgeable_users`, migration 0014): with `by_email`, the users
+/// `hasSubscription`: a Stripe subscription id; see `domain::purge::may_bill`): with `by_email`, the users
 /// whose lower-cased email ends with `param`, in id order; else each auth id of the JSON
 /// array `param` once, in order, with its user if D1 has one (else `userId` and `email`
 /// null: an account only the legacy KV keys know).
 pub async fn accounts(db: &Db, by_email: bool, param: &str) -> Result<Vec<Row>, ApiError> {
     let sql = if by_email {
         "SELECT id AS userId, auth_id AS authId, email, subscription_status AS subscriptionStatus, \
-         (stripe_subscription_id NOTNULL OR subscription_status IS NOT 'trialing') AS billed FROM users WHERE substr(lower(email), -length(?1)) = ?1 ORDER BY id"
+         stripe_subscription_id NOTNULL AS hasSubscription FROM users WHERE substr(lower(email), -length(?1)) = ?1 ORDER BY id"
     } else {
         "SELECT u.id AS userId, j.value AS authId, u.email AS email, u.subscription_status AS subscriptionStatus, \
-         (u.stripe_subscription_id NOTNULL OR u.subscription_status IS NOT 'trialing') AS billed FROM json_each(?1) j \
+         u.stripe_subscription_id NOTNULL AS hasSubscription FROM json_each(?1) j \
          LEFT JOIN users u ON u.auth_id = j.value GROUP BY j.value ORDER BY MIN(j.key)"
     };
     db.rows_of(sql, &[param.into()]).await

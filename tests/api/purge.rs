@@ -291,7 +291,7 @@ fn a_purge_takes_at_most_50_accounts_per_call_and_says_how_many_remain() {
     ));
     let pattern = format!("u*@{tag}.example.test");
     let plan = purge(app, &json!({"match": pattern})).json();
-    assert_eq!((plan["users"].as_array().map(Vec::len), plan["remaining"].as_i64()), (Some(50), Some(2)));
+    assert_eq!((plan["users"].as_array().map(Vec::len), plan["remaining"].as_i64()), (Some(50), Some(2)), "{plan}");
     let first = purge(app, &json!({"match": pattern, "dryRun": false}));
     assert_eq!(first.status, 200, "{}", first.body);
     let first = first.json();
@@ -415,14 +415,20 @@ fn an_account_stripe_may_still_bill_or_a_billing_action_holds_is_left_alone_and_
         // Imported from a legacy record that kept the status as a bare string: no
         // subscription id, but a status only a paying customer had.
         ("legacypaid", "past_due", false),
+        // A status this version does not know, and a subscription id without a status:
+        // neither surely bills nothing.
+        ("newstatus", "something_new", true),
+        ("nostatus", "", true),
+        ("expired", "incomplete_expired", true),
         ("busy", "canceled", true),
     ];
     let mut sql = String::new();
     for (name, status, billed) in accounts {
         sql.push_str(&user_sql(&tag, name, Some(&format!("{name}@{domain}"))));
         let sub = if billed { format!("'sub_{tag}_{name}'") } else { "NULL".into() };
+        let status = if status.is_empty() { "NULL".to_string() } else { format!("'{status}'") };
         sql.push_str(&format!(
-            "UPDATE users SET subscription_status = '{status}', stripe_subscription_id = {sub} WHERE id = 'usr_{tag}_{name}';"
+            "UPDATE users SET subscription_status = {status}, stripe_subscription_id = {sub} WHERE id = 'usr_{tag}_{name}';"
         ));
     }
     // A billing action of `busy` holds its lock: the batch leaves it (it may be
@@ -440,21 +446,33 @@ fn an_account_stripe_may_still_bill_or_a_billing_action_holds_is_left_alone_and_
             v.sort();
             v
         };
-        assert_eq!(ids("users"), vec![id("ended"), id("legacytrial")], "{body}");
-        let mut expected: Vec<String> =
-            ["active", "busy", "legacypaid", "paused", "pastdue", "pending", "trialing", "unpaid"]
-                .iter()
-                .map(|n| id(n))
-                .collect();
+        assert_eq!(ids("users"), vec![id("ended"), id("expired"), id("legacytrial")], "{body}");
+        let mut expected: Vec<String> = [
+            "active",
+            "busy",
+            "legacypaid",
+            "newstatus",
+            "nostatus",
+            "paused",
+            "pastdue",
+            "pending",
+            "trialing",
+            "unpaid",
+        ]
+        .iter()
+        .map(|n| id(n))
+        .collect();
         expected.sort();
         assert_eq!(ids("skipped"), expected, "{body}");
-        assert_eq!(body["rows"]["users"], 2, "{body}");
+        assert_eq!(body["rows"]["users"], 3, "{body}");
         assert!(body["skipped"].as_array().unwrap().iter().any(|u| u["subscriptionStatus"] == "past_due"));
     }
-    for name in ["ended", "legacytrial"] {
+    for name in ["ended", "expired", "legacytrial"] {
         assert_eq!(rows_of(app, &tag, name), vec![0; 9], "{name} is purged");
     }
-    for name in ["active", "trialing", "pastdue", "pending", "unpaid", "paused", "busy", "legacypaid"] {
+    for name in
+        ["active", "trialing", "pastdue", "pending", "unpaid", "paused", "busy", "legacypaid", "newstatus", "nostatus"]
+    {
         assert_eq!(rows_of(app, &tag, name), vec![1; 9], "{name} stays");
     }
 }
