@@ -61,6 +61,13 @@ fn app_kv(what: &'static str) -> impl Fn(KvError) -> ApiError {
     move |e| ApiError::server(format!("APP_KV {what}: {}", e.0))
 }
 
+/// The four legacy plan keys of each of `uids` (at most 25: one bulk read of 100), their
+/// values in that order, four per user.
+pub(crate) async fn plan_values(ns: &KvStore, uids: &[&str]) -> Result<Vec<Option<String>>, ApiError> {
+    let keys: Vec<String> = uids.iter().flat_map(|uid| PREFIXES.iter().map(move |p| format!("{p}{uid}"))).collect();
+    ns.get_texts(&keys).await.map_err(app_kv("get"))
+}
+
 fn new_id() -> Result<String, ApiError> {
     Ok(format!("usr_{}", crate::util::random_hex(12)?))
 }
@@ -161,16 +168,8 @@ impl Billing<'_> {
         mode: Mode,
         t: &mut Tally,
     ) -> Result<(), ApiError> {
-        let (mut uids, mut keys) = (Vec::new(), Vec::new());
-        for name in names {
-            if let Some(uid) = name.strip_prefix(PREFIXES[p]) {
-                uids.push(uid);
-                for prefix in PREFIXES {
-                    keys.push(format!("{prefix}{uid}"));
-                }
-            }
-        }
-        let values = ns.get_texts(&keys).await.map_err(app_kv("get"))?;
+        let uids: Vec<&str> = names.iter().filter_map(|name| name.strip_prefix(PREFIXES[p])).collect();
+        let values = plan_values(ns, &uids).await?;
         let mut records = Vec::new();
         for (uid, raw) in uids.iter().zip(values.chunks(4)) {
             if raw.iter().take(p).any(Option::is_some) {

@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::{admin, Ctx, Reply};
 use crate::domain::customer::{email_hash, email_key, mapped_id, record_key};
-use crate::domain::legacy_plan::{self, PREFIXES};
+use crate::domain::legacy_plan;
 use crate::domain::purge::{email_pattern_suffix, glob_match, may_bill};
 use crate::error::ApiError;
 use crate::store::db::Row;
@@ -162,32 +162,22 @@ async fn skip_legacy_billed(ctx: &Ctx<'_>, plan: &mut Plan) -> Result<(), ApiErr
     let kv_only: Vec<usize> = (0..plan.users.len()).filter(|&i| plan.users[i]["userId"].is_null()).collect();
     let mut billed = Vec::new();
     for chunk in kv_only.chunks(25) {
-        let mut keys = Vec::new();
-        for &i in chunk {
-            for p in PREFIXES {
-                keys.push(format!("{p}{}", plan.users[i]["authId"].as_str().unwrap_or_default()));
-            }
-        }
-        let values = kv.get_texts(&keys).await.map_err(|e| ApiError::server(format!("APP_KV get: {}", e.0)))?;
-        for (&i, raw) in chunk.iter().zip(values.chunks(4)) {
-            let uid = plan.users[i]["authId"].as_str().unwrap_or_default();
-            let (status, bills) = match legacy_plan::parse(uid, raw, &catalog, ctx.now) {
-                Ok(Some(rec)) => {
-                    let bills = may_bill(rec.status.as_deref(), rec.subscription.is_some());
-                    (rec.status, bills)
+        let uids: Vec<&str> = chunk.iter().map(|&i| plan.users[i]["authId"].as_str().unwrap_or_default()).collect();
+        let values = crate::billing::legacy::plan_values(&kv, &uids).await?;
+        for ((&i, uid), raw) in chunk.iter().zip(&uids).zip(values.chunks(4)) {
+            match legacy_plan::parse(uid, raw, &catalog, ctx.now) {
+                Ok(Some(rec)) if may_bill(rec.status.as_deref(), rec.subscription.is_some()) => {
+                    billed.push((i, rec.status))
                 }
-                Ok(None) => (None, false),
-                Err(_) => (Some("unreadable".to_string()), true),
-            };
-            if bills {
-                plan.users[i]["subscriptionStatus"] = status.into();
-                billed.push(i);
+                Err(_) => billed.push((i, Some("unreadable".to_string()))),
+                _ => {}
             }
         }
     }
     // In the order they were listed.
-    for (n, i) in billed.into_iter().enumerate() {
-        let u = plan.users.remove(i - n);
+    for (n, (i, status)) in billed.into_iter().enumerate() {
+        let mut u = plan.users.remove(i - n);
+        u["subscriptionStatus"] = status.into();
         plan.skipped.push(u);
     }
     Ok(())
