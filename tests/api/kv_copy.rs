@@ -6,42 +6,27 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::fixtures::{deliver, event, new_customer, run_cron, subscription, user_row, Customer};
-use crate::support::{now, root, unique, App};
+use crate::support::{now, test_config, unique, App};
 use crate::{shared, stripe_options, PRICE_ESSENTIAL, PRICE_PREMIUM, PRICE_PRO};
 
-/// `wrangler.toml` without the `APP_KV` binding (every KV write fails) and without the
-/// build step, with absolute paths to the built Worker and the migrations.
+/// A test app's configuration ([`test_config`]) without the KV bindings: every KV
+/// read and write fails.
 pub(crate) fn config_without_kv() -> std::path::PathBuf {
-    let text = std::fs::read_to_string(root().join("wrangler.toml")).unwrap();
+    let dir = std::env::temp_dir().join(unique("plangate-no-kv"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = test_config(&dir, false);
     let mut out = String::new();
     let mut skip = false;
-    for line in text.lines() {
-        if line.starts_with('[') {
-            // No `[assets]`: see `AppOptions::static_files`.
-            skip = line.starts_with("[build]") || line.starts_with("[env.") || line.starts_with("[assets]");
-            if line.trim() == "[[kv_namespaces]]" {
-                skip = true;
-            }
-        }
-        if line.starts_with("[[env.") {
-            skip = true;
+    for line in std::fs::read_to_string(&path).unwrap().lines() {
+        if line.trim_start().starts_with('[') {
+            skip = line.trim() == "[[kv_namespaces]]";
         }
         if !skip {
             out.push_str(line);
             out.push('\n');
         }
     }
-    let out = out
-        .replace(
-            "main = \"build/index.js\"",
-            &format!("main = {:?}", root().join("build/index.js").display().to_string()),
-        )
-        .replace(
-            "migrations_dir = \"migrations\"",
-            &format!("migrations_dir = {:?}", root().join("migrations").display().to_string()),
-        );
-    assert!(!out.contains("APP_KV") && out.contains("[[d1_databases]]") && !out.contains("main = \"build"), "{out}");
-    let path = std::env::temp_dir().join(format!("plangate-wrangler-no-kv-{}.toml", std::process::id()));
+    assert!(!out.contains("APP_KV") && out.contains("[[d1_databases]]"), "{out}");
     std::fs::write(&path, out).unwrap();
     path
 }
